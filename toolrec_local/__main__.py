@@ -1,0 +1,3 @@
+from toolrec_local.cli import main
+
+main()
