@@ -79,3 +79,26 @@ def mean_std(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         k: {"mean": float(np.mean([d[k] for d in per_seed])), "std": float(np.std([d[k] for d in per_seed]))}
         for k in keys
     }
+
+
+def top_n_from_scores(scores: np.ndarray, n: int) -> list[list[int]]:
+    """The n best items per row, best first, skipping -inf (padding, history). Ties are broken
+    by the lower item id, so the list is deterministic."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n = min(n, scores.shape[1])
+    out: list[list[int]] = []
+    for row in scores:
+        # sort by score descending, then item id ascending (lexsort: last key is primary)
+        cand = np.argpartition(-row, n - 1)[:n] if n < len(row) else np.arange(len(row))
+        threshold = row[cand].min()
+        pool = np.flatnonzero(row >= threshold)
+        order = pool[np.lexsort((pool, -row[pool]))][:n]
+        out.append([int(i) for i in order if np.isfinite(row[i])])
+    return out
+
+
+def relative_improvement(value: float, reference: float) -> float | None:
+    """(value - reference) / reference, as Table 2's "Improvement" row; None when reference is 0."""
+    if reference == 0:
+        return None
+    return (value - reference) / reference
