@@ -1,0 +1,143 @@
+"""The methods `eval` compares, by name, and what each needs.
+
+Two kinds, one runner:
+* score methods (pop, sasrec, bert4rec, tool:<attr>) score the whole catalogue for a batch of
+  users; the target's rank is exact over all items not in the user's history.
+* LLM methods (toolrec, toolrec-b, llmrank, chatrec, single, multi, plan) produce a top-N list
+  for one user at a time (async); the target's rank is its position in that list, or none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from toolrec_local.errors import ToolrecError
+
+SCORE_METHODS = ("pop", "sasrec", "bert4rec")
+LLM_METHODS = ("toolrec", "toolrec-b", "llmrank", "chatrec", "single", "multi", "plan")
+TOOL_PREFIX = "tool:"
+# Table 2: ToolRec's improvement is taken over the best of these (those present in the run).
+BASELINES = ("pop", "sasrec", "bert4rec", "llmrank", "chatrec")
+TOOLREC = "toolrec"
+CANDIDATES = 30  # LLMRank, Chat-REC, single and multi rank 30 candidates (paper 4.1.3, 4.3.1)
+
+DESCRIPTIONS = {
+    "pop": "most popular items in the training data (history excluded)",
+    "sasrec": "SASRec backbone, full ranking",
+    "bert4rec": "BERT4Rec backbone, full ranking",
+    "tool:<attr>": "one attribute-oriented retrieval tool alone (SASRec backbone), full ranking",
+    "toolrec": "the agent (surrogate user + tools), SASRec backbone",
+    "toolrec-b": "the agent with BERT4Rec-backbone tools (ToolRec_B)",
+    "llmrank": "the LLM ranks SASRec's top 30 (LLMRank)",
+    "chatrec": "the LLM re-ranks SASRec's top 30 given the user profile (Chat-REC)",
+    "single": "ablation: the Rank tool alone on SASRec's 30 candidates",
+    "multi": "ablation: the Rank tool on SASRec's + the attribute tools' candidates, 30 in all",
+    "plan": "ablation: the LLM writes the whole tool plan once, then it is executed",
+}
+
+
+def parse_method_names(text: str, attributes: list[str]) -> list[str]:
+    """`pop,sasrec,tool:genre` -> checked, de-duplicated names (order kept)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ToolrecError("no method given", "pass --method, e.g. --method pop,sasrec,toolrec")
+    for name in names:
+        if name.startswith(TOOL_PREFIX):
+            attr = name[len(TOOL_PREFIX):]
+            if attr not in attributes:
+                raise ToolrecError(f"method {name!r}: the dataset has no attribute {attr!r}",
+                                   f"use one of: {', '.join(TOOL_PREFIX + a for a in attributes) or '(none: the dataset has no attributes)'}")
+        elif name not in SCORE_METHODS + LLM_METHODS:
+            raise ToolrecError(f"unknown method {name!r}",
+                               f"use any of: {', '.join(SCORE_METHODS + (TOOL_PREFIX + '<attr>',) + LLM_METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def needs_llm(name: str) -> bool:
+    return name in LLM_METHODS
+
+
+def backbone_of(name: str) -> str:
+    return "bert4rec" if name in ("bert4rec", "toolrec-b") else "sasrec"
+
+
+@dataclass
+class Outcome:
+    """What an LLM method produced for one user."""
+
+    final: list[int]  # internal item ids, best first
+    stats: dict = field(default_factory=dict)  # llm_calls, tokens_in/out, latency_s, retries, repairs, grammar_violations, rounds
+    trajectory: dict | None = None
+
+
+class ScoreMethod:
+    kind = "score"
+
+    def __init__(self, name: str, score: Callable[[np.ndarray, str], np.ndarray]):
+        self.name = name
+        self._score = score
+
+    def scores(self, users: np.ndarray, part: str) -> np.ndarray:
+        """(len(users), n_items + 1) scores; history and padding may be -inf already."""
+        return self._score(users, part)
+
+
+class LLMMethod:
+    kind = "llm"
+
+    def __init__(self, name: str, run: Callable):
+        self.name = name
+        self._run = run
+
+    async def run(self, user: int, seed: int, part: str) -> Outcome:
+        return await self._run(user, seed, part)
+
+
+def popularity_scores(ds) -> Callable[[np.ndarray, str], np.ndarray]:
+    pop = ds.train_popularity.astype(np.float64)
+
+    def score(users: np.ndarray, part: str) -> np.ndarray:
+        out = np.repeat(pop[None, :], len(users), axis=0)
+        out[:, 0] = -np.inf
+        return out
+
+    return score
+
+
+class ToolBox:
+    """Retrieval tools loaded once per process, per backbone. `loader(ds, backbone)` is
+    RetrievalTool.load unless a test passes another."""
+
+    def __init__(self, ds, loader: Callable | None = None):
+        self.ds = ds
+        self._loader = loader
+        self._tools: dict[str, object] = {}
+
+    def get(self, backbone: str):
+        if backbone not in self._tools:
+            loader = self._loader
+            if loader is None:
+                try:
+                    from toolrec_local.recsys.retrieval import RetrievalTool
+                except ModuleNotFoundError as exc:  # pragma: no cover - while recsys is being built
+                    raise ToolrecError("the retrieval tools are not available in this build", str(exc)) from None
+                loader = RetrievalTool.load
+            self._tools[backbone] = loader(self.ds, backbone=backbone)
+        return self._tools[backbone]
+
+
+def build_score_method(name: str, ds, tools: ToolBox) -> ScoreMethod:
+    if name == "pop":
+        return ScoreMethod(name, popularity_scores(ds))
+    if name in ("sasrec", "bert4rec"):
+        tool = tools.get(name)
+        return ScoreMethod(name, lambda users, part: tool.scores(users, None, part=part))
+    attr = name[len(TOOL_PREFIX):]
+    tool = tools.get("sasrec")
+    if attr not in getattr(tool, "attributes", ()):
+        raise ToolrecError(f"method {name!r}: no trained {attr!r} tool for {ds.name}",
+                           f"train it: toolrec-local tools train {ds.name} --attribute {attr}")
+    return ScoreMethod(name, lambda users, part: tool.scores(users, attr, part=part))

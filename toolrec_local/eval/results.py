@@ -1,0 +1,149 @@
+"""results.jsonl and trajectories.jsonl: append-only, one JSON object per line, flushed per line.
+
+A line is the record of one (method, seed, user). A process killed mid-write leaves at most one
+torn line at the end of a file; `repair_tail` cuts it off before anything is appended, so the
+next line never glues onto it, and readers skip it. A key may have several lines only when
+earlier attempts failed: the reader keeps the `ok` line if there is one, else the last failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Key = tuple[str, int, str]  # (method, seed, user raw id)
+
+OK = "ok"
+FAILED = "failed"
+
+
+def key_of(record: dict) -> Key:
+    return (record["method"], int(record["seed"]), str(record["user"]))
+
+
+def repair_tail(path: Path) -> int:
+    """Truncate `path` after its last newline; return how many bytes were dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        # read backwards in blocks until a newline is found
+        pos = size
+        block = 1 << 16
+        while pos > 0:
+            start = max(0, pos - block)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        if keep < size:
+            fh.truncate(keep)
+    return size - keep
+
+
+@dataclass
+class ReadResult:
+    records: list[dict] = field(default_factory=list)
+    bad_lines: int = 0  # lines that are not JSON objects (a torn line counts here)
+
+
+def read_jsonl(path: Path) -> ReadResult:
+    out = ReadResult()
+    path = Path(path)
+    if not path.exists():
+        return out
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                out.bad_lines += 1  # torn last line of a killed writer
+                continue
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                out.bad_lines += 1
+                continue
+            if isinstance(obj, dict) and {"method", "seed", "user", "status"} <= obj.keys():
+                out.records.append(obj)
+            else:
+                out.bad_lines += 1
+    return out
+
+
+def latest_by_key(records: list[dict]) -> dict[Key, dict]:
+    """One record per key: the first `ok` line, else the last failure."""
+    best: dict[Key, dict] = {}
+    for rec in records:
+        k = key_of(rec)
+        prev = best.get(k)
+        if prev is not None and prev["status"] == OK:
+            continue
+        best[k] = rec
+    return best
+
+
+class ResultsWriter:
+    """Appends records (and trajectories) to one run folder's files, flushing every line."""
+
+    def __init__(self, results_path: Path, trajectories_path: Path):
+        self.results_path = Path(results_path)
+        self.trajectories_path = Path(trajectories_path)
+        self.dropped_bytes = repair_tail(self.results_path) + repair_tail(self.trajectories_path)
+        existing = read_jsonl(self.results_path)
+        self.index = latest_by_key(existing.records)
+        self._results = open(self.results_path, "a", encoding="utf-8")
+        self._trajectories = open(self.trajectories_path, "ab")
+
+    def done(self) -> set[Key]:
+        return {k for k, r in self.index.items() if r["status"] == OK}
+
+    def write(self, record: dict, trajectory: dict | None = None) -> None:
+        """Append one record; a trajectory goes to trajectories.jsonl first and the record
+        points at it by byte offset, so a reader can seek straight to it."""
+        if trajectory is not None:
+            offset = self._trajectories.tell()
+            line = json.dumps({"method": record["method"], "seed": record["seed"], "user": record["user"],
+                               "trajectory": trajectory}, ensure_ascii=False).encode("utf-8") + b"\n"
+            self._trajectories.write(line)
+            self._trajectories.flush()
+            record = {**record, "trajectory": {"file": self.trajectories_path.name, "offset": offset}}
+        self._results.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._results.flush()
+        k = key_of(record)
+        if not (k in self.index and self.index[k]["status"] == OK):
+            self.index[k] = record
+
+    def close(self) -> None:
+        for fh in (self._results, self._trajectories):
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            except (OSError, ValueError):
+                pass
+            fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load_trajectory(folder: Path, pointer: dict | None) -> dict | None:
+    """The trajectory a record points at ({"file", "offset"}), or an inline one."""
+    if not pointer:
+        return None
+    if "file" not in pointer:
+        return pointer
+    with open(Path(folder) / pointer["file"], "rb") as fh:
+        fh.seek(int(pointer["offset"]))
+        return json.loads(fh.readline())["trajectory"]

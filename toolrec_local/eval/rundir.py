@@ -1,0 +1,255 @@
+"""The run folder: its configuration (run.json), its files, the writer's lock, and shards.
+
+Layout of one folder:
+    run.json, results.jsonl, trajectories.jsonl                      (an unsharded run)
+    run.shard-2-of-4.json, results.shard-2-of-4.jsonl, ...           (shard 2 of 4)
+A folder holds either one unsharded run or shards of one run (same configuration, same n);
+shards may also live in separate folders (one per node) and `report` merges them.
+
+Re-running into a folder: everything that changes the results (dataset and its fingerprint,
+split part, top-N, the user sample, the seeds, the shard, and the LLM and backend once an LLM
+method is in the run) must match run.json, or the command is refused. What may differ:
+the methods (new ones are added to the run), --concurrency and --server (they change speed,
+not results).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from toolrec_local.errors import ToolrecError
+from toolrec_local.eval.results import latest_by_key, read_jsonl
+
+IDENTITY = ("dataset", "dataset_fingerprint", "part", "top_n", "users", "seeds")
+LLM_IDENTITY = ("llm", "backend")
+
+
+@dataclass
+class RunConfig:
+    dataset: str
+    dataset_fingerprint: str
+    methods: list[str]
+    seeds: list[int]
+    users: int | None  # None = every evaluation user
+    llm: str | None = None
+    backend: str | None = None
+    part: str = "test"
+    top_n: int = 10
+    shard: tuple[int, int] | None = None  # (i, n), 1-based i
+    servers: list[str] = field(default_factory=list)
+    concurrency: int = 1
+    command: list[str] = field(default_factory=list)
+    uses_llm: bool = False
+    expected: dict[str, int] = field(default_factory=dict)  # seed -> users this run (shard) evaluates
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["shard"] = list(self.shard) if self.shard else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict, where: str) -> "RunConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        try:
+            cfg = cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as exc:
+            raise ToolrecError(f"{where}: not a run configuration ({exc})", "use another --out folder") from None
+        if cfg.shard:
+            cfg.shard = (int(cfg.shard[0]), int(cfg.shard[1]))
+        return cfg
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise ToolrecError(f"bad --shard {text!r}", "write i/n with 1 <= i <= n, e.g. --shard 1/4")
+    i, n = int(m.group(1)), int(m.group(2))
+    return None if n == 1 else (i, n)
+
+
+def suffix(shard: tuple[int, int] | None) -> str:
+    return f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
+
+
+def file_paths(folder: Path, shard: tuple[int, int] | None) -> dict[str, Path]:
+    s = suffix(shard)
+    return {
+        "run": folder / f"run{s}.json",
+        "results": folder / f"results{s}.jsonl",
+        "trajectories": folder / f"trajectories{s}.jsonl",
+        "lock": folder / f".lock{s}",
+    }
+
+
+_RUN_FILE = re.compile(r"^run(?:\.shard-(\d+)-of-(\d+))?\.json$")
+
+
+def run_files(folder: Path) -> list[tuple[tuple[int, int] | None, Path]]:
+    out = []
+    if Path(folder).is_dir():
+        for p in sorted(Path(folder).iterdir()):
+            m = _RUN_FILE.match(p.name)
+            if m:
+                out.append(((int(m.group(1)), int(m.group(2))) if m.group(1) else None, p))
+    return out
+
+
+def read_config(path: Path) -> RunConfig:
+    try:
+        return RunConfig.from_json(json.loads(Path(path).read_text(encoding="utf-8")), str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ToolrecError(f"{path}: unreadable run configuration ({exc})", "restore it or use another --out folder") from None
+
+
+def _mismatch(old: RunConfig, new: RunConfig, fields: tuple[str, ...]) -> list[str]:
+    return [f"{f}: {getattr(old, f)!r} in the folder, {getattr(new, f)!r} now" for f in fields
+            if getattr(old, f) != getattr(new, f)]
+
+
+def check_compatible(old: RunConfig, new: RunConfig, where: Path) -> None:
+    diffs = _mismatch(old, new, IDENTITY)
+    if old.uses_llm and new.uses_llm:
+        diffs += _mismatch(old, new, LLM_IDENTITY)
+    if diffs:
+        raise ToolrecError(
+            f"{where} holds a run with another configuration ({'; '.join(diffs)})",
+            "re-run with the same options (only methods may be added), or pass another --out folder",
+        )
+
+
+def merge_config(old: RunConfig, new: RunConfig) -> RunConfig:
+    """The folder's configuration after `new` ran into it: methods added, LLM set once used."""
+    merged = RunConfig(**{**asdict(new), "shard": new.shard})
+    merged.methods = list(dict.fromkeys(old.methods + new.methods))
+    if old.uses_llm and not new.uses_llm:
+        merged.llm, merged.backend, merged.uses_llm = old.llm, old.backend, True
+    return merged
+
+
+class RunFolder:
+    """An open run folder for writing: configuration checked and saved, writer lock held."""
+
+    def __init__(self, folder: Path, config: RunConfig):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.paths = file_paths(self.folder, config.shard)
+        self._lock = open(self.paths["lock"], "a")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ToolrecError(f"another eval is writing to {self.folder}{' (' + suffix(config.shard)[1:] + ')' if config.shard else ''}",
+                               "wait for it to finish, or stop it first") from None
+        self._check_siblings(config)
+        if self.paths["run"].exists():
+            old = read_config(self.paths["run"])
+            check_compatible(old, config, self.folder)
+            config = merge_config(old, config)
+        self.config = config
+        self.save_config()
+
+    def _check_siblings(self, config: RunConfig) -> None:
+        for shard, path in run_files(self.folder):
+            if shard == config.shard:
+                continue
+            if (shard is None) != (config.shard is None) or (shard and config.shard and shard[1] != config.shard[1]):
+                raise ToolrecError(
+                    f"{self.folder} already holds {'an unsharded run' if shard is None else f'shards of {shard[1]}'}",
+                    "use the same --shard split as before, or another --out folder",
+                )
+            check_compatible(read_config(path), config, self.folder)
+
+    def save_config(self) -> None:
+        data = self.config.to_json()
+        data["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        tmp = self.paths["run"].with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, self.paths["run"])
+
+    def close(self) -> None:
+        fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+        self._lock.close()
+
+
+@dataclass
+class RunView:
+    """A finished or partial run read back: merged over its shards (in one or more folders)."""
+
+    config: RunConfig  # shard = None; methods = union
+    folders: list[Path]
+    records: list[dict]  # one per (method, seed, user)
+    shards_present: list[tuple[int, int]]
+    bad_lines: int = 0
+    expected: dict[str, int] = field(default_factory=dict)  # seed -> users, summed over shards
+
+    @property
+    def missing_shards(self) -> list[str]:
+        if not self.shards_present:
+            return []
+        n = self.shards_present[0][1]
+        have = {i for i, _ in self.shards_present}
+        return [f"{i}/{n}" for i in range(1, n + 1) if i not in have]
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.dataset} · {self.config.llm}" if self.config.uses_llm else f"{self.config.dataset} · no LLM"
+
+
+def _group_key(cfg: RunConfig) -> tuple:
+    return tuple(getattr(cfg, f) if not isinstance(getattr(cfg, f), list) else tuple(getattr(cfg, f)) for f in IDENTITY) + (
+        (cfg.llm, cfg.backend) if cfg.uses_llm else (None, None),
+    )
+
+
+def load_runs(folders: list[Path]) -> list[RunView]:
+    """Read run folders; shards of the same run (same configuration) are merged into one view,
+    in the order the folders were given."""
+    groups: dict[tuple, dict] = {}
+    for folder in folders:
+        folder = Path(folder)
+        found = run_files(folder)
+        if not found:
+            raise ToolrecError(f"{folder} is not a run folder (no run.json)", "pass a folder written by `toolrec-local eval --out`")
+        for shard, path in found:
+            cfg = read_config(path)
+            g = groups.setdefault(_group_key(cfg), {"cfg": cfg, "folders": [], "records": [], "shards": [], "bad": 0,
+                                                    "expected": {}})
+            g["expected"][shard] = cfg.expected
+            if folder not in g["folders"]:
+                g["folders"].append(folder)
+            g["cfg"] = merge_config(g["cfg"], cfg) if g["cfg"] is not cfg else cfg
+            if shard:
+                if g["shards"] and g["shards"][0][1] != shard[1]:
+                    raise ToolrecError(f"{folder}: shards of {shard[1]} mixed with shards of {g['shards'][0][1]} of the same run",
+                                       "report one split at a time")
+                if shard not in g["shards"]:
+                    g["shards"].append(shard)
+            res = read_jsonl(file_paths(folder, shard)["results"])
+            for r in res.records:
+                r["_folder"] = str(folder)  # trajectories are found relative to it
+            g["records"].extend(res.records)
+            g["bad"] += res.bad_lines
+    views = []
+    for g in groups.values():
+        cfg = g["cfg"]
+        cfg.shard = None
+        expected: dict[str, int] = {}
+        for per_seed in g["expected"].values():
+            for seed, n in per_seed.items():
+                expected[seed] = expected.get(seed, 0) + int(n)
+        views.append(RunView(cfg, g["folders"], list(latest_by_key(g["records"]).values()), sorted(g["shards"]), g["bad"],
+                             expected))
+    return views
+
+
+def command_line() -> list[str]:
+    return ["toolrec-local", *sys.argv[1:]]

@@ -1,0 +1,135 @@
+"""One `eval` invocation: check the options, build the methods, open the run folder, run what
+is left, write summary.json. The CLI is a thin layer over `evaluate`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from toolrec_local.errors import ToolrecError
+from toolrec_local.eval.methods import ToolBox, build_score_method, needs_llm, parse_method_names
+from toolrec_local.eval.results import ResultsWriter
+from toolrec_local.eval.rundir import RunConfig, RunFolder, command_line, load_runs
+from toolrec_local.eval.runner import Runner, Tally, plan_users
+from toolrec_local.eval.summary import summarize
+
+BACKENDS = ("vllm", "local", "openai")
+
+
+@dataclass
+class EvalOptions:
+    dataset: str
+    methods: str
+    llm: str | None = None
+    users: int = 200
+    seeds: int | None = None  # None: 3 for sampled users, 1 with all_users
+    all_users: bool = False
+    concurrency: int = 32
+    out: Path | None = None
+    backend: str = "vllm"
+    servers: list[str] = field(default_factory=list)
+    api_key: str | None = None
+    shard: tuple[int, int] | None = None
+    top_n: int = 10
+    part: str = "test"
+    batch_size: int = 256
+    grammar: bool = True
+
+
+def default_out(opts: EvalOptions) -> Path:
+    return Path("runs") / f"{opts.dataset}-{opts.llm or 'no-llm'}"
+
+
+def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
+    names = parse_method_names(opts.methods, attributes)
+    llm_names = [n for n in names if needs_llm(n)]
+    if llm_names and not opts.llm:
+        raise ToolrecError(f"method(s) {', '.join(llm_names)} need an LLM", "pass --llm NAME (see: toolrec-local models list)")
+    if opts.backend not in BACKENDS:
+        raise ToolrecError(f"unknown backend {opts.backend!r}", f"use one of: {', '.join(BACKENDS)}")
+    if opts.users < 1:
+        raise ToolrecError("--users must be at least 1", "e.g. --users 200")
+    if opts.seeds is not None and opts.seeds < 1:
+        raise ToolrecError("--seeds must be at least 1", "e.g. --seeds 3")
+    if opts.top_n < 1:
+        raise ToolrecError("--top-n must be at least 1", "the paper uses 10")
+    if opts.part not in ("test", "valid"):
+        raise ToolrecError(f"unknown split part {opts.part!r}", "use test or valid")
+    if opts.servers and opts.backend == "local":
+        raise ToolrecError("--server is for the vllm and openai backends", "drop --server, or pass --backend vllm")
+    return names
+
+
+def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | None = None,
+             tool_loader: Callable | None = None, llm_factory: Callable | None = None) -> tuple[dict, Path]:
+    """Run (or resume) an evaluation; return (summary, run folder). `tool_loader` and
+    `llm_factory` let tests put in small tools and scripted LLMs."""
+    from toolrec_local.data import load_dataset
+
+    ds = load_dataset(opts.dataset)
+    names = check_options(opts, list(ds.attributes))
+    uses_llm = any(needs_llm(n) for n in names)
+    seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.all_users else 3)))
+    users = None if opts.all_users else opts.users
+    concurrency = 1 if (uses_llm and opts.backend == "local") else max(1, opts.concurrency)
+    plan = plan_users(ds, users, seeds, opts.shard)
+
+    # Build every method before anything runs: a missing checkpoint fails now, not halfway.
+    tools = ToolBox(ds, tool_loader)
+    methods = []
+    suite = None
+    if uses_llm:
+        factory = llm_factory
+        if factory is None:
+            from toolrec_local.eval.llm_methods import build_llm_methods as factory
+        suite = factory(
+            [n for n in names if needs_llm(n)], ds, tools, llm=opts.llm, backend=opts.backend,
+            servers=opts.servers, api_key=opts.api_key, top_n=opts.top_n, grammar=opts.grammar,
+        )
+    for n in names:
+        methods.append(suite.methods[n] if needs_llm(n) else build_score_method(n, ds, tools))
+
+    config = RunConfig(
+        dataset=ds.name, dataset_fingerprint=ds.fingerprint, methods=names, seeds=seeds, users=users,
+        llm=opts.llm if uses_llm else None, backend=opts.backend if uses_llm else None, part=opts.part,
+        top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency,
+        command=command_line(), uses_llm=uses_llm, expected={str(s): len(u) for s, u in plan.items()},
+    )
+    folder = RunFolder(opts.out or default_out(opts), config)
+    try:
+        with ResultsWriter(folder.paths["results"], folder.paths["trajectories"]) as writer:
+            runner = Runner(ds, writer, part=opts.part, top_n=opts.top_n, batch_size=opts.batch_size,
+                            concurrency=concurrency, on_update=on_update)
+            try:
+                asyncio.run(_run(runner, methods, plan, suite))
+            finally:
+                summary = write_summary(folder.folder)
+    finally:
+        folder.close()
+    return summary, folder.folder
+
+
+async def _run(runner: Runner, methods: list, plan: dict, suite) -> None:
+    try:
+        await runner.run(methods, plan)
+    finally:
+        if suite is not None:
+            await suite.aclose()
+
+
+def write_summary(folder: Path) -> dict:
+    """Summarise what the folder holds (all its shards so far) into folder/summary.json,
+    atomically, so shards writing side by side never leave a half-written file."""
+    view = load_runs([folder])[0]
+    path = Path(folder) / "summary.json"
+    summary = summarize(view.config, view.records, view.expected)
+    summary["missing_shards"] = view.missing_shards
+    summary["bad_lines"] = view.bad_lines
+    tmp = path.with_name(f".summary.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return summary

@@ -1,0 +1,112 @@
+"""summary.json: per method, mean ± std over seeds of Recall/NDCG @5/@10/@20, the users behind
+them, LLM cost per user, termination rounds (Figure 5), and ToolRec's relative improvement
+over the best baseline (Table 2's last row).
+
+Metrics are computed over the users whose record is `ok`; failed users are counted apart
+(`users.failed`) and a method with failed or missing users is marked incomplete, so a partial
+run is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from toolrec_local.eval.methods import BASELINES, TOOLREC, needs_llm
+from toolrec_local.eval.metrics import MISSING, mean_std, metric_means, relative_improvement
+from toolrec_local.eval.results import OK
+
+NS = (5, 10, 20)
+METRICS = tuple(f"{m}@{n}" for n in NS for m in ("recall", "ndcg"))
+COST_FIELDS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "wall_s")
+COUNT_FIELDS = ("retries", "repairs", "grammar_violations")
+
+
+def _rank(rec: dict) -> float:
+    return MISSING if rec.get("rank") is None else float(rec["rank"])
+
+
+def method_summary(name: str, records: list[dict], top_n: int, expected: int | None) -> dict:
+    ok = [r for r in records if r["status"] == OK]
+    failed = [r for r in records if r["status"] != OK]
+    seeds = sorted({int(r["seed"]) for r in ok})
+    per_seed = {}
+    for seed in seeds:
+        ranks = np.array([_rank(r) for r in ok if int(r["seed"]) == seed])
+        per_seed[str(seed)] = {**metric_means(ranks, NS), "users": int(len(ranks))}
+    stats = mean_std([{k: v for k, v in m.items() if k != "users"} for m in per_seed.values()])
+    out: dict = {m: stats.get(m, {"mean": 0.0, "std": 0.0}) for m in METRICS}
+    out["per_seed"] = per_seed
+    out["users"] = {"ok": len(ok), "failed": len(failed), "expected": expected}
+    out["complete"] = not failed and (expected is None or len(ok) >= expected)
+    if failed:
+        out["errors"] = dict(Counter(r.get("error") or "?" for r in failed).most_common(5))
+    if needs_llm(name):
+        n = max(1, len(ok))
+        out["llm"] = {f"{f}_per_user": round(sum(float(r.get(f) or 0) for r in ok) / n, 4) for f in COST_FIELDS}
+        out["llm"].update({f: int(sum(int(r.get(f) or 0) for r in ok)) for f in COUNT_FIELDS})
+        latency = sum(float(r.get("latency_s") or 0) for r in ok)
+        wall = sum(float(r.get("wall_s") or 0) for r in ok)
+        out["llm"]["tokens_out_per_s"] = round(sum(int(r.get("tokens_out") or 0) for r in ok) / latency, 2) if latency else None
+        out["llm"]["share_outside_llm"] = round(max(0.0, 1 - latency / wall), 4) if wall else None
+        rounds = [int(r.get("rounds") or 0) for r in ok]
+        if any(rounds):
+            hits = [int(r.get("rounds") or 0) for r in ok if _rank(r) < top_n]
+            out["rounds"] = {
+                "all": {str(k): v for k, v in sorted(Counter(rounds).items())},
+                "hits": {str(k): v for k, v in sorted(Counter(hits).items())},
+                "mean": round(float(np.mean(rounds)), 3),
+            }
+    return out
+
+
+def improvement(methods: dict[str, dict], of: str = TOOLREC) -> dict | None:
+    """ToolRec's relative gain over the best baseline present, per metric (Table 2's last row)."""
+    base = [b for b in BASELINES if b in methods]
+    if of not in methods or not base:
+        return None
+    out = {}
+    for m in METRICS:
+        best = max(base, key=lambda b: methods[b][m]["mean"])
+        ref = methods[best][m]["mean"]
+        out[m] = {"over": best, "reference": ref, "value": methods[of][m]["mean"],
+                  "relative": relative_improvement(methods[of][m]["mean"], ref)}
+    return out
+
+
+def summarize(config, records: list[dict], expected: dict | None = None) -> dict:
+    """`config`: the run's RunConfig; `expected`: users per seed the run should have."""
+    by_method: dict[str, list[dict]] = {}
+    for r in records:
+        by_method.setdefault(r["method"], []).append(r)
+    n_expected = sum(int(v) for v in expected.values()) if expected else None
+    order = [m for m in config.methods if m in by_method] + sorted(set(by_method) - set(config.methods))
+    methods = {m: method_summary(m, by_method[m], config.top_n, n_expected) for m in order}
+    return {
+        "dataset": config.dataset,
+        "llm": config.llm if config.uses_llm else None,
+        "backend": config.backend if config.uses_llm else None,
+        "part": config.part,
+        "top_n": config.top_n,
+        "users": config.users if config.users is not None else "all",
+        "seeds": config.seeds,
+        "methods": methods,
+        "improvement": improvement(methods),
+    }
+
+
+def brief(summary: dict) -> dict:
+    """The --json output: metrics as {mean, std}, plus LLM and round figures per method."""
+    out = {"dataset": summary["dataset"], "llm": summary["llm"], "methods": {}}
+    for name, m in summary["methods"].items():
+        entry = {k: m[k] for k in METRICS}
+        entry["users"] = m["users"]
+        entry["complete"] = m["complete"]
+        for extra in ("llm", "rounds"):
+            if extra in m:
+                entry[extra] = m[extra]
+        out["methods"][name] = entry
+    if summary.get("improvement"):
+        out["improvement"] = {k: v["relative"] for k, v in summary["improvement"].items()}
+    return out
