@@ -1,0 +1,78 @@
+"""What an agent run needs, built once per process: the dataset, the retrieval tool, the
+backend, the configuration, and the prompts rendered for them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+
+from toolrec_local.agent.prompts import Renderer, load_prompts
+from toolrec_local.errors import ToolrecError
+from toolrec_local.llm.protocol import ActionGrammar, Backend, Completion, Constraint
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    top_n: int = 10  # N of the final list
+    max_rounds: int = 8  # the paper's cap; at the cap the agent finishes
+    history_len: int = 10  # history items shown (most recent)
+    n_demos: int = 2  # in-context demonstrations (prompts/<domain>.yaml has them)
+    show_items: int = 10  # items of each tool list shown in the agent's context
+    observation_window: int | None = None  # rounds whose observations stay in full (None: all)
+    max_k: int = 50  # K allowed in an action (grammar bound; free text is clamped to it)
+    default_k: int = 20  # free text only: K when the model wrote Retrieval[genre]
+    rank_max_candidates: int = 50  # Rank sees at most this many gathered items (memory order)
+    rank_with_names: bool = True  # Rank options are "<id>, <name>" (False: "<id>")
+    rank_tokens_per_item: int = 24  # max_tokens of a Rank call = k * this + 8
+    max_retries: int = 3  # tool re-runs after memory rejects items, before the repair
+    grammar: bool = True  # False: free text, tolerant parser ("--no-grammar")
+    action_max_tokens: int = 128
+    temperature: float = 0.0
+    prompts_dir: str | None = None  # default: the repository's prompts/
+
+    def __post_init__(self):
+        checks = {
+            "top_n": self.top_n >= 1, "max_rounds": self.max_rounds >= 1, "history_len": self.history_len >= 0,
+            "n_demos": self.n_demos >= 0, "show_items": self.show_items >= 1, "max_k": self.max_k >= 1,
+            "default_k": 1 <= self.default_k <= self.max_k, "rank_max_candidates": self.rank_max_candidates >= 1,
+            "max_retries": self.max_retries >= 0,
+            "observation_window": self.observation_window is None or self.observation_window >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ToolrecError(f"agent settings out of range: {', '.join(f'{k}={getattr(self, k)}' for k in bad)}",
+                               "use positive values (default_k within 1..max_k)")
+
+    def with_(self, **changes) -> "AgentConfig":
+        return replace(self, **changes)
+
+
+@dataclass
+class AgentContext:
+    """Built once per process and shared by every concurrent run (runs keep their own state)."""
+
+    dataset: object  # toolrec_local.data.Dataset
+    tool: object  # RetrievalTool: .attributes, .retrieve(user, attribute, k, exclude=(), part=)
+    backend: Backend
+    config: AgentConfig = field(default_factory=AgentConfig)
+
+    def __post_init__(self):
+        attrs = tuple(self.tool.attributes)
+        self.action_grammar = ActionGrammar(retrieval_attributes=attrs, max_k=self.config.max_k)
+        self.renderer = Renderer(
+            self.dataset, load_prompts(self.dataset.domain, self.config.prompts_dir), attrs,
+            top_n=self.config.top_n, max_k=self.config.max_k, history_len=self.config.history_len,
+            n_demos=self.config.n_demos, show_items=self.config.show_items,
+        )
+
+    @cached_property
+    def attributes(self) -> tuple[str, ...]:
+        return tuple(self.tool.attributes)
+
+    async def ask(self, messages: list[dict], constraint: Constraint, max_tokens: int, seed: int) -> tuple[Completion, float]:
+        """One LLM call; returns the completion and the wall time it took here."""
+        t0 = time.perf_counter()
+        c = await self.backend.generate(messages, constraint if self.config.grammar else None,
+                                        max_tokens=max_tokens, temperature=self.config.temperature, seed=seed)
+        return c, time.perf_counter() - t0

@@ -1,0 +1,89 @@
+"""The memory strategy (paper, section 3.4): the item pool directory, the check every tool
+output goes through, and the valid lists stored with their tool marks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from toolrec_local.agent.actions import Action, format_action
+
+
+@dataclass
+class ToolList:
+    """A validated tool output with its mark: which tool, which attribute, which K."""
+
+    action: Action  # Retrieval or Rank (the K actually executed)
+    items: list[int]
+    scores: list[float]  # retrieval scores; a Rank list carries its items' best retrieval score
+
+    @property
+    def mark(self) -> str:
+        return format_action(self.action)
+
+
+@dataclass
+class Check:
+    valid: list[int]
+    problems: list[str] = field(default_factory=list)  # one sentence per rejected item
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Memory:
+    """One user's memory: the catalogue (items 1..n_items), the user's history, and the lists."""
+
+    def __init__(self, n_items: int, history, names: list[str]):
+        self.n_items = n_items
+        self.history = {int(i) for i in history}
+        self.names = names
+        self.lists: list[ToolList] = []
+        self._best_score: dict[int, float] = {}
+
+    def check(self, items: list[int], allowed: set[int] | None = None, labels: list[str] | None = None) -> Check:
+        """Keep items that exist, are not in the history, are not repeated (and are in `allowed`,
+        when given); name every other one. `labels` are how the LLM wrote each item."""
+        out = Check([])
+        seen: set[int] = set()
+        for pos, item in enumerate(items):
+            label = labels[pos] if labels else str(item)
+            if not 1 <= item <= self.n_items:
+                out.problems.append(f"{label!r} is not in the catalogue")
+            elif item in self.history:
+                out.problems.append(f"{label!r} is in the user's history")
+            elif item in seen:
+                out.problems.append(f"{label!r} is listed twice")
+            elif allowed is not None and item not in allowed:
+                out.problems.append(f"{label!r} is not among the candidates")
+            else:
+                seen.add(item)
+                out.valid.append(item)
+        return out
+
+    def store(self, action: Action, items: list[int], scores: list[float]) -> ToolList:
+        entry = ToolList(action, list(items), list(scores))
+        self.lists.append(entry)
+        for item, score in zip(items, scores):
+            if item not in self._best_score or score > self._best_score[item]:
+                self._best_score[item] = score
+        return entry
+
+    def candidates(self) -> list[int]:
+        """Every item gathered so far, deduplicated, in memory order."""
+        return list(dict.fromkeys(i for lst in self.lists for i in lst.items))
+
+    def current(self) -> ToolList | None:
+        """The most recent valid list: what Finish returns."""
+        return self.lists[-1] if self.lists else None
+
+    def score(self, item: int) -> float:
+        """The item's best retrieval score so far (-inf if it was never retrieved)."""
+        return self._best_score.get(item, float("-inf"))
+
+    def by_score(self, exclude=()) -> list[int]:
+        """Gathered items, best retrieval score first (ties: memory order)."""
+        skip = set(exclude)
+        order = self.candidates()
+        pos = {item: n for n, item in enumerate(order)}
+        return sorted((i for i in order if i not in skip), key=lambda i: (-self.score(i), pos[i]))

@@ -1,0 +1,183 @@
+"""Prompt templates as data (`prompts/<domain>.yaml`, Jinja2), and the renderer that fills
+them from a dataset. All prompt text lives in the YAML files; this module only gathers the
+variables (item names, attribute values, ratings, scores) and calls the templates."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from toolrec_local.agent.actions import Finish, ParseFailure, Rank, format_turn, parse_turn
+from toolrec_local.agent.memory import ToolList
+from toolrec_local.errors import ToolrecError
+
+TEMPLATE_KEYS = (
+    "system", "profile", "history_line", "head", "task", "item_line", "observation",
+    "observation_short", "observation_finish", "invalid_action", "rank_system", "rank_user",
+    "candidate_line", "plan_note", "plan_step",
+)
+
+
+def prompts_dir() -> Path:
+    """$TOOLREC_PROMPTS, else the repository's `prompts/` folder."""
+    env = os.environ.get("TOOLREC_PROMPTS")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "prompts"
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    domain: str
+    path: Path
+    item: str
+    items: str
+    history_attributes: tuple[str, ...]
+    demos: tuple[dict, ...]
+    templates: dict
+
+    def render(self, key: str, **variables) -> str:
+        try:
+            return self.templates[key].render(**variables)
+        except jinja2.UndefinedError as exc:
+            raise ToolrecError(f"{self.path}: template {key!r}: {exc.message}", "fix the template's variables") from None
+
+
+@lru_cache(maxsize=16)
+def load_prompts(domain: str, folder: str | None = None) -> PromptSet:
+    path = Path(folder or prompts_dir()) / f"{domain}.yaml"
+    if not path.is_file():
+        raise ToolrecError(f"no prompts for domain {domain!r} (looked for {path})",
+                           "add a prompts/<domain>.yaml or set TOOLREC_PROMPTS to a folder that has one")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ToolrecError(f"{path}: not valid YAML ({exc})", "fix the file") from None
+    missing = [k for k in TEMPLATE_KEYS if k not in data]
+    if missing:
+        raise ToolrecError(f"{path}: missing templates {', '.join(missing)}", "add them (see prompts/movies.yaml)")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    try:
+        templates = {k: env.from_string(data[k]) for k in TEMPLATE_KEYS}
+    except jinja2.TemplateSyntaxError as exc:
+        raise ToolrecError(f"{path}: template syntax error line {exc.lineno}: {exc.message}", "fix the template") from None
+    return PromptSet(domain, path, data.get("item", "item"), data.get("items", "items"),
+                     tuple(data.get("history_attributes", ())), tuple(data.get("demos") or ()), templates)
+
+
+def _rating(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{float(value):g}"
+
+
+class Renderer:
+    """Fills one dataset's templates. Built once per AgentContext; the system message (with
+    its demonstrations) is rendered once and reused."""
+
+    def __init__(self, dataset, prompts: PromptSet, attributes: tuple[str, ...], *, top_n: int,
+                 max_k: int, history_len: int, n_demos: int, show_items: int):
+        self.ds, self.p = dataset, prompts
+        self.attributes = attributes
+        self.top_n, self.max_k, self.history_len, self.show_items = top_n, max_k, history_len, show_items
+        self.history_attributes = tuple(a for a in prompts.history_attributes if a in dataset.attributes)
+        self.system = self._system(prompts.demos[:n_demos])
+
+    # ---- the user ----------------------------------------------------------------------
+    def profile(self, user: int) -> str:
+        return self.p.render("profile", profile={k: v[user] for k, v in self.ds.profile.items()})
+
+    def history_lines(self, user: int, history) -> list[str]:
+        ratings = self.ds.ratings(user)
+        n = len(history)
+        start = max(0, n - self.history_len)
+        return [
+            self.p.render("history_line", id=self.ds.item_ids[i], name=self.ds.item_names[i],
+                          year=self.ds.item_years[i], rating=_rating(float(ratings[pos])),
+                          attrs={a: self.ds.attributes[a].of(int(i)) for a in self.history_attributes})
+            for pos, i in zip(range(start, n), history[start:])
+        ]
+
+    def head(self, user: int, history, with_profile: bool = True) -> str:
+        profile = self.profile(user) if with_profile else ""
+        return self.p.render("head", profile=profile, history=self.history_lines(user, history))
+
+    def task(self, head: str) -> str:
+        return self.p.render("task", head=head, n=self.top_n)
+
+    # ---- observations --------------------------------------------------------------------
+    def item_lines(self, items, scores) -> list[str]:
+        return [self.p.render("item_line", id=self.ds.item_ids[i], name=self.ds.item_names[i], score=float(s))
+                for i, s in zip(items, scores)]
+
+    def observation(self, lst: ToolList, note: str = "") -> str:
+        shown = self.show_items
+        return self.p.render(
+            "observation", tool=type(lst.action).__name__, attribute=lst.action.attribute, k=len(lst.items),
+            mark=lst.mark, lines=self.item_lines(lst.items[:shown], lst.scores[:shown]),
+            hidden=max(0, len(lst.items) - shown), note=note,
+        )
+
+    def observation_short(self, lst: ToolList) -> str:
+        return self.p.render("observation_short", mark=lst.mark, k=len(lst.items))
+
+    def observation_finish(self, items, scores) -> str:
+        return self.p.render("observation_finish", final=self.item_lines(items, scores))
+
+    def invalid(self, message: str) -> str:
+        return self.p.render("invalid_action", message=message)
+
+    # ---- the Rank tool ---------------------------------------------------------------------
+    def rank_messages(self, head: str, groups: list[tuple[str, list[int]]], attribute: str | None, k: int,
+                      with_names: bool, problems: list[str]) -> list[dict]:
+        rendered = [
+            {"mark": mark, "lines": [self.p.render("candidate_line", id=self.ds.item_ids[i], name=self.ds.item_names[i])
+                                     for i in items]}
+            for mark, items in groups
+        ]
+        user = self.p.render("rank_user", head=head, groups=rendered, attribute=attribute, k=k,
+                             with_names=with_names, problems=problems)
+        return [{"role": "system", "content": self.p.render("rank_system")}, {"role": "user", "content": user}]
+
+    def plan_note(self) -> str:
+        return self.p.render("plan_note")
+
+    def plan_step(self) -> str:
+        return self.p.render("plan_step")
+
+    # ---- system message and demonstrations --------------------------------------------------
+    def _system(self, demos) -> str:
+        attributes = [{"name": a} for a in self.attributes]
+        rendered = [text for text in map(self.demo, demos) if text]
+        text = "\n\n".join(f"Example {n}:\n{t}" for n, t in enumerate(rendered, 1))
+        return self.p.render("system", attributes=attributes, max_k=self.max_k, n=self.top_n, demos=text)
+
+    def demo(self, demo: dict) -> str:
+        """A whole demonstration trajectory, rendered with the same templates as a live run;
+        "" when one of its actions is not valid for this tool's attributes (then it is left out)."""
+        history = [
+            self.p.render("history_line", id=row[0], name=row[1], year=row[2], rating=_rating(row[4]),
+                          attrs={a: row[3][a] for a in self.history_attributes if a in row[3]})
+            for row in demo["history"]
+        ]
+        head = self.p.render("head", profile=self.p.render("profile", profile=demo.get("profile") or {}), history=history)
+        parts = [self.task(head)]
+        for step in demo["steps"]:
+            text = f"Thought: {step['thought']}\nAction: {step['action']}"
+            _, action = parse_turn(text, self.attributes, strict=True)
+            if isinstance(action, ParseFailure):
+                return ""
+            parts.append(format_turn(step["thought"], action))
+            if isinstance(action, Finish):
+                break
+            rows = step["items"]
+            lines = [self.p.render("item_line", id=r[0], name=r[1], score=float(r[2])) for r in rows]
+            parts.append(self.p.render(
+                "observation", tool="Rank" if isinstance(action, Rank) else "Retrieval", attribute=action.attribute,
+                k=step["k"], mark=step["action"], lines=lines, hidden=max(0, step["k"] - len(rows)), note="",
+            ))
+        return "\n".join(parts)
