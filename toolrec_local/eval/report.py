@@ -1,0 +1,280 @@
+"""`report`: a Markdown report and PNG plots from one or more run folders.
+
+* Table-2-style table per run (mean ± std over seeds, best per column in bold, ToolRec's
+  relative improvement over the best baseline as the last row), LLM cost and termination rounds.
+* metrics-<run>.png: Recall and NDCG @5/@10/@20 per method with std error bars; a dashed line
+  separates the methods without an LLM from those with one (as the paper's Figure 4).
+* rounds-<run>.png: termination rounds of the agent, all users vs hits (Figure 5).
+* compare.png, with several runs (e.g. one per LLM): Recall@10 and NDCG@10 side by side (Figure 8).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from rich.table import Table
+
+from toolrec_local.errors import ToolrecError
+from toolrec_local.eval.methods import needs_llm
+from toolrec_local.eval.rundir import RunView, load_runs
+from toolrec_local.eval.summary import METRICS, summarize
+
+COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")
+AGENT_METHODS = ("toolrec", "toolrec-b", "plan")
+
+
+def _fmt(metric: str, v: float) -> str:
+    return f"{v:.3f}" if metric.startswith("recall") else f"{v:.4f}"
+
+
+def _best(summary: dict, metric: str) -> float | None:
+    vals = [m[metric]["mean"] for m in summary["methods"].values() if m["users"]["ok"]]
+    return max(vals) if vals else None
+
+
+def summary_table(summary: dict) -> Table:
+    """The Rich version of the table, for the terminal."""
+    t = Table(title=f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {summary['users']} users × {len(summary['seeds'])} seeds")
+    t.add_column("method")
+    for c in COLUMNS:
+        t.add_column(c.replace("recall", "Recall").replace("ndcg", "NDCG"), justify="right")
+    t.add_column("users", justify="right")
+    for name, m in summary["methods"].items():
+        cells = []
+        for c in COLUMNS:
+            cell = f"{_fmt(c, m[c]['mean'])}±{_fmt(c, m[c]['std'])}"
+            cells.append(f"[bold]{cell}[/]" if m[c]["mean"] == _best(summary, c) and m["users"]["ok"] else cell)
+        users = f"{m['users']['ok']}" + (f" [red]({m['users']['failed']} failed)[/]" if m["users"]["failed"] else "")
+        t.add_row(name, *cells, users)
+    imp = summary.get("improvement")
+    if imp:
+        t.add_row("[italic]improvement[/]", *[_pct(imp[c]["relative"]) for c in COLUMNS], "")
+    return t
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:+.2f}%"
+
+
+# ---- Markdown -------------------------------------------------------------
+def markdown_table(summary: dict) -> str:
+    head = "| Method | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in COLUMNS) + " | users |"
+    lines = [head, "|---|" + "---:|" * (len(COLUMNS) + 1)]
+    for name, m in summary["methods"].items():
+        cells = []
+        for c in COLUMNS:
+            cell = f"{_fmt(c, m[c]['mean'])} ± {_fmt(c, m[c]['std'])}"
+            cells.append(f"**{cell}**" if m["users"]["ok"] and m[c]["mean"] == _best(summary, c) else cell)
+        users = str(m["users"]["ok"])
+        if not m["complete"]:
+            users += f" † ({m['users']['failed']} failed" + (f", {m['users']['expected']} expected)" if m['users']['expected'] else ")")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {users} |")
+    imp = summary.get("improvement")
+    if imp:
+        over = sorted({imp[c]["over"] for c in COLUMNS})
+        lines.append("| Improvement (toolrec vs best of " + ", ".join(over) + ") | " + " | ".join(_pct(imp[c]["relative"]) for c in COLUMNS) + " | |")
+    return "\n".join(lines)
+
+
+def markdown_llm(summary: dict) -> str:
+    rows = [(n, m["llm"]) for n, m in summary["methods"].items() if "llm" in m]
+    if not rows:
+        return ""
+    lines = ["| Method | LLM calls / user | tokens in / user | tokens out / user | LLM latency s / user | wall s / user | out tok/s | outside LLM | retries | repairs | grammar violations |",
+             "|---|" + "---:|" * 10]
+    for n, l in rows:
+        share = "-" if l["share_outside_llm"] is None else f"{100 * l['share_outside_llm']:.1f}%"
+        tps = "-" if l["tokens_out_per_s"] is None else f"{l['tokens_out_per_s']:.1f}"
+        lines.append(f"| {n} | {l['llm_calls_per_user']:.2f} | {l['tokens_in_per_user']:.0f} | {l['tokens_out_per_user']:.0f} | "
+                     f"{l['latency_s_per_user']:.2f} | {l['wall_s_per_user']:.2f} | {tps} | {share} | {l['retries']} | {l['repairs']} | {l['grammar_violations']} |")
+    return "\n".join(lines)
+
+
+def markdown_rounds(summary: dict) -> str:
+    rows = [(n, m["rounds"]) for n, m in summary["methods"].items() if "rounds" in m and n in AGENT_METHODS]
+    if not rows:
+        return ""
+    top = max(int(k) for _, r in rows for k in r["all"])
+    rounds = range(1, max(top, 1) + 1)
+    lines = ["| Method | users | " + " | ".join(f"{k}" for k in rounds) + " | mean |", "|---|---|" + "---:|" * (len(rounds) + 1)]
+    for n, r in rows:
+        lines.append(f"| {n} | all | " + " | ".join(str(r["all"].get(str(k), 0)) for k in rounds) + f" | {r['mean']:.2f} |")
+        lines.append(f"| {n} | hits | " + " | ".join(str(r["hits"].get(str(k), 0)) for k in rounds) + " | |")
+    return "\n".join(lines)
+
+
+def markdown_compare(summaries: list[tuple[str, dict]]) -> str:
+    names = list(dict.fromkeys(n for _, s in summaries for n in s["methods"]))
+    head = "| Method | " + " | ".join(f"{label} R@10 | {label} N@10" for label, _ in summaries) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(summaries)]
+    for n in names:
+        cells = []
+        for _, s in summaries:
+            m = s["methods"].get(n)
+            cells += ([f"{m['recall@10']['mean']:.3f} ± {m['recall@10']['std']:.3f}", f"{m['ndcg@10']['mean']:.4f} ± {m['ndcg@10']['std']:.4f}"]
+                      if m else ["-", "-"])
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---- plots ----------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(summary: dict, path: Path, title: str) -> Path:
+    import numpy as np
+
+    plt = _plt()
+    names = [n for n, m in summary["methods"].items() if m["users"]["ok"]]
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.1 * len(names) + 3), 4.2), constrained_layout=True)
+    x = np.arange(len(names))
+    width = 0.26
+    colors = ("#9ecae1", "#3182bd", "#08519c")
+    for ax, kind in zip(axes, ("recall", "ndcg")):
+        for j, n in enumerate((5, 10, 20)):
+            key = f"{kind}@{n}"
+            means = [summary["methods"][m][key]["mean"] for m in names]
+            stds = [summary["methods"][m][key]["std"] for m in names]
+            ax.bar(x + (j - 1) * width, means, width, yerr=stds, capsize=2, label=f"@{n}", color=colors[j])
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_title("Recall" if kind == "recall" else "NDCG")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        llm_pos = [i for i, m in enumerate(names) if needs_llm(m)]
+        if llm_pos and llm_pos[0] > 0:
+            ax.axvline(llm_pos[0] - 0.5, color="grey", linestyle="--", linewidth=1)
+    axes[0].legend(title="cut-off", fontsize=8)
+    seeds = len(summary["seeds"])
+    fig.suptitle(f"{title}  (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})", fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_rounds(summary: dict, path: Path, title: str) -> Path | None:
+    import numpy as np
+
+    rows = [(n, m["rounds"]) for n, m in summary["methods"].items() if "rounds" in m and n in AGENT_METHODS]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(rows), figsize=(5.2 * len(rows), 3.8), constrained_layout=True, squeeze=False)
+    for ax, (name, r) in zip(axes[0], rows):
+        top = max(8, max(int(k) for k in r["all"]))
+        ks = np.arange(1, top + 1)
+        n_all = sum(r["all"].values())
+        n_hit = sum(r["hits"].values())
+        all_share = [r["all"].get(str(k), 0) / max(1, n_all) for k in ks]
+        hit_share = [r["hits"].get(str(k), 0) / max(1, n_hit) for k in ks]
+        ax.bar(ks - 0.2, all_share, 0.4, label=f"all users (n={n_all})", color="#3182bd")
+        ax.bar(ks + 0.2, hit_share, 0.4, label=f"hits (n={n_hit})", color="#e6550d")
+        ax.set_xticks(ks)
+        ax.set_xlabel("termination round")
+        ax.set_ylabel("share")
+        ax.set_title(name)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}: termination rounds", fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_compare(summaries: list[tuple[str, dict]], path: Path) -> Path:
+    import numpy as np
+
+    plt = _plt()
+    names = list(dict.fromkeys(n for _, s in summaries for n in s["methods"]))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 0.9 * len(names) * max(1, len(summaries) / 2) + 3), 4.4), constrained_layout=True)
+    x = np.arange(len(names))
+    width = 0.8 / len(summaries)
+    cmap = plt.get_cmap("tab10")
+    for ax, key in zip(axes, ("recall@10", "ndcg@10")):
+        for j, (label, s) in enumerate(summaries):
+            means = [s["methods"][n][key]["mean"] if n in s["methods"] else 0.0 for n in names]
+            stds = [s["methods"][n][key]["std"] if n in s["methods"] else 0.0 for n in names]
+            ax.bar(x - 0.4 + width * (j + 0.5), means, width, yerr=stds, capsize=2, label=label, color=cmap(j))
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_title(key.replace("recall", "Recall").replace("ndcg", "NDCG"))
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Runs side by side (mean ± std over seeds)", fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---- the report -----------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
+
+
+def _describe(view: RunView, summary: dict) -> str:
+    cfg = view.config
+    users = "all test users" if cfg.users is None else f"{cfg.users} sampled users"
+    parts = [f"{users} × {len(cfg.seeds)} seed(s) ({', '.join(map(str, cfg.seeds))})", f"split: {cfg.part}", f"N = {cfg.top_n}"]
+    if cfg.uses_llm:
+        parts.append(f"LLM: {cfg.llm} via {cfg.backend}")
+    text = "; ".join(parts) + ".  \nRun folder(s): " + ", ".join(f"`{f}`" for f in view.folders)
+    if view.missing_shards:
+        text += f"  \n**Incomplete:** shards {', '.join(view.missing_shards)} are missing."
+    if view.bad_lines:
+        text += f"  \n{view.bad_lines} unreadable line(s) skipped (a torn last line of a killed run)."
+    return text
+
+
+NOTES = """Notes. Leave-one-out, full ranking over every item not in the user's history. Score methods
+(pop, sasrec, bert4rec, tool:*) rank the target exactly over the whole catalogue; LLM methods rank
+it by its position in their top-N list, so their @20 equals @N when N < 20. Metrics are means
+over the users of each seed, then mean ± (population) std over seeds; † marks a method with
+failed or missing users (metrics are over the users that finished). "Improvement" is ToolRec's
+relative gain over the best baseline present (pop, sasrec, bert4rec, llmrank, chatrec), as in
+the paper's Table 2."""
+
+
+def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, Path, list[dict]]:
+    views = load_runs([Path(d) for d in run_dirs])
+    if not views:
+        raise ToolrecError("nothing to report", "pass run folders written by `toolrec-local eval`")
+    if out is None:
+        out = Path(run_dirs[0]) / "report" if len(views) == 1 else Path(run_dirs[0]).parent / "report"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries: list[tuple[str, dict]] = []
+    md = ["# ToolRec evaluation report", ""]
+    for view in views:
+        s = summarize(view.config, view.records, view.expected)
+        s["label"] = view.label
+        s["missing_shards"] = view.missing_shards
+        summaries.append((view.label, s))
+        slug = _slug(view.label)
+        md += [f"## {view.label}", "", _describe(view, s), "", markdown_table(s), ""]
+        if s["methods"] and any(m["users"]["ok"] for m in s["methods"].values()):
+            p = plot_metrics(s, out / f"metrics-{slug}.png", view.label)
+            md += [f"![metrics]({p.name})", ""]
+        llm = markdown_llm(s)
+        if llm:
+            md += ["### LLM cost per user", "", llm, ""]
+        rounds = markdown_rounds(s)
+        if rounds:
+            md += ["### Termination rounds (Figure 5)", "", rounds, ""]
+            p = plot_rounds(s, out / f"rounds-{slug}.png", view.label)
+            if p:
+                md += [f"![rounds]({p.name})", ""]
+    if len(summaries) > 1:
+        md += ["## Side by side (Figure 8)", "", markdown_compare(summaries), ""]
+        p = plot_compare(summaries, out / "compare.png")
+        md += [f"![compare]({p.name})", ""]
+    md += [NOTES, ""]
+    path = out / "report.md"
+    path.write_text("\n".join(md), encoding="utf-8")
+    return path, out, [s for _, s in summaries]
