@@ -66,7 +66,8 @@ def run_retrieval(state: RunState, action: Retrieval, rnd: Round) -> ToolList:
         rnd.invalid_items += len(check.problems)
         if check.ok:
             break
-        excluded += [i for i in items if i not in set(check.valid)]
+        # unknown ids cannot be excluded: the tool indexes its scores by item id
+        excluded += [i for i in items if i not in set(check.valid) and 1 <= i <= state.memory.n_items]
         if attempt < state.ctx.config.max_retries:
             rnd.retries += 1
     else:

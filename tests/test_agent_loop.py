@@ -1,0 +1,250 @@
+"""The agent loop driven by scripted turns on ML-100K with a real (co-occurrence) retrieval
+tool: every branch (retrieval, rank, finish, the cap, invalid actions, memory re-runs and
+repairs, clamping, plan, llm_rank)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from test_agent_support import CooccurrenceRetrieval, ReplayBackend
+
+from toolrec_local.agent.context import AgentConfig, AgentContext
+from toolrec_local.agent.loop import llm_rank, run_agent, run_plan
+from toolrec_local.llm.protocol import ActionGrammar, ItemListGrammar
+
+USER = 0
+
+
+@pytest.fixture(scope="module")
+def tool(ml100k):
+    return CooccurrenceRetrieval(ml100k)
+
+
+def run(ml100k, tool, turns, check=True, **config):
+    backend = ReplayBackend(turns, check=check)
+    ctx = AgentContext(ml100k, tool, backend, AgentConfig(**config))
+    return asyncio.run(run_agent(ctx, USER)), backend, ctx
+
+
+def first_k(messages, constraint):
+    """A Rank answer: the first k options, as a grammar-constrained model may write it."""
+    return "\n".join(constraint.options[: constraint.k])
+
+
+def last_k(messages, constraint):
+    return "\n".join(constraint.options[-constraint.k:])
+
+
+def assert_valid_final(traj, ds, n=10):
+    history = set(traj.history_items)
+    assert len(traj.final_items) == n == len(set(traj.final_items))
+    assert all(1 <= i <= ds.n_items and i not in history for i in traj.final_items)
+
+
+def test_retrieval_rank_finish(ml100k, tool):
+    turns = ["Thought: genre first.\nAction: Retrieval[genre, 20]",
+             "Thought: and the plain recommender.\nAction: Retrieval[None, 15]",
+             "Thought: rank by director.\nAction: Rank[director, 10]", last_k,
+             "Thought: good.\nAction: Finish"]
+    traj, backend, ctx = run(ml100k, tool, turns)
+    assert [r.action for r in traj.rounds] == ["Retrieval[genre, 20]", "Retrieval[None, 15]", "Rank[director, 10]", "Finish"]
+    assert traj.finished_by == "finish"
+    assert_valid_final(traj, ml100k)
+    # Rank's grammar offers exactly the gathered candidates (deduplicated, memory order)
+    _, rank_constraint = backend.calls[3]
+    gathered = list(dict.fromkeys(traj.rounds[0].items + traj.rounds[1].items))
+    assert isinstance(rank_constraint, ItemListGrammar) and rank_constraint.k == 10
+    assert rank_constraint.options == tuple(f"{ml100k.item_ids[i]}, {ml100k.item_names[i]}" for i in gathered)
+    # the answer (the last 10 candidates) is the rank list and then the final list
+    assert traj.rounds[2].items == gathered[-10:] == traj.final_items
+    # every action call carries the action grammar with the tool's attributes
+    assert all(c == ActionGrammar(("genre", "release_year"), 50) for _, c in (backend.calls[i] for i in (0, 1, 2, 4)))
+    # earlier observations appear in later prompts with their tool marks' content
+    last_prompt = backend.calls[4][0]
+    assert "Action: Rank[director, 10]" in last_prompt[-2]["content"]
+    assert ml100k.item_names[traj.rounds[2].items[0]] in last_prompt[-1]["content"]
+    totals = traj.totals()
+    assert totals["grammar_violations"] == totals["invalid_items"] == totals["retries"] == totals["repairs"] == 0
+    assert traj.tools_used() == {"Retrieval", "Rank", "Finish"}
+
+
+def test_cap_finishes_with_the_latest_list(ml100k, tool):
+    turns = ["Thought: more.\nAction: Retrieval[genre, 30]"] * 3
+    traj, backend, _ = run(ml100k, tool, turns, max_rounds=3)
+    assert traj.finished_by == "cap" and len(traj.rounds) == 3 and not backend.turns
+    assert traj.final_items == traj.rounds[-1].items[:10]
+    assert "cut Retrieval[genre, 30] to 10" in traj.final_note
+    assert_valid_final(traj, ml100k)
+
+
+def test_finish_before_any_list_falls_back_to_the_backbone(ml100k, tool):
+    traj, _, _ = run(ml100k, tool, ["Thought: done.\nAction: Finish"])
+    assert_valid_final(traj, ml100k)
+    assert [i for i, _ in tool.retrieve(USER, None, 10)] == traj.final_items
+    assert "no list gathered" in traj.final_note and "padded 10 from the backbone" in traj.final_note
+
+
+def test_short_list_is_padded_from_gathered_candidates_by_score(ml100k, tool):
+    turns = ["Thought: a.\nAction: Retrieval[genre, 12]", "Thought: b.\nAction: Rank[None, 3]", first_k,
+             "Thought: c.\nAction: Finish"]
+    traj, _, _ = run(ml100k, tool, turns)
+    ranked = traj.rounds[1].items
+    assert traj.final_items[:3] == ranked
+    retrieved = dict(tool.retrieve(USER, "genre", 12))
+    pad = traj.final_items[3:]
+    assert set(pad) <= set(retrieved) and [retrieved[i] for i in pad] == sorted((retrieved[i] for i in pad), reverse=True)
+    assert_valid_final(traj, ml100k)
+
+
+def test_rank_with_nothing_gathered_is_observed_as_invalid(ml100k, tool):
+    turns = ["Thought: rank.\nAction: Rank[genre, 5]", "Thought: ok.\nAction: Retrieval[None, 10]",
+             "Thought: done.\nAction: Finish"]
+    traj, backend, _ = run(ml100k, tool, turns)
+    assert traj.rounds[0].note.startswith("Invalid action: Rank needs gathered movies")
+    assert backend.calls[1][0][-1]["content"].startswith("Observation: Invalid action:")
+    assert_valid_final(traj, ml100k)
+
+
+def test_free_text_invalid_action_and_tolerant_reading(ml100k, tool):
+    turns = ["I think we should search.", "Thought 2: genre\nAction 2: retrieval[GENRE,25] then rank",
+             "thought: fine\naction: finish"]
+    traj, backend, _ = run(ml100k, tool, turns, grammar=False)
+    assert all(c is None for _, c in backend.calls)  # free text: no constraint is sent
+    assert traj.rounds[0].note.startswith("Invalid action: no Retrieval")
+    assert backend.calls[1][0][-1]["content"].startswith("Observation: Invalid action:")
+    assert traj.rounds[1].action == "Retrieval[genre, 25]" and len(traj.rounds[1].items) == 25
+    assert traj.totals()["grammar_violations"] == 0  # only counted in grammar mode
+    assert_valid_final(traj, ml100k)
+
+
+def test_free_text_k_out_of_range_is_clamped_and_said(ml100k, tool):
+    traj, backend, _ = run(ml100k, tool, ["Thought: x\nAction: Retrieval[genre, 500]", "Action: Finish"], grammar=False, max_k=40)
+    # the round records what the model asked for; the tool ran the nearest valid K and said so
+    assert traj.rounds[0].action == "Retrieval[genre, 500]" and len(traj.rounds[0].items) == 40
+    assert "K=500 clamped to 40" in traj.rounds[0].note
+    assert "K=500 clamped to 40" in backend.calls[1][0][-1]["content"]
+
+
+def test_rank_rerun_names_the_wrong_items(ml100k, tool):
+    ds = ml100k
+    hist_item = int(ds.split(USER, "test")[0][-1])
+
+    def bad_then_good(messages, constraint):
+        return f"{ds.item_ids[hist_item]}, {ds.item_names[hist_item]}\n99999, Unknown Movie\n" + first_k(messages, constraint)
+
+    turns = ["Thought: a\nAction: Retrieval[None, 10]", "Thought: b\nAction: Rank[genre, 5]",
+             lambda m, c: bad_then_good(m, _Options(m, 5)), first_k_text(5), "Action: Finish"]
+    traj, backend, _ = run(ml100k, tool, turns, grammar=False)
+    rnd = traj.rounds[1]
+    assert rnd.retries == 1 and rnd.repairs == 0 and rnd.invalid_items >= 2
+    retry_prompt = backend.calls[3][0][-1]["content"]
+    assert "Your previous answer was wrong" in retry_prompt
+    assert f"'{ds.item_ids[hist_item]}, {ds.item_names[hist_item]}' is in the user's history" in retry_prompt
+    assert "'99999, Unknown Movie' is not in the catalogue" in retry_prompt
+    assert len(rnd.items) == 5 and hist_item not in rnd.items
+    assert_valid_final(traj, ml100k)
+
+
+def test_rank_repair_after_retries_are_spent(ml100k, tool):
+    garbage = "1. Nothing Real\n2. Another Unknown"
+    turns = ["Thought: a\nAction: Retrieval[genre, 10]", "Thought: b\nAction: Rank[None, 6]"] + [garbage] * 3 + ["Action: Finish"]
+    traj, _, _ = run(ml100k, tool, turns, grammar=False, max_retries=2)
+    rnd = traj.rounds[1]
+    assert rnd.retries == 2 and rnd.repairs == 1
+    assert rnd.items == [i for i, _ in tool.retrieve(USER, "genre", 10)][:6]  # filled by score
+    assert "repaired" in rnd.note
+    assert_valid_final(traj, ml100k)
+
+
+class FaultyRetrieval:
+    """Wraps the real tool but slips the user's last history item and an unknown id into the
+    first call's answer, to exercise memory's check on the Retrieval tool."""
+
+    def __init__(self, tool, ds):
+        self.tool, self.ds, self.calls = tool, ds, []
+        self.attributes = tool.attributes
+
+    def retrieve(self, user, attribute, k, exclude=(), part="test"):
+        self.calls.append(tuple(exclude))
+        pairs = self.tool.retrieve(user, attribute, k, exclude, part)
+        bad = [(int(self.ds.split(user, part)[0][-1]), 9.0), (self.ds.n_items + 5, 8.0)]
+        return [p for p in bad if p[0] not in exclude] + pairs[: k - 2] if len(self.calls) == 1 else pairs
+
+
+def test_retrieval_output_is_checked_and_rerun(ml100k, tool):
+    faulty = FaultyRetrieval(tool, ml100k)
+    traj, _, _ = run(ml100k, faulty, ["Thought: a\nAction: Retrieval[None, 10]", "Action: Finish"], grammar=False)
+    rnd = traj.rounds[0]
+    assert rnd.invalid_items == 2 and rnd.retries == 1 and rnd.repairs == 0
+    assert set(faulty.calls[1]) == {int(ml100k.split(USER, "test")[0][-1])}  # the unknown id cannot be excluded
+    assert len(rnd.items) == 10
+    assert_valid_final(traj, ml100k)
+
+
+def test_grammar_violation_is_counted_and_the_run_goes_on(ml100k, tool):
+    traj, _, _ = run(ml100k, tool, ["Thought: x\nAction: retrieval[genre, 5]", "Thought: y\nAction: Finish"], check=False)
+    assert traj.rounds[0].grammar_violations == 1 and traj.rounds[1].grammar_violations == 0
+    assert traj.rounds[0].action == "Retrieval[genre, 5]"
+
+
+def test_observation_window_shortens_old_observations(ml100k, tool):
+    turns = ["Thought: a\nAction: Retrieval[genre, 10]", "Thought: b\nAction: Retrieval[None, 10]", "Action: Finish"]
+    _, backend, _ = run(ml100k, tool, turns, check=False, observation_window=1)
+    prompt = backend.calls[2][0]
+    assert prompt[3]["content"] == "Observation: 10 movies from Retrieval[genre, 10] (listed earlier)."
+    assert prompt[5]["content"].startswith("Observation: The recommender returned 10 movies:")
+
+
+def test_trajectory_json(ml100k, tool):
+    turns = ["Thought: a\nAction: Retrieval[genre, 12]", "Thought: b\nAction: Finish"]
+    traj, _, _ = run(ml100k, tool, turns)
+    d = json.loads(json.dumps(traj.to_dict()))
+    history, target = ml100k.split(USER, "test")
+    assert d["user"] == ml100k.user_ids[USER] and d["target"] == ml100k.item_ids[target]
+    assert d["history"] == [ml100k.item_ids[i] for i in history]
+    assert d["final"] == [ml100k.item_ids[i] for i in traj.final_items]
+    assert set(d["rounds"][0]) >= {"thought", "action", "observation", "tokens_in", "tokens_out", "latency_s", "retries", "repairs"}
+    assert d["rounds"][0]["observation"] == [ml100k.item_ids[i] for i in traj.rounds[0].items]
+    assert d["rounds"][0]["tokens_in"] > 0
+
+
+def test_llm_rank_drops_history_and_ranks_under_the_grammar(ml100k, tool):
+    history, _ = ml100k.split(USER, "test")
+    cands = [int(history[-1])] + [i for i, _ in tool.retrieve(USER, None, 30)]
+    backend = ReplayBackend([last_k])
+    ctx = AgentContext(ml100k, tool, backend, AgentConfig())
+    items, stats = asyncio.run(llm_rank(ctx, USER, cands, 10, attribute="genre", include_profile=False))
+    assert items == cands[1:][-10:]
+    messages, constraint = backend.calls[0]
+    assert len(constraint.options) == 30 and constraint.k == 10
+    assert "years old" not in messages[1]["content"] and "according to their genre" in messages[1]["content"]
+    assert stats["llm_calls"] == 1 and stats["grammar_violations"] == 0 and stats["repairs"] == 0
+
+
+def test_run_plan_writes_then_executes(ml100k, tool):
+    turns = ["Thought: a\nAction: Retrieval[genre, 15]", "Thought: b\nAction: Rank[None, 10]",
+             "Thought: c\nAction: Finish", first_k]
+    backend = ReplayBackend(turns)
+    ctx = AgentContext(ml100k, tool, backend, AgentConfig())
+    traj = asyncio.run(run_plan(ctx, USER))
+    planning = [backend.calls[i][0] for i in range(3)]
+    assert all("(not available while planning)" in m[-1]["content"] for m in planning[1:])
+    assert not any("returned 15 movies" in msg["content"] for m in planning for msg in m)
+    assert isinstance(backend.calls[3][1], ItemListGrammar)  # Rank runs after the plan
+    assert traj.finished_by == "plan" and traj.final_items == traj.rounds[1].items
+    assert_valid_final(traj, ml100k)
+
+
+# helpers for the free-text rank scripts: options as the grammar would list them
+class _Options:
+    def __init__(self, messages, k):
+        lines = messages[-1]["content"].splitlines()
+        start = lines.index("Candidate movies:") + 1
+        self.options = tuple(line for line in lines[start:] if line[:1].isdigit())
+        self.k = k
+
+
+def first_k_text(k):
+    return lambda messages, constraint: "\n".join(_Options(messages, k).options[:k])
