@@ -1,0 +1,232 @@
+"""Backends without a vLLM server: scripted, OpenAI against a fake local API, the vLLM
+client's error handling against a fake server, and the factory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import pytest
+from fake_openai import FakeAPI, chat_response
+
+from toolrec_local.errors import ToolrecError
+from toolrec_local.llm.backends import ScriptedBackend, ScriptError
+from toolrec_local.llm.grammar import conforms
+from toolrec_local.llm.protocol import ActionGrammar, Backend, ChoiceGrammar, ItemListGrammar
+
+ACTION = ActionGrammar(("genre", "release_year"), max_k=20)
+OPTIONS = ("1, Toy Story (1995)", "12, Heat (1995)", "13, Heathers (1989)", "7, Á köldum klaka (Cold Fever) (1994)")
+MSGS = [{"role": "user", "content": "Recommend a movie."}]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# --- scripted ----------------------------------------------------------------------------
+
+def test_scripted_replays_validates_and_records():
+    seen = []
+
+    def second(messages, constraint):
+        seen.append((messages[-1]["content"], constraint))
+        return "\n".join(constraint.options[:constraint.k])
+
+    b = ScriptedBackend(["Thought: look by genre\nAction: Retrieval[genre, 5]", second])
+    assert isinstance(b, Backend)
+    c1 = run(b.generate(MSGS, ACTION, temperature=0.5, seed=3))
+    c2 = run(b.generate(MSGS, ItemListGrammar(OPTIONS, 2)))
+    assert c1.text.endswith("Retrieval[genre, 5]") and c2.text == "1, Toy Story (1995)\n12, Heat (1995)"
+    assert [c.constraint for c in b.calls] == [ACTION, ItemListGrammar(OPTIONS, 2)]
+    assert b.calls[0].temperature == 0.5 and b.calls[0].seed == 3 and seen[0][0] == "Recommend a movie."
+    assert b.remaining == 0
+    with pytest.raises(ScriptError, match="exhausted"):
+        run(b.generate(MSGS, None))
+
+
+def test_scripted_rejects_a_wrong_script():
+    with pytest.raises(ScriptError, match="does not conform"):
+        run(ScriptedBackend(["Action: Finish"]).generate(MSGS, ACTION))
+    with pytest.raises(ScriptError, match="does not conform"):  # duplicates are not a list
+        run(ScriptedBackend(["12, Heat (1995)\n12, Heat (1995)"]).generate(MSGS, ItemListGrammar(OPTIONS, 2)))
+    assert run(ScriptedBackend(["free text"]).generate(MSGS, None)).text == "free text"
+
+
+# --- OpenAI backend against a fake API ---------------------------------------------------
+
+def _strict_schema(body):
+    rf = body["response_format"]
+    assert rf["type"] == "json_schema" and rf["json_schema"]["strict"] is True
+    return rf["json_schema"]["schema"]
+
+
+def openai_backend(api, **kw):
+    from toolrec_local.llm.backends.openai_api import OpenAIBackend
+
+    return OpenAIBackend("gpt-fake", api_key="sk-test", base_url=api.base_url, backoff_s=0.01, **kw)
+
+
+def test_openai_sends_strict_schema_and_renders_canonical_text():
+    def handler(body):
+        if "response_format" not in body:
+            return chat_response("free text")
+        schema = _strict_schema(body)
+        if "thought" in schema["properties"]:
+            attrs = schema["properties"]["action"]["anyOf"][0]["properties"]["attribute"]["enum"]
+            assert attrs == ["genre", "release_year", "None"]
+            return chat_response(json.dumps({"thought": "genre\nfits", "action":
+                                             {"tool": "Retrieval", "attribute": "genre", "k": 20}}))
+        assert "choice" in schema["properties"]
+        return chat_response(json.dumps({"choice": schema["properties"]["choice"]["enum"][3]}))
+
+    with FakeAPI(handler) as api:
+        b = openai_backend(api)
+        c = run(b.generate(MSGS, ACTION, max_tokens=99, seed=5))
+        assert c.text == "Thought: genre fits\nAction: Retrieval[genre, 20]" and conforms(ACTION, c.text)
+        assert (c.tokens_in, c.tokens_out, c.calls) == (11, 7, 1)
+        assert run(b.generate(MSGS, ChoiceGrammar(OPTIONS))).text == OPTIONS[3]
+        assert run(b.generate(MSGS, None)).text == "free text"
+        first = api.requests[0]
+        assert first["model"] == "gpt-fake" and first["seed"] == 5 and first["max_completion_tokens"] == 99
+        assert first["_auth"] == "Bearer sk-test" and "response_format" not in api.requests[2]
+        run(b.aclose())
+
+
+def test_openai_repairs_duplicate_items_by_asking_again():
+    def handler(body):
+        enum = _strict_schema(body)["properties"]["items"]["items"]["enum"]
+        n = _strict_schema(body)["properties"]["items"]["minItems"]
+        return chat_response(json.dumps({"items": [enum[0]] * n}))  # always repeats the first
+
+    with FakeAPI(handler) as api:
+        c = run(openai_backend(api).generate(MSGS, ItemListGrammar(OPTIONS, 3)))
+    assert conforms(ItemListGrammar(OPTIONS, 3), c.text) and c.calls == 3
+    assert c.text.split("\n") == list(OPTIONS[:3])
+    # each repair asks only for the options not chosen yet
+    assert len(_strict_schema(api.requests[1])["properties"]["items"]["items"]["enum"]) == 3
+
+
+def test_openai_errors_are_toolrec_errors():
+    calls = {"n": 0}
+
+    def outside(body):
+        return chat_response(json.dumps({"thought": "t", "action": {"tool": "Retrieval", "attribute": "genre", "k": 99}}))
+
+    def flaky(body):
+        calls["n"] += 1
+        return (503, {"error": {"message": "busy"}}) if calls["n"] < 3 else chat_response("ok")
+
+    def bad_request(body):
+        calls["n"] += 1
+        return 400, {"error": {"message": "schema too large"}}
+
+    with FakeAPI(outside) as api:
+        with pytest.raises(ToolrecError, match="outside the requested schema"):
+            run(openai_backend(api).generate(MSGS, ACTION))
+    with FakeAPI(flaky) as api:
+        assert run(openai_backend(api).generate(MSGS, None)).text == "ok" and calls["n"] == 3
+    calls["n"] = 0
+    with FakeAPI(bad_request) as api:
+        with pytest.raises(ToolrecError, match="HTTP 400"):
+            run(openai_backend(api).generate(MSGS, ACTION))
+    assert calls["n"] == 1  # no retry on 4xx
+
+
+def test_openai_needs_a_key(monkeypatch):
+    from toolrec_local.llm.backends.openai_api import OpenAIBackend
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ToolrecError, match="API key"):
+        OpenAIBackend("gpt-4o")
+
+
+# --- vLLM client against a fake server ---------------------------------------------------
+
+def vllm_backend(url, model="fake", **kw):
+    from toolrec_local.llm.backends.vllm import VLLMBackend
+
+    kw.setdefault("backoff_s", 0.01)
+    return VLLMBackend(url, model, **kw)
+
+
+def obeying(body):
+    """Answers like a server that applies `structured_outputs` regexes of literal tokens."""
+    regex = body.get("structured_outputs", {}).get("regex")
+    return chat_response(regex if regex and "zq" in regex else "Hello there!")
+
+
+def test_vllm_unreachable_server_fails_fast():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    t0 = time.perf_counter()
+    with pytest.raises(ToolrecError, match="cannot reach"):
+        run(vllm_backend(f"http://127.0.0.1:{port}/v1", backoff_s=0.5).connect())
+    assert time.perf_counter() - t0 < 30
+
+
+def test_vllm_probe_and_model_check_against_fake_server():
+    with FakeAPI(lambda body: chat_response("Hello there!"), models=["fake"]) as api:
+        with pytest.raises(ToolrecError, match="ignores structured outputs"):
+            run(vllm_backend(api.base_url).connect())
+        assert "structured_outputs" in api.requests[-1]
+    with FakeAPI(obeying, models=["a-model", "b-model"]) as api:
+        with pytest.raises(ToolrecError, match="a-model, b-model"):
+            run(vllm_backend(api.base_url, model="missing").connect())
+        run(vllm_backend(api.base_url, model="b-model").connect())  # probe passes
+
+
+def test_vllm_retries_5xx_but_not_4xx():
+    calls = {"n": 0}
+
+    def flaky(body):
+        calls["n"] += 1
+        return (500, {"error": {"message": "boom"}}) if calls["n"] < 3 else obeying(body)
+
+    with FakeAPI(flaky) as api:
+        run(vllm_backend(api.base_url).connect())
+    assert calls["n"] == 3
+    calls["n"] = 0
+
+    def too_long(body):
+        calls["n"] += 1
+        return 400, {"error": {"message": "prompt longer than max-model-len"}}
+
+    with FakeAPI(too_long) as api:
+        with pytest.raises(ToolrecError, match="HTTP 400.*max-model-len"):
+            run(vllm_backend(api.base_url).connect())
+    assert calls["n"] == 1
+    with FakeAPI(lambda body: (500, {"error": {"message": "always"}})) as api:
+        with pytest.raises(ToolrecError, match="failed 3 times"):
+            run(vllm_backend(api.base_url, retries=2).connect())
+
+
+def test_vllm_refuses_text_outside_the_grammar():
+    """A server that passes the probe but then answers free text is caught per answer."""
+    with FakeAPI(obeying) as api:
+        b = vllm_backend(api.base_url)
+        with pytest.raises(ToolrecError, match="outside the grammar"):
+            run(b.generate(MSGS, ChoiceGrammar(OPTIONS)))
+
+
+# --- factory ------------------------------------------------------------------------------
+
+def test_factory_builds_each_backend_and_explains_mistakes(monkeypatch):
+    from toolrec_local.llm.factory import make_backend
+
+    b = make_backend("tiny-random", "vllm", base_url=["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"])
+    assert b.name == "vllm:tiny-random" and len(b._servers) == 2
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    assert make_backend("gpt-4o", "openai").model == "gpt-4o"
+    with pytest.raises(ToolrecError, match="unknown backend"):
+        make_backend("tiny-random", "llamacpp")
+    with pytest.raises(ToolrecError, match="API model"):
+        make_backend("gpt-4o", "vllm")
+    with pytest.raises(ToolrecError, match="open-weight"):
+        make_backend("tiny-random", "openai")
+    with pytest.raises(ToolrecError, match="structured-output backend"):
+        make_backend("tiny-random", "vllm", structured_backend="lmformatenforcer")
+    with pytest.raises(ToolrecError, match="not found"):
+        make_backend("tiny-random", "local", model_path="/nonexistent/dir")

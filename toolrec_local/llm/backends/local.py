@@ -1,0 +1,158 @@
+"""transformers + llguidance in process, as a `Backend` (CPU; tests and small models).
+
+The model loads once per process. Each step is a plain decoding loop: llguidance computes the
+allowed-token mask from the regex over the tokenizer's bytes (so titles with non-ASCII letters
+and titles that extend other titles stay reachable, unlike Outlines' own regex backend here),
+and the KV cache of the longest shared prompt prefix is reused between steps, so the k steps of
+an item list re-read only their new tokens. Calls are serialised: one model, one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolrec_local.errors import ToolrecError
+from toolrec_local.llm.backends.stepwise import Step, StepwiseBackend
+from toolrec_local.llm.protocol import Message
+
+
+@dataclass
+class _Loaded:
+    model: object
+    tokenizer: object
+    lltok: object
+    vocab: int
+    eos_ids: set[int]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cache_ids: list[int] = field(default_factory=list)  # tokens whose KV sits in `cache`
+    cache: object = None
+
+
+_MODELS: dict[str, _Loaded] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def load(model_path: str | Path, dtype: torch.dtype = torch.float32) -> _Loaded:
+    """The model at `model_path`, loaded once per process."""
+    path = Path(model_path).expanduser().resolve()
+    key = str(path)
+    with _LOAD_LOCK:
+        if key in _MODELS:
+            return _MODELS[key]
+        if not (path / "config.json").is_file():
+            raise ToolrecError(f"no model at {path} (config.json missing)",
+                               "pull it with `toolrec-local models pull <name>` or pass --model-path")
+        import llguidance.hf
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.chat_template is None:
+            raise ToolrecError(f"the tokenizer at {path} has no chat template",
+                               "use an instruction model or add chat_template.jinja")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model.eval()
+        vocab = model.get_output_embeddings().weight.shape[0]
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos_ids.add(tokenizer.eos_token_id)
+        lltok = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab, eos_token=tokenizer.eos_token_id)
+        loaded = _Loaded(model, tokenizer, lltok, vocab, eos_ids)
+        _MODELS[key] = loaded
+        return loaded
+
+
+class LocalBackend(StepwiseBackend):
+    def __init__(self, model_path: str | Path, *, name: str | None = None, dtype: torch.dtype = torch.float32):
+        self.model_path = Path(model_path)
+        self.name = name or f"local:{self.model_path.name}"
+        self._m = load(model_path, dtype)
+        self._lock = asyncio.Lock()
+
+    async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
+                    max_tokens: int, temperature: float, seed: int | None) -> Step:
+        async with self._lock:
+            return await asyncio.to_thread(self._step_sync, messages, prefix, regex,
+                                           max_tokens, temperature, seed)
+
+    # --- the decoding loop ------------------------------------------------------------------
+
+    def _prompt_ids(self, messages: list[Message], prefix: str) -> list[int]:
+        tok = self._m.tokenizer
+        msgs = list(messages)
+        if prefix:
+            msgs.append({"role": "assistant", "content": prefix})
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=not prefix,
+                                       continue_final_message=bool(prefix))
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def _step_sync(self, messages, prefix, regex, max_tokens, temperature, seed) -> Step:
+        import llguidance
+        import llguidance.torch as lltorch
+
+        m = self._m
+        with m.lock:
+            prompt = self._prompt_ids(messages, prefix)
+            matcher = None
+            if regex is not None:
+                matcher = llguidance.LLMatcher(m.lltok, llguidance.LLMatcher.grammar_from_regex(regex), log_level=0)
+                if matcher.is_error():
+                    raise ToolrecError(f"the grammar does not compile: {matcher.get_error()}",
+                                       "this is a bug in the grammar module; report it with the regex")
+                bitmask = lltorch.allocate_token_bitmask(1, m.vocab)
+            gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
+            out: list[int] = []
+            stopped = False
+            logits = self._forward(prompt)
+            for _ in range(max_tokens):
+                if matcher is not None:
+                    lltorch.fill_next_token_bitmask(matcher, bitmask)
+                    allowed = np.unpackbits(bitmask[0].numpy().view(np.uint8), bitorder="little")[: m.vocab]
+                    logits = logits.masked_fill(torch.from_numpy(allowed == 0), float("-inf"))
+                token = self._pick(logits, temperature, gen)
+                if token in m.eos_ids:
+                    stopped = True
+                    break
+                if matcher is not None and not matcher.consume_token(token):
+                    raise ToolrecError(f"llguidance rejected a token it allowed: {matcher.get_error()}",
+                                       "report this with the model and the grammar")
+                out.append(token)
+                if matcher is not None and matcher.is_stopped():
+                    stopped = True
+                    break
+                logits = self._forward(prompt + out)
+            text = m.tokenizer.decode(out, skip_special_tokens=True)
+            return Step(text=text, tokens_in=len(prompt), tokens_out=len(out), stopped=stopped)
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> int:
+        if temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+    @torch.inference_mode()
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        """Logits after `ids`, feeding only what the cache does not hold yet."""
+        from transformers import DynamicCache
+
+        m = self._m
+        common = 0
+        limit = min(len(ids) - 1, len(m.cache_ids))  # always feed at least one token
+        while common < limit and ids[common] == m.cache_ids[common]:
+            common += 1
+        if m.cache is None or common == 0:
+            m.cache = DynamicCache()
+            common = 0
+        elif common < len(m.cache_ids):
+            m.cache.crop(common - len(m.cache_ids))  # negative: drop that many tokens
+        new = torch.tensor([ids[common:]])
+        out = m.model(input_ids=new, past_key_values=m.cache, use_cache=True)
+        m.cache = out.past_key_values
+        m.cache_ids = list(ids)
+        return out.logits[0, -1]

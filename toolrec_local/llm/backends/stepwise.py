@@ -1,0 +1,127 @@
+"""The shared driver for backends that can continue a partial assistant message under a
+regex (vLLM server, local transformers): one description of how a constrained answer is
+built from steps, so every such backend enforces the grammar the same way.
+
+* action turn: one step under the whole action regex; if the thought runs past its token
+  budget, a second step continues after the (cut) thought line with "\\nAction: <action>".
+* item list: one step per line, each under a regex over the options not chosen yet, so the
+  lines are distinct by construction.
+* choice: one step under the alternation of the options.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from toolrec_local.errors import ToolrecError
+from toolrec_local.llm import grammar as G
+from toolrec_local.llm.protocol import (
+    ActionGrammar, ChoiceGrammar, Completion, Constraint, ItemListGrammar, Message,
+)
+
+
+@dataclass
+class Step:
+    text: str  # the continuation only, without the prefix
+    tokens_in: int
+    tokens_out: int
+    stopped: bool  # ended by itself (grammar complete / end of turn), not by max_tokens
+
+
+def option_token_budget(options) -> int:
+    """Enough tokens for any option even if every byte were a token, plus a line break
+    and the end-of-turn token: a list item must never be cut by max_tokens."""
+    return max(len(o.encode("utf-8")) for o in options) + 2
+
+
+def action_token_budget(g: ActionGrammar) -> int:
+    longest_attr = max([len(a.encode("utf-8")) for a in g.retrieval_attributes] + [40])
+    return len("\nAction: Retrieval[, ]") + longest_attr + len(str(g.max_k)) + 2
+
+
+class StepwiseBackend:
+    """Subclasses implement `_step`; `generate` is the whole protocol."""
+
+    name: str = "stepwise"
+
+    async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
+                    max_tokens: int, temperature: float, seed: int | None) -> Step:
+        """Continue the assistant message `prefix` ("" = a fresh answer) under `regex`
+        (None = unconstrained) and return only the continuation."""
+        raise NotImplementedError
+
+    async def generate(self, messages: list[Message], constraint: Constraint, *,
+                       max_tokens: int = 256, temperature: float = 0.0,
+                       seed: int | None = None) -> Completion:
+        t0 = time.perf_counter()
+        steps: list[Step] = []
+
+        async def step(prefix, regex, budget, i=0):
+            s = await self._step(messages, prefix, regex, max_tokens=budget, temperature=temperature,
+                                 seed=None if seed is None else seed + i)
+            steps.append(s)
+            return s
+
+        if constraint is None:
+            text = (await step("", None, max_tokens)).text
+        elif isinstance(constraint, ActionGrammar):
+            text = await self._action(constraint, step)
+        elif isinstance(constraint, ChoiceGrammar):
+            s = await step("", G.option_regex(constraint.options), option_token_budget(constraint.options))
+            text = s.text
+        elif isinstance(constraint, ItemListGrammar):
+            text = await self._items(constraint, step)
+        else:
+            raise TypeError(f"not a constraint: {constraint!r}")
+
+        if not G.conforms(constraint, text):
+            raise ToolrecError(
+                f"{self.name} returned text outside the grammar: {text[:200]!r}",
+                "the server is not applying structured outputs; use a vLLM build with "
+                "structured outputs (xgrammar or guidance backend) and the `structured_outputs` field",
+            )
+        return Completion(
+            text=text,
+            tokens_in=sum(s.tokens_in for s in steps),
+            tokens_out=sum(s.tokens_out for s in steps),
+            latency_s=time.perf_counter() - t0,
+            calls=len(steps),
+        )
+
+    async def _action(self, g: ActionGrammar, step) -> str:
+        first = await step("", G.to_regex(g), g.thought_max_tokens + action_token_budget(g))
+        if first.stopped and G.conforms(g, first.text):
+            return first.text
+        # The thought ran past its budget: keep its first line, then force the action.
+        thought = first.text.split("\n", 1)[0].rstrip()
+        if not thought.startswith(G.THOUGHT_PREFIX) or len(thought) <= len(G.THOUGHT_PREFIX):
+            thought = G.THOUGHT_PREFIX + "..."
+        regex = r"\n" + G.escape(G.ACTION_PREFIX) + G.action_regex(g)
+        second = await step(thought, regex, action_token_budget(g), 1)
+        return thought + second.text
+
+    async def _items(self, g: ItemListGrammar, step) -> str:
+        chosen: list[str] = []
+        remaining = list(dict.fromkeys(g.options))
+        if len(remaining) < g.k:
+            raise ValueError(f"{g.k} distinct lines asked from {len(remaining)} distinct options")
+        budget = option_token_budget(g.options)
+        for i in range(g.k):
+            if i == 0:
+                s = await step("", G.option_regex(tuple(remaining)), budget)
+                line = s.text
+            else:
+                s = await step("\n".join(chosen), G.next_line_regex(tuple(remaining)), budget, i)
+                line = s.text[1:] if s.text.startswith("\n") else s.text
+            if line not in remaining:
+                raise ToolrecError(
+                    f"{self.name} wrote a list line outside the remaining options: {s.text[:120]!r}",
+                    "the server is not applying structured outputs",
+                )
+            chosen.append(line)
+            remaining.remove(line)
+        return "\n".join(chosen)
+
+    async def aclose(self) -> None:
+        return None

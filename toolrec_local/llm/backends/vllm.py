@@ -1,0 +1,161 @@
+"""A vLLM OpenAI-compatible server (one or several, round-robin) as a `Backend`.
+
+Constraints travel as `structured_outputs: {"regex": ...}` in the request body; vLLM answers
+HTTP 200 with unconstrained text to fields it does not know (the old `guided_regex`), so on
+connect a probe asks for a random token under a regex and refuses to run unless it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+
+import httpx
+import openai
+
+from toolrec_local.errors import ToolrecError
+from toolrec_local.llm import grammar as G
+from toolrec_local.llm.backends.stepwise import Step, StepwiseBackend
+from toolrec_local.llm.protocol import Message
+
+SERVE_HINT = "start one with `toolrec-local serve <model>` or pass the right --base-url"
+
+
+@dataclass
+class _Server:
+    url: str
+    client: openai.AsyncOpenAI
+    ready: bool = False
+
+
+class VLLMBackend(StepwiseBackend):
+    def __init__(self, base_urls: str | list[str], model: str, *, api_key: str | None = None,
+                 timeout_s: float = 300.0, connect_timeout_s: float = 3.0, retries: int = 3,
+                 backoff_s: float = 0.5, structured_backend: str | None = None,
+                 name: str | None = None):
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not urls:
+            raise ToolrecError("no vLLM server URL given", SERVE_HINT)
+        self.model = model
+        self.structured_backend = structured_backend
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.name = name or f"vllm:{model}"
+        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._servers = [
+            _Server(u.rstrip("/"), openai.AsyncOpenAI(base_url=u.rstrip("/"), api_key=api_key or "EMPTY",
+                                                      timeout=timeout, max_retries=0))
+            for u in urls
+        ]
+        self._next = 0
+        self._connect_lock = asyncio.Lock()
+        self._current: _Server | None = None
+
+    # --- connection and probe -----------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Check every server: reachable, serves `model`, applies structured outputs."""
+        async with self._connect_lock:
+            for server in self._servers:
+                if not server.ready:
+                    await self._check_model(server)
+                    await self._probe(server)
+                    server.ready = True
+
+    async def _check_model(self, server: _Server) -> None:
+        page = await self._call(server, lambda: server.client.models.list())
+        served = [m.id for m in page.data]
+        if self.model not in served:
+            raise ToolrecError(
+                f"the vLLM server at {server.url} does not serve model {self.model!r}; it serves: "
+                + (", ".join(served) or "nothing"),
+                "pass the served model name (vLLM --served-model-name) or point --base-url at the right server",
+            )
+
+    async def _probe(self, server: _Server) -> None:
+        token = f"zq{secrets.token_hex(3)}-{secrets.token_hex(3)}"
+        messages = [{"role": "user", "content": "Say hello in one short sentence."}]
+        self._current = server
+        step = await self._step(messages, "", G.escape(token), max_tokens=len(token) + 4,
+                                temperature=1.0, seed=None)
+        if step.text != token:
+            raise ToolrecError(
+                f"server ignores structured outputs: {server.url} was asked for {token!r} under a regex "
+                f"and answered {step.text[:80]!r}",
+                "use vLLM >= 0.10 with --structured-outputs-config.backend xgrammar|guidance|outlines; "
+                "never run unconstrained by accident",
+            )
+
+    # --- requests -------------------------------------------------------------------------
+
+    def _constraint_body(self, regex: str) -> dict:
+        """The request fields that carry a regex (a subclass may change them; the probe checks)."""
+        return {"structured_outputs": {"regex": regex}}
+
+    async def generate(self, messages, constraint, *, max_tokens=256, temperature=0.0, seed=None):
+        await self.connect()
+        # every step of one answer goes to the same server, whose prefix cache then holds it
+        self._current = self._servers[self._next % len(self._servers)]
+        self._next += 1
+        server = self._current
+        completion = await super().generate(messages, constraint, max_tokens=max_tokens,
+                                            temperature=temperature, seed=seed)
+        completion.meta["server"] = server.url
+        return completion
+
+    async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
+                    max_tokens: int, temperature: float, seed: int | None) -> Step:
+        server = self._current or self._servers[0]
+        extra: dict = {}
+        msgs = list(messages)
+        if prefix:
+            msgs.append({"role": "assistant", "content": prefix})
+            extra.update(continue_final_message=True, add_generation_prompt=False)
+        if regex is not None:
+            extra.update(self._constraint_body(regex))
+        kwargs = dict(model=self.model, messages=msgs, max_tokens=max_tokens,
+                      temperature=temperature, extra_body=extra)
+        if seed is not None:
+            kwargs["seed"] = seed
+        resp = await self._call(server, lambda: server.client.chat.completions.create(**kwargs))
+        choice = resp.choices[0]
+        usage = resp.usage
+        return Step(text=choice.message.content or "",
+                    tokens_in=usage.prompt_tokens if usage else 0,
+                    tokens_out=usage.completion_tokens if usage else 0,
+                    stopped=choice.finish_reason != "length")
+
+    async def _call(self, server: _Server, make_request):
+        """Bounded retries with exponential backoff on connection errors and HTTP 5xx."""
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                return await make_request()
+            except (openai.APIConnectionError, openai.InternalServerError) as exc:
+                last = exc
+            except openai.APIStatusError as exc:
+                raise ToolrecError(
+                    f"the vLLM server at {server.url} rejected a request (HTTP {exc.status_code}): "
+                    f"{_detail(exc)}",
+                    "check the model name, the context length (--max-model-len) and the request",
+                ) from exc
+        if isinstance(last, openai.APIConnectionError):
+            raise ToolrecError(f"cannot reach the vLLM server at {server.url}: {last}", SERVE_HINT) from last
+        raise ToolrecError(
+            f"the vLLM server at {server.url} failed {self.retries + 1} times: {_detail(last)}",
+            "see the server log; a regex that takes too long to compile also fails this way",
+        ) from last
+
+    async def aclose(self) -> None:
+        for server in self._servers:
+            await server.client.close()
+
+
+def _detail(exc) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error") or body)[:300]
+    return str(exc)[:300]

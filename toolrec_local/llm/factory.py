@@ -1,0 +1,55 @@
+"""`make_backend`: from a model card name and a backend kind to a ready `Backend`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolrec_local.errors import ToolrecError
+from toolrec_local.llm.protocol import Backend
+
+BACKENDS = ("vllm", "local", "openai")
+DEFAULT_VLLM_URL = "http://127.0.0.1:8000/v1"
+STRUCTURED_BACKENDS = ("xgrammar", "guidance", "outlines")
+
+
+def make_backend(llm: str, backend: str, base_url: str | list[str] | None = None, api_key: str | None = None,
+                 model_path: str | Path | None = None, structured_backend: str | None = None) -> Backend:
+    """`llm` names a model card (models/<llm>.yaml).
+
+    * vllm:   the server(s) at `base_url` (one URL or a list, used round-robin) serving the card's
+              `served_name`; checked and probed on the first call (or `await backend.connect()`).
+              `structured_backend` only labels which server backend is expected; the server's
+              `--structured-outputs-config.backend` decides.
+    * local:  transformers + llguidance in this process, weights from `model_path` or the card.
+    * openai: the OpenAI API (`api_key` or OPENAI_API_KEY; `base_url` for a compatible endpoint).
+    """
+    from toolrec_local.llm.registry import load_card
+
+    if backend not in BACKENDS:
+        raise ToolrecError(f"unknown backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
+    card = load_card(llm)
+    if backend == "openai":
+        if card.kind != "openai":
+            raise ToolrecError(f"model {llm!r} is an open-weight model, not an OpenAI API model",
+                               "use --backend vllm or --backend local for it")
+        if isinstance(base_url, list):
+            if len(base_url) != 1:
+                raise ToolrecError("the openai backend takes one base URL", "pass a single --base-url")
+            base_url = base_url[0]
+        from toolrec_local.llm.backends.openai_api import OpenAIBackend
+
+        return OpenAIBackend(card.served_name, api_key=api_key, base_url=base_url)
+    if card.kind != "open-weight":
+        raise ToolrecError(f"model {llm!r} is an API model; it cannot run on the {backend} backend",
+                           "use --backend openai for it")
+    if structured_backend is not None and structured_backend not in STRUCTURED_BACKENDS:
+        raise ToolrecError(f"unknown structured-output backend {structured_backend!r}",
+                           f"use one of: {', '.join(STRUCTURED_BACKENDS)}")
+    if backend == "vllm":
+        from toolrec_local.llm.backends.vllm import VLLMBackend
+
+        return VLLMBackend(base_url or DEFAULT_VLLM_URL, card.served_name, api_key=api_key,
+                           structured_backend=structured_backend, name=f"vllm:{card.name}")
+    from toolrec_local.llm.backends.local import LocalBackend
+
+    return LocalBackend(card.require_weights(Path(model_path) if model_path else None), name=f"local:{card.name}")
