@@ -48,7 +48,7 @@ class RuleTool:
     genre/year bucket only when that bucket is the successor's (so it is right ~1/4 of the time)."""
 
     def __init__(self, ds, backbone: str = "sasrec"):
-        self.ds = ds
+        self.ds = self.dataset = ds
         self.backbone = backbone
         self.attributes = ["genre", "release_year"]
         self.calls = 0

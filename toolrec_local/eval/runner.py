@@ -22,7 +22,8 @@ from toolrec_local.eval.methods import LLMMethod, Outcome, ScoreMethod
 from toolrec_local.eval.metrics import MISSING, mask_history, rank_in_list, ranks_from_scores, top_n_from_scores
 from toolrec_local.eval.results import FAILED, OK, ResultsWriter
 
-STAT_FIELDS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "retries", "repairs", "grammar_violations", "rounds")
+STAT_FIELDS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "retries", "repairs", "grammar_violations",
+               "invalid_items", "overhead_s", "rounds")
 
 
 def plan_users(ds, users: int | None, seeds: list[int], shard: tuple[int, int] | None) -> dict[int, list[int]]:

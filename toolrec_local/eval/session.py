@@ -115,6 +115,8 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
 
 async def _run(runner: Runner, methods: list, plan: dict, suite) -> None:
     try:
+        if suite is not None and hasattr(suite, "start"):
+            await suite.start()
         await runner.run(methods, plan)
     finally:
         if suite is not None:

@@ -1,0 +1,136 @@
+"""The LLM methods: adapters from the agent's pieces to `Outcome`s the runner records.
+
+* toolrec / toolrec-b: the surrogate-user loop (`run_agent`) with SASRec / BERT4Rec tools.
+* plan: the "w/ Plan" ablation (`run_plan`): the whole plan first, then its execution.
+* llmrank: the Rank tool on SASRec's top 30, prompted with the history only (LLMRank).
+* chatrec: the Rank tool on SASRec's top 30, prompted with the profile and the history
+  (Chat-REC re-ranks the recommender's candidates given the user profile).
+* single: the "w/ single" ablation: ToolRec's Rank tool (profile + history, as the agent sees
+  it) on SASRec's 30 candidates. Note: with this project's one Rank prompt, `single` and
+  `chatrec` send the same prompt; they are kept apart because the paper reports both.
+* multi: the "w/ multi" ablation: the Rank tool on SASRec's + every attribute tool's
+  candidates, 30 in all (an equal share per tool, duplicates skipped), under their tool marks.
+
+One backend and one AgentContext per backbone serve every concurrent user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolrec_local.errors import ToolrecError
+from toolrec_local.eval.methods import CANDIDATES, LLMMethod, Outcome, ToolBox, backbone_of
+
+AGENT_STATS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "retries", "repairs", "grammar_violations",
+               "invalid_items", "overhead_s", "rounds")
+NEEDS_ATTRIBUTE_TOOLS = ("toolrec", "toolrec-b", "plan", "multi")
+
+
+@dataclass
+class LLMSuite:
+    methods: dict[str, LLMMethod]
+    backend: object
+
+    async def start(self) -> None:
+        """Reach the server(s) before any user runs: a dead server is one clear error, not
+        hundreds of failed users."""
+        connect = getattr(self.backend, "connect", None)
+        if connect is not None:
+            await connect()
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` near-equal integers, larger shares first."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def multi_candidates(tool, user: int, attributes: list[str], part: str, total: int = CANDIDATES) -> list[tuple[str, list[int]]]:
+    """SASRec's and each attribute tool's top items, `total` distinct in all, grouped under
+    their tool marks (the "w/ multi" ablation). A tool whose items were already taken by an
+    earlier tool gives its next ones instead."""
+    from toolrec_local.agent.actions import Retrieval, format_action
+
+    sources = [None, *attributes]
+    taken: set[int] = set()
+    groups = []
+    for attr, quota in zip(sources, shares(total, len(sources))):
+        ranked = [i for i, _ in tool.retrieve(user, attr, min(tool.dataset.n_items, total + len(taken)), part=part)]
+        items = [i for i in ranked if i not in taken][:quota]
+        taken.update(items)
+        groups.append((format_action(Retrieval(attr, len(items))), items))
+    return groups
+
+
+def _agent_outcome(traj) -> Outcome:
+    totals = traj.totals()
+    return Outcome(final=list(traj.final_items), stats={k: totals.get(k, 0) for k in AGENT_STATS}, trajectory=traj.to_dict())
+
+
+def _rank_outcome(ds, items: list[int], stats: dict, groups: list[tuple[str, list[int]]], method: str) -> Outcome:
+    raw = lambda xs: [ds.item_ids[i] for i in xs]  # noqa: E731
+    record_stats = {k: stats.get(k, 0) for k in AGENT_STATS if k != "rounds"}
+    trajectory = {"method": method, "groups": [{"mark": m, "items": raw(xs)} for m, xs in groups], "final": raw(items),
+                  "note": stats.get("note", ""), "totals": record_stats}
+    return Outcome(final=list(items), stats=record_stats, trajectory=trajectory)
+
+
+def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend: str, servers: list[str] | None = None,
+                      api_key: str | None = None, top_n: int = 10, grammar: bool = True, backend_obj=None) -> LLMSuite:
+    from toolrec_local.agent.loop import AgentConfig, AgentContext, llm_rank, run_agent, run_plan
+
+    contexts: dict[str, AgentContext] = {}
+    for name in names:  # load tools and check them before the backend is built
+        tool = tools.get(backbone_of(name))
+        if name in NEEDS_ATTRIBUTE_TOOLS and not list(tool.attributes):
+            raise ToolrecError(f"method {name!r} needs attribute retrieval tools, and no {backbone_of(name)} tool is trained for {ds.name}",
+                               f"run: toolrec-local train tools --dataset {ds.name} --backbone {backbone_of(name)}")
+    if backend_obj is None:
+        from toolrec_local.llm.factory import make_backend
+
+        backend_obj = make_backend(llm, backend, base_url=list(servers) if servers else None, api_key=api_key)
+    config = AgentConfig(top_n=top_n, grammar=grammar)
+
+    def ctx(backbone: str) -> AgentContext:
+        if backbone not in contexts:
+            contexts[backbone] = AgentContext(ds, tools.get(backbone), backend_obj, config)
+        return contexts[backbone]
+
+    def agent(name: str, fn):
+        c = ctx(backbone_of(name))
+
+        async def run(user: int, seed: int, part: str) -> Outcome:
+            return _agent_outcome(await fn(c, user, part=part, seed=seed))
+
+        return run
+
+    def ranker(name: str, include_profile: bool, multi: bool = False):
+        c = ctx("sasrec")
+
+        async def run(user: int, seed: int, part: str) -> Outcome:
+            if multi:
+                groups = multi_candidates(c.tool, user, list(c.tool.attributes), part)
+            else:
+                from toolrec_local.agent.actions import Retrieval, format_action
+
+                items = [i for i, _ in c.tool.retrieve(user, None, CANDIDATES, part=part)]
+                groups = [(format_action(Retrieval(None, len(items))), items)]
+            candidates = [i for _, xs in groups for i in xs]
+            items, stats = await llm_rank(c, user, candidates, top_n, None, include_profile=include_profile,
+                                          part=part, seed=seed, groups=groups)
+            return _rank_outcome(ds, items, stats, groups, name)
+
+        return run
+
+    builders = {
+        "toolrec": lambda: agent("toolrec", run_agent),
+        "toolrec-b": lambda: agent("toolrec-b", run_agent),
+        "plan": lambda: agent("plan", run_plan),
+        "llmrank": lambda: ranker("llmrank", include_profile=False),
+        "chatrec": lambda: ranker("chatrec", include_profile=True),
+        "single": lambda: ranker("single", include_profile=True),
+        "multi": lambda: ranker("multi", include_profile=True, multi=True),
+    }
+    return LLMSuite({n: LLMMethod(n, builders[n]()) for n in names}, backend_obj)
