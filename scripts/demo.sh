@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The CPU demo (`make demo`): ToolRec end to end on ML-100K with SmolLM2-135M served by vLLM.
+#
+#   1. prepare ML-100K            toolrec-local data prepare ml-100k
+#   2. train the retrieval tools  toolrec-local train all --dataset ml-100k   (SASRec + one encoder per attribute)
+#   3. pull the LLM               toolrec-local models pull smollm2-135m
+#   4. start a vLLM CPU server    toolrec-local serve --llm smollm2-135m --port PORT   (background, stopped at exit)
+#   5. evaluate                   toolrec-local eval --dataset ml-100k --llm smollm2-135m \
+#                                   --method pop,sasrec,tool:genre,toolrec,llmrank,single --users N --seeds S
+#   6. report                     toolrec-local report runs/demo-smollm2
+#
+# Steps already done (prepared data, trained tools, pulled weights, finished users) are
+# skipped or resumed, so running it again is quick. Settings (environment variables):
+#   DEMO_USERS (default 20), DEMO_SEEDS (2), DEMO_OUT (runs/demo-smollm2), DEMO_PORT (8765),
+#   DEMO_CONCURRENCY (16), TOOLREC_HOME (where data, checkpoints and models live).
+# SmolLM2-135M is a weak model: the demo shows the pipeline working, not ToolRec's gains.
+set -euo pipefail
+
+USERS="${DEMO_USERS:-20}"
+SEEDS="${DEMO_SEEDS:-2}"
+OUT="${DEMO_OUT:-runs/demo-smollm2}"
+PORT="${DEMO_PORT:-8765}"
+CONCURRENCY="${DEMO_CONCURRENCY:-16}"
+LLM="smollm2-135m"
+DATASET="ml-100k"
+METHODS="pop,sasrec,tool:genre,toolrec,llmrank,single"
+CLI="${TOOLREC_CLI:-toolrec-local}"
+SERVER_PID=""
+START=$(date +%s)
+
+step() { printf '\n\033[1m[%s +%ss] %s\033[0m\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - START ))" "$*"; }
+
+stop_server() {
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    step "stopping the vLLM server (pid $SERVER_PID)"
+    kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
+  fi
+}
+trap stop_server EXIT
+trap 'exit 130' INT TERM
+
+if ! command -v "$CLI" >/dev/null 2>&1; then
+  echo "error: $CLI is not on PATH" >&2
+  echo "fix: run 'make demo' (it installs into .venv), or activate the venv first" >&2
+  exit 2
+fi
+
+llm_users=$(( USERS * SEEDS * 3 ))  # three LLM methods
+cat <<EOF
+ToolRec CPU demo: ${DATASET}, ${LLM} on a vLLM CPU server, ${USERS} users x ${SEEDS} seeds, methods ${METHODS}.
+Estimated time on a 2-core CPU, first run: about 20-40 minutes
+  prepare data < 1 min | train tools 5-15 min | pull model < 1 min | start server 1-3 min
+  evaluate ${llm_users} LLM runs: 10-20 min (toolrec makes 3-8 LLM calls per user) | report < 1 min
+Later runs skip the finished steps. Output: ${OUT}/report/report.md
+EOF
+
+step "1/6 prepare ${DATASET}"
+if "$CLI" data info "$DATASET" --json >/dev/null 2>&1; then echo "already prepared"; else "$CLI" data prepare "$DATASET"; fi
+
+step "2/6 train the retrieval tools (SASRec backbone, then one attribute encoder per attribute)"
+"$CLI" train all --dataset "$DATASET"
+
+step "3/6 pull ${LLM}"
+"$CLI" models pull "$LLM"
+
+step "4/6 start the vLLM server on port ${PORT}"
+mkdir -p "$OUT"
+LOG="$OUT/vllm-server.log"
+setsid "$CLI" serve --llm "$LLM" --port "$PORT" >"$LOG" 2>&1 &
+SERVER_PID=$!
+URL="http://127.0.0.1:${PORT}/v1"
+for i in $(seq 1 600); do
+  if curl -fsS "http://127.0.0.1:${PORT}/health" >/dev/null 2>&1; then echo "server up after ${i}s: ${URL}"; break; fi
+  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    echo "error: the vLLM server exited; last lines of $LOG:" >&2; tail -n 30 "$LOG" >&2; exit 1
+  fi
+  (( i % 15 == 0 )) && echo "  waiting for the server ... ${i}s"
+  sleep 1
+done
+curl -fsS "http://127.0.0.1:${PORT}/health" >/dev/null || { echo "error: server not healthy after 600 s; see $LOG" >&2; exit 1; }
+
+step "5/6 evaluate ${METHODS} on ${USERS} users x ${SEEDS} seeds"
+"$CLI" eval --dataset "$DATASET" --llm "$LLM" --method "$METHODS" --users "$USERS" --seeds "$SEEDS" \
+  --server "$URL" --concurrency "$CONCURRENCY" --out "$OUT"
+
+step "6/6 report"
+"$CLI" report "$OUT"
+stop_server
+SERVER_PID=""
+step "done in $(( $(date +%s) - START ))s: ${OUT}/report/report.md"
