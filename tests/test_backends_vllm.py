@@ -1,0 +1,94 @@
+"""The vLLM backend against real vLLM servers (tiny random model, CPU): every constrained
+answer conforms, for each structured-output backend; the probe catches a server that ignores
+the constraint; a wrong model name is a clear error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from toolrec_local.errors import ToolrecError
+from toolrec_local.llm.backends.vllm import VLLMBackend
+from toolrec_local.llm.grammar import conforms
+from toolrec_local.llm.protocol import ActionGrammar, ChoiceGrammar, ItemListGrammar
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+ACTION = ActionGrammar(("genre", "release_year", "class"), max_k=20, thought_max_tokens=16)
+# Options that trip regex engines: prefixes of others, non-ASCII, metacharacters.
+TITLES = ("12, Heat (1995)", "13, Heathers (1989)", "3, Alien (1979)", "4, Aliens (1986)",
+          "7, Á köldum klaka (Cold Fever) (1994)", "9, What? [a+b]* {x} | $5 ^ \\ .",
+          "21, Amélie (2001)", "22, Nausicaä of the Valley of the Wind (1984)") + tuple(
+          f"{100 + i}, Movie {i} ({1950 + i})" for i in range(22))
+IDS = ("1", "12", "123", "2", "21", "3")  # bare ids: each of 1/12/123 extends another
+MSGS = [{"role": "system", "content": "You recommend movies."},
+        {"role": "user", "content": "I liked Heat. Think, then act."}]
+N = 20
+
+
+class LegacyFieldBackend(VLLMBackend):
+    """Sends the pre-0.10 `guided_regex` field, which vLLM now ignores (HTTP 200)."""
+
+    def _constraint_body(self, regex):
+        return {"guided_regex": regex}
+
+
+async def _many(backend, constraint, n, **kw):
+    return await asyncio.gather(*(backend.generate(MSGS, constraint, temperature=1.0, seed=i, **kw)
+                                  for i in range(n)))
+
+
+def test_probe_rejects_a_server_that_ignores_the_constraint(vllm_servers):
+    srv = vllm_servers("xgrammar")
+    with pytest.raises(ToolrecError, match="ignores structured outputs"):
+        asyncio.run(LegacyFieldBackend(srv.base_url, srv.model).connect())
+
+
+def test_wrong_model_name_lists_what_is_served(vllm_servers):
+    srv = vllm_servers("xgrammar")
+    with pytest.raises(ToolrecError, match=f"serves: .*{srv.model}"):
+        asyncio.run(VLLMBackend(srv.base_url, "no-such-model").connect())
+
+
+def test_round_robin_and_token_counts(vllm_servers):
+    srv = vllm_servers("xgrammar")
+    other = srv.base_url.replace("127.0.0.1", "localhost")
+
+    async def go():
+        b = VLLMBackend([srv.base_url, other], srv.model)
+        outs = [await b.generate(MSGS, ChoiceGrammar(TITLES), temperature=1.0, seed=i) for i in range(4)]
+        await b.aclose()
+        return outs
+
+    outs = asyncio.run(go())
+    assert [o.meta["server"] for o in outs] == [srv.base_url, other] * 2
+    assert all(o.tokens_in > 10 and o.tokens_out >= 3 and o.calls == 1 for o in outs)
+
+
+@pytest.mark.parametrize("structured_backend", ["xgrammar", "guidance", "outlines"])
+def test_constrained_answers_always_conform(vllm_servers, structured_backend):
+    srv = vllm_servers(structured_backend)
+
+    async def go():
+        b = VLLMBackend(srv.base_url, srv.model, structured_backend=structured_backend)
+        await b.connect()
+        actions = await _many(b, ACTION, N)
+        lists = await _many(b, ItemListGrammar(TITLES, 5), N)
+        ids = await _many(b, ItemListGrammar(IDS, len(IDS)), 3)  # every id, prefixes included
+        choices = await _many(b, ChoiceGrammar(TITLES), N)
+        await b.aclose()
+        return actions, lists, ids, choices
+
+    actions, lists, ids, choices = asyncio.run(go())
+    for c in actions:
+        assert conforms(ACTION, c.text), c.text
+        assert c.calls in (1, 2)  # a thought past its budget is cut, then the action forced
+    for c in lists:
+        assert conforms(ItemListGrammar(TITLES, 5), c.text), c.text
+        assert c.calls == 5
+    for c in ids:
+        assert sorted(c.text.split("\n")) == sorted(IDS)
+    assert all(conforms(ChoiceGrammar(TITLES), c.text) for c in choices)
+    # temperature 1.0 on a random model: answers vary (the constraint is not collapsing them)
+    assert len({c.text for c in lists}) > 1
