@@ -8,10 +8,11 @@ import asyncio
 import json
 
 import pytest
-from test_agent_support import CooccurrenceRetrieval, ReplayBackend
+from test_agent_support import ConstraintIgnoringBackend, CooccurrenceRetrieval
 
 from toolrec_local.agent.context import AgentConfig, AgentContext
 from toolrec_local.agent.loop import llm_rank, run_agent, run_plan
+from toolrec_local.llm.backends.scripted import ScriptedBackend
 from toolrec_local.llm.protocol import ActionGrammar, ItemListGrammar
 
 USER = 0
@@ -23,7 +24,7 @@ def tool(ml100k):
 
 
 def run(ml100k, tool, turns, check=True, **config):
-    backend = ReplayBackend(turns, check=check)
+    backend = ScriptedBackend(turns) if check else ConstraintIgnoringBackend(turns)
     ctx = AgentContext(ml100k, tool, backend, AgentConfig(**config))
     return asyncio.run(run_agent(ctx, USER)), backend, ctx
 
@@ -53,16 +54,16 @@ def test_retrieval_rank_finish(ml100k, tool):
     assert traj.finished_by == "finish"
     assert_valid_final(traj, ml100k)
     # Rank's grammar offers exactly the gathered candidates (deduplicated, memory order)
-    _, rank_constraint = backend.calls[3]
+    rank_constraint = backend.calls[3].constraint
     gathered = list(dict.fromkeys(traj.rounds[0].items + traj.rounds[1].items))
     assert isinstance(rank_constraint, ItemListGrammar) and rank_constraint.k == 10
     assert rank_constraint.options == tuple(f"{ml100k.item_ids[i]}, {ml100k.item_names[i]}" for i in gathered)
     # the answer (the last 10 candidates) is the rank list and then the final list
     assert traj.rounds[2].items == gathered[-10:] == traj.final_items
     # every action call carries the action grammar with the tool's attributes
-    assert all(c == ActionGrammar(("genre", "release_year"), 50) for _, c in (backend.calls[i] for i in (0, 1, 2, 4)))
+    assert all(backend.calls[i].constraint == ActionGrammar(("genre", "release_year"), 50) for i in (0, 1, 2, 4))
     # earlier observations appear in later prompts with their tool marks' content
-    last_prompt = backend.calls[4][0]
+    last_prompt = backend.calls[4].messages
     assert "Action: Rank[director, 10]" in last_prompt[-2]["content"]
     assert ml100k.item_names[traj.rounds[2].items[0]] in last_prompt[-1]["content"]
     totals = traj.totals()
@@ -73,7 +74,7 @@ def test_retrieval_rank_finish(ml100k, tool):
 def test_cap_finishes_with_the_latest_list(ml100k, tool):
     turns = ["Thought: more.\nAction: Retrieval[genre, 30]"] * 3
     traj, backend, _ = run(ml100k, tool, turns, max_rounds=3)
-    assert traj.finished_by == "cap" and len(traj.rounds) == 3 and not backend.turns
+    assert traj.finished_by == "cap" and len(traj.rounds) == 3 and backend.remaining == 0
     assert traj.final_items == traj.rounds[-1].items[:10]
     assert "cut Retrieval[genre, 30] to 10" in traj.final_note
     assert_valid_final(traj, ml100k)
@@ -103,7 +104,7 @@ def test_rank_with_nothing_gathered_is_observed_as_invalid(ml100k, tool):
              "Thought: done.\nAction: Finish"]
     traj, backend, _ = run(ml100k, tool, turns)
     assert traj.rounds[0].note.startswith("Invalid action: Rank needs gathered movies")
-    assert backend.calls[1][0][-1]["content"].startswith("Observation: Invalid action:")
+    assert backend.calls[1].messages[-1]["content"].startswith("Observation: Invalid action:")
     assert_valid_final(traj, ml100k)
 
 
@@ -111,9 +112,9 @@ def test_free_text_invalid_action_and_tolerant_reading(ml100k, tool):
     turns = ["I think we should search.", "Thought 2: genre\nAction 2: retrieval[GENRE,25] then rank",
              "thought: fine\naction: finish"]
     traj, backend, _ = run(ml100k, tool, turns, grammar=False)
-    assert all(c is None for _, c in backend.calls)  # free text: no constraint is sent
+    assert all(c.constraint is None for c in backend.calls)  # free text: no constraint is sent
     assert traj.rounds[0].note.startswith("Invalid action: no Retrieval")
-    assert backend.calls[1][0][-1]["content"].startswith("Observation: Invalid action:")
+    assert backend.calls[1].messages[-1]["content"].startswith("Observation: Invalid action:")
     assert traj.rounds[1].action == "Retrieval[genre, 25]" and len(traj.rounds[1].items) == 25
     assert traj.totals()["grammar_violations"] == 0  # only counted in grammar mode
     assert_valid_final(traj, ml100k)
@@ -124,7 +125,7 @@ def test_free_text_k_out_of_range_is_clamped_and_said(ml100k, tool):
     # the round records what the model asked for; the tool ran the nearest valid K and said so
     assert traj.rounds[0].action == "Retrieval[genre, 500]" and len(traj.rounds[0].items) == 40
     assert "K=500 clamped to 40" in traj.rounds[0].note
-    assert "K=500 clamped to 40" in backend.calls[1][0][-1]["content"]
+    assert "K=500 clamped to 40" in backend.calls[1].messages[-1]["content"]
 
 
 def test_rank_rerun_names_the_wrong_items(ml100k, tool):
@@ -139,7 +140,7 @@ def test_rank_rerun_names_the_wrong_items(ml100k, tool):
     traj, backend, _ = run(ml100k, tool, turns, grammar=False)
     rnd = traj.rounds[1]
     assert rnd.retries == 1 and rnd.repairs == 0 and rnd.invalid_items >= 2
-    retry_prompt = backend.calls[3][0][-1]["content"]
+    retry_prompt = backend.calls[3].messages[-1]["content"]
     assert "Your previous answer was wrong" in retry_prompt
     assert f"'{ds.item_ids[hist_item]}, {ds.item_names[hist_item]}' is in the user's history" in retry_prompt
     assert "'99999, Unknown Movie' is not in the catalogue" in retry_prompt
@@ -192,7 +193,7 @@ def test_grammar_violation_is_counted_and_the_run_goes_on(ml100k, tool):
 def test_observation_window_shortens_old_observations(ml100k, tool):
     turns = ["Thought: a\nAction: Retrieval[genre, 10]", "Thought: b\nAction: Retrieval[None, 10]", "Action: Finish"]
     _, backend, _ = run(ml100k, tool, turns, check=False, observation_window=1)
-    prompt = backend.calls[2][0]
+    prompt = backend.calls[2].messages
     assert prompt[3]["content"] == "Observation: 10 movies from Retrieval[genre, 10] (listed earlier)."
     assert prompt[5]["content"].startswith("Observation: The recommender returned 10 movies:")
 
@@ -213,11 +214,11 @@ def test_trajectory_json(ml100k, tool):
 def test_llm_rank_drops_history_and_ranks_under_the_grammar(ml100k, tool):
     history, _ = ml100k.split(USER, "test")
     cands = [int(history[-1])] + [i for i, _ in tool.retrieve(USER, None, 30)]
-    backend = ReplayBackend([last_k])
+    backend = ScriptedBackend([last_k])
     ctx = AgentContext(ml100k, tool, backend, AgentConfig())
     items, stats = asyncio.run(llm_rank(ctx, USER, cands, 10, attribute="genre", include_profile=False))
     assert items == cands[1:][-10:]
-    messages, constraint = backend.calls[0]
+    messages, constraint = backend.calls[0].messages, backend.calls[0].constraint
     assert len(constraint.options) == 30 and constraint.k == 10
     assert "years old" not in messages[1]["content"] and "according to their genre" in messages[1]["content"]
     assert stats["llm_calls"] == 1 and stats["grammar_violations"] == 0 and stats["repairs"] == 0
@@ -226,13 +227,13 @@ def test_llm_rank_drops_history_and_ranks_under_the_grammar(ml100k, tool):
 def test_run_plan_writes_then_executes(ml100k, tool):
     turns = ["Thought: a\nAction: Retrieval[genre, 15]", "Thought: b\nAction: Rank[None, 10]",
              "Thought: c\nAction: Finish", first_k]
-    backend = ReplayBackend(turns)
+    backend = ScriptedBackend(turns)
     ctx = AgentContext(ml100k, tool, backend, AgentConfig())
     traj = asyncio.run(run_plan(ctx, USER))
-    planning = [backend.calls[i][0] for i in range(3)]
+    planning = [backend.calls[i].messages for i in range(3)]
     assert all("(not available while planning)" in m[-1]["content"] for m in planning[1:])
     assert not any("returned 15 movies" in msg["content"] for m in planning for msg in m)
-    assert isinstance(backend.calls[3][1], ItemListGrammar)  # Rank runs after the plan
+    assert isinstance(backend.calls[3].constraint, ItemListGrammar)  # Rank runs after the plan
     assert traj.finished_by == "plan" and traj.final_items == traj.rounds[1].items
     assert_valid_final(traj, ml100k)
 

@@ -1,12 +1,12 @@
-"""Helpers for the agent tests (no tests here): a real, fast retrieval tool and a backend
-that replays given turns. Both are genuine implementations of the interfaces the agent uses,
-so the loop under test runs exactly as it does with the trained tools and a served model."""
+"""Helpers for the agent tests (no tests here): a real, fast retrieval tool, and a backend
+that ignores constraints. The loop tests replay turns with `ScriptedBackend` (llm/backends),
+which checks every scripted reply against the call's constraint."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from toolrec_local.llm.grammar import conforms
+from toolrec_local.llm.backends.scripted import ScriptedBackend
 from toolrec_local.llm.protocol import Completion
 
 
@@ -57,28 +57,10 @@ class CooccurrenceRetrieval:
         return [(int(i), float(s[i])) for i in top if np.isfinite(s[i])]
 
 
-class ReplayBackend:
-    """Replays `turns` in order, one per call. With `check=True` every turn must be in the
-    language of the call's constraint (as a grammar-constrained model's output always is);
-    calls are recorded for assertions."""
-
-    name = "replay"
-
-    def __init__(self, turns, check: bool = True):
-        self.turns = list(turns)
-        self.check = check
-        self.calls: list[tuple[list[dict], object]] = []
+class ConstraintIgnoringBackend(ScriptedBackend):
+    """Replays turns without checking them against the constraint: a backend that silently
+    drops the grammar (as a server ignoring an unknown request field would). The agent must
+    notice and count every such reply as a grammar violation."""
 
     async def generate(self, messages, constraint, *, max_tokens=256, temperature=0.0, seed=None) -> Completion:
-        if not self.turns:
-            raise AssertionError("the loop asked for more turns than the script has")
-        turn = self.turns.pop(0)
-        text = turn(messages, constraint) if callable(turn) else turn
-        if self.check and constraint is not None and not conforms(constraint, text):
-            raise AssertionError(f"scripted turn is outside the constraint: {text!r}")
-        self.calls.append((messages, constraint))
-        words_in = sum(len(m["content"].split()) for m in messages)
-        return Completion(text=text, tokens_in=words_in, tokens_out=len(text.split()), latency_s=0.0)
-
-    async def aclose(self) -> None:
-        pass
+        return await super().generate(messages, None, max_tokens=max_tokens, temperature=temperature, seed=seed)

@@ -1,0 +1,71 @@
+"""`toolrec-local recommend`: run the agent for one user and show its trajectory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from toolrec_local.console import console, print_json
+
+HELP = """Run ToolRec for one user: the LLM, as a surrogate user, calls the retrieval tools and
+the rank tool round by round, then finishes with a top-N list. Shows every round (thought,
+action, items, the held-out target highlighted) or, with --json, the trajectory as JSON
+(item ids are the dataset's own). Needs the dataset prepared, the retrieval tools trained,
+and the LLM served (--backend vllm, --server URL) or loadable in process (--backend local)."""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("recommend", help=HELP)(recommend)
+
+
+def recommend(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="A prepared dataset, e.g. ml-100k."),
+    user: str = typer.Option(..., "--user", "-u", help="The dataset's own user id."),
+    llm: str = typer.Option(..., "--llm", help="Model name (toolrec-local models list)."),
+    backend: str = typer.Option("vllm", "--backend", help="vllm (a vLLM server), local (in process), openai."),
+    server: Optional[str] = typer.Option(None, "--server", help="Server base URL (vllm default http://127.0.0.1:8000/v1)."),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help="Weights folder for --backend local."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TOOLREC_API_KEY", help="API key for the server."),
+    backbone: str = typer.Option("sasrec", "--backbone", help="Retrieval backbone: sasrec or bert4rec."),
+    history_len: int = typer.Option(10, "--history-len", min=0, help="History items shown to the LLM."),
+    max_rounds: int = typer.Option(8, "--max-rounds", min=1, help="Round cap; at the cap the agent finishes."),
+    demos: int = typer.Option(2, "--demos", min=0, help="In-context demonstrations in the prompt."),
+    top_n: int = typer.Option(10, "--top-n", min=1, help="Length of the final list."),
+    part: str = typer.Option("test", "--part", help="Split: test (predict the last item) or valid."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed passed to the LLM."),
+    no_grammar: bool = typer.Option(False, "--no-grammar", help="Free text and a tolerant parser instead of grammar-constrained output."),
+    plan: bool = typer.Option(False, "--plan", help="The 'w/ Plan' variant: write the whole plan, then execute it."),
+    json_out: bool = typer.Option(False, "--json", help="Print the trajectory as JSON."),
+):
+    from toolrec_local.agent.context import AgentConfig, AgentContext
+    from toolrec_local.agent.loop import run_agent, run_plan
+    from toolrec_local.agent.view import show
+    from toolrec_local.data import load_dataset
+    from toolrec_local.errors import ToolrecError
+    from toolrec_local.llm.factory import make_backend
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    if part not in ("test", "valid"):
+        raise ToolrecError(f"unknown --part {part!r}", "use test or valid")
+    ds = load_dataset(dataset)
+    uid = ds.user(user)
+    tool = RetrievalTool.load(ds, backbone=backbone)
+    config = AgentConfig(top_n=top_n, max_rounds=max_rounds, history_len=history_len, n_demos=demos,
+                         grammar=not no_grammar)
+    llm_backend = make_backend(llm, backend, base_url=server, api_key=api_key, model_path=model_path)
+    ctx = AgentContext(ds, tool, llm_backend, config)
+
+    async def go():
+        try:
+            return await (run_plan if plan else run_agent)(ctx, uid, part=part, seed=seed)
+        finally:
+            await llm_backend.aclose()
+
+    traj = asyncio.run(go())
+    if json_out:
+        print_json(traj.to_dict())
+    else:
+        show(console, ds, traj)
