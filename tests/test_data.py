@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import synthetic_rule_dataset, write_atomic
+from conftest import synthetic_rule_dataset, write_atomic
 from toolrec_local.data import load_dataset, prepare
 from toolrec_local.data.titles import display_title, split_year
 from toolrec_local.errors import DataError, ToolrecError
