@@ -33,20 +33,23 @@ class PolicyBackend:
 
     name = "policy"
 
-    def __init__(self, attributes, counter):
-        self.attributes, self.count = list(attributes), counter
+    def __init__(self, attributes, counter, long: bool = False):
+        self.attributes, self.count, self.long = list(attributes), counter, long
         self.prompts: list[tuple[str, list[dict]]] = []
 
     async def generate(self, messages, constraint, *, max_tokens=256, temperature=0.0, seed=None):
         if isinstance(constraint, ItemListGrammar):
             text = "\n".join(constraint.options[: constraint.k])
-            self.prompts.append(("rank", messages))
+            self.prompts.append(("rank", messages, max_tokens))
         else:
             step = sum(m["role"] == "assistant" for m in messages)
             attr = self.attributes[len(messages) % len(self.attributes)] if self.attributes else "None"
             plan = ["Retrieval[None, 20]", f"Retrieval[{attr}, 20]", "Rank[None, 10]", "Finish"]
-            text = f"Thought: step {step + 1} of the plan.\nAction: {plan[min(step, 3)]}"
-            self.prompts.append(("action", messages))
+            if self.long:  # never finishes: eight rounds, the context's worst case
+                plan = ["Retrieval[None, 30]", f"Retrieval[{attr}, 30]", "Rank[None, 20]", "Retrieval[None, 50]",
+                        "Rank[popularity, 10]", f"Retrieval[{attr}, 40]", "Rank[None, 30]", "Retrieval[None, 20]"]
+            text = f"Thought: step {step + 1} of the plan.\nAction: {plan[min(step, len(plan) - 1)]}"
+            self.prompts.append(("action", messages, max_tokens))
         if constraint is not None and not conforms(constraint, text):
             raise AssertionError(f"policy reply outside the grammar: {text!r}")
         return Completion(text=text, tokens_in=self.count(messages), tokens_out=len(text.split()))
@@ -94,6 +97,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (one user's forward pass gains nothing from more; on a busy machine "
                          "more threads spin and wait)")
+    ap.add_argument("--context", type=int, default=None, help="fit prompts into this many tokens (AgentConfig.context_tokens)")
+    ap.add_argument("--long", action="store_true", help="a plan that runs all 8 rounds (the context's worst case)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     import torch
@@ -111,8 +116,9 @@ def main() -> int:
         return 2
     tok_dir = args.tokenizer or (paths.models_dir() / "smollm2-135m")
     count, unit = token_counter(tok_dir if tok_dir.is_dir() else None)
-    backend = PolicyBackend(tool.attributes, count)
-    cfg = AgentConfig(history_len=args.history_len, n_demos=args.demos, show_items=args.show_items)
+    backend = PolicyBackend(tool.attributes, count, long=args.long)
+    cfg = AgentConfig(history_len=args.history_len, n_demos=args.demos, show_items=args.show_items,
+                      context_tokens=args.context)
     ctx = AgentContext(ds, tool, backend, cfg)
     users = ds.sample_users(args.users, seed=0)
 
@@ -129,8 +135,9 @@ def main() -> int:
     by_kind = {}
     for r in rounds:
         by_kind.setdefault(r.action.split("[")[0], []).append(r.overhead_s * 1000)
-    action_sizes = [count(m) for kind, m in backend.prompts if kind == "action"]
-    rank_sizes = [count(m) for kind, m in backend.prompts if kind == "rank"]
+    action_sizes = [count(m) for kind, m, _ in backend.prompts if kind == "action"]
+    rank_sizes = [count(m) for kind, m, _ in backend.prompts if kind == "rank"]
+    with_reply = [count(m) + mt for _, m, mt in backend.prompts]  # what must fit in the context
     result = {
         "dataset": args.dataset, "users": len(users), "rounds": len(rounds), "backbone": args.backbone,
         "tool_attributes": tool.attributes, "tool_load_s": round(load_s, 3),
@@ -139,9 +146,12 @@ def main() -> int:
         "overhead_ms_by_action": {k: round(statistics.median(v), 3) for k, v in sorted(by_kind.items())},
         "wall_s": round(wall, 3),
         "prompt_size_unit": unit,
-        "action_prompt": {"first": round(statistics.median(action_sizes[:: 4]), 1), "max": max(action_sizes)},
+        "action_prompt": {"first": round(statistics.median(action_sizes[:: len(action_sizes) // len(users)]), 1),
+                          "max": max(action_sizes)},
         "rank_prompt": {"median": statistics.median(rank_sizes) if rank_sizes else 0, "max": max(rank_sizes, default=0)},
+        "prompt_plus_reply_max": max(with_reply),
         "config": {"history_len": args.history_len, "demos": args.demos, "show_items": args.show_items,
+                   "context_tokens": args.context, "long_plan": args.long,
                    "torch_threads": args.threads},
         "load_avg_1m": round(__import__("os").getloadavg()[0], 2),
         "target_ms": 20.0,

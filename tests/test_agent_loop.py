@@ -249,3 +249,32 @@ class _Options:
 
 def first_k_text(k):
     return lambda messages, constraint: "\n".join(_Options(messages, k).options[:k])
+
+
+def test_prompts_are_fitted_into_the_context(ml100k, tool):
+    turns = ["Thought: a\nAction: Retrieval[genre, 30]", "Thought: b\nAction: Retrieval[None, 30]",
+             "Thought: c\nAction: Retrieval[release_year, 30]", "Thought: d\nAction: Rank[None, 10]", first_k,
+             "Thought: e\nAction: Finish"]
+    limit = 1000
+    traj, backend, ctx = run(ml100k, tool, turns, check=True, context_tokens=limit, rank_max_candidates=90, history_len=5)
+    for call in backend.calls:
+        reply = call.max_tokens
+        assert ctx.estimate_tokens(call.messages) + reply <= limit, (ctx.estimate_tokens(call.messages), reply)
+    # the unfitted prompt would not have fitted: demos were dropped, old observations shortened
+    last = backend.calls[-1].messages
+    assert "Example" not in last[0]["content"]
+    assert any(m["content"].endswith("(listed earlier).") for m in last)
+    # Rank kept the first candidates that fit (memory order), at least k
+    rank = backend.calls[4].constraint
+    gathered = list(dict.fromkeys(traj.rounds[0].items + traj.rounds[1].items + traj.rounds[2].items))
+    assert 10 <= len(rank.options) < len(gathered)
+    assert rank.options == tuple(f"{ml100k.item_ids[i]}, {ml100k.item_names[i]}" for i in gathered[: len(rank.options)])
+    assert_valid_final(traj, ml100k)
+
+
+def test_without_a_context_limit_nothing_is_cut(ml100k, tool):
+    turns = ["Thought: a\nAction: Retrieval[genre, 30]", "Thought: b\nAction: Retrieval[None, 30]", "Action: Finish"]
+    _, backend, _ = run(ml100k, tool, turns, check=False)
+    last = backend.calls[-1].messages
+    assert "Example 2:" in last[0]["content"]
+    assert not any(m["content"].endswith("(listed earlier).") for m in last)

@@ -24,12 +24,17 @@ class AgentConfig:
     default_k: int = 20  # free text only: K when the model wrote Retrieval[genre]
     rank_max_candidates: int = 50  # Rank sees at most this many gathered items (memory order)
     rank_with_names: bool = True  # Rank options are "<id>, <name>" (False: "<id>")
-    rank_tokens_per_item: int = 24  # max_tokens of a Rank call = k * this + 8
     max_retries: int = 3  # tool re-runs after memory rejects items, before the repair
     grammar: bool = True  # False: free text, tolerant parser ("--no-grammar")
     action_max_tokens: int = 128
     temperature: float = 0.0
     prompts_dir: str | None = None  # default: the repository's prompts/
+    # The model's context (e.g. vLLM --max-model-len). When set, every prompt is fitted into it
+    # with room for the reply: older observations are shortened first, then demonstrations
+    # dropped; Rank keeps the first candidates that fit. Sizes are estimated from characters
+    # (chars_per_token, lowered to what the backend's token counts show when they are smaller).
+    context_tokens: int | None = None
+    chars_per_token: float = 2.5
 
     def __post_init__(self):
         checks = {
@@ -38,6 +43,8 @@ class AgentConfig:
             "default_k": 1 <= self.default_k <= self.max_k, "rank_max_candidates": self.rank_max_candidates >= 1,
             "max_retries": self.max_retries >= 0,
             "observation_window": self.observation_window is None or self.observation_window >= 1,
+            "context_tokens": self.context_tokens is None or self.context_tokens >= 256,
+            "chars_per_token": self.chars_per_token > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -66,13 +73,34 @@ class AgentContext:
             n_demos=self.config.n_demos, show_items=self.config.show_items,
         )
 
+        self.chars_per_token = self.config.chars_per_token
+
     @cached_property
     def attributes(self) -> tuple[str, ...]:
         return tuple(self.tool.attributes)
+
+    def estimate_tokens(self, messages: list[dict]) -> int:
+        """A prompt's size in tokens, estimated from its characters (+8 per message for the
+        chat template's markers)."""
+        chars = sum(len(m["content"]) for m in messages)
+        return int(chars / self.chars_per_token) + 8 * len(messages) + 8
+
+    def list_reply_tokens(self, options: tuple[str, ...], k: int) -> int:
+        """max_tokens for a k-line answer over `options`: the k longest lines, estimated."""
+        longest = sorted((len(o) for o in options), reverse=True)[:k]
+        return int(sum(n / self.chars_per_token + 2 for n in longest)) + 8
+
+    def fits(self, messages: list[dict], reply_tokens: int) -> bool:
+        limit = self.config.context_tokens
+        return limit is None or self.estimate_tokens(messages) + reply_tokens <= limit
 
     async def ask(self, messages: list[dict], constraint: Constraint, max_tokens: int, seed: int) -> tuple[Completion, float]:
         """One LLM call; returns the completion and the wall time it took here."""
         t0 = time.perf_counter()
         c = await self.backend.generate(messages, constraint if self.config.grammar else None,
                                         max_tokens=max_tokens, temperature=self.config.temperature, seed=seed)
-        return c, time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        if c.tokens_in > 0:  # learn the tokenizer's density when it is denser than assumed
+            chars = sum(len(m["content"]) for m in messages)
+            self.chars_per_token = min(self.chars_per_token, chars / c.tokens_in)
+        return c, wall

@@ -66,13 +66,27 @@ def _trajectory(ctx: AgentContext, state: RunState, target: int) -> Trajectory:
 
 
 def _messages(ctx: AgentContext, state: RunState, steps: list[Step], extra_task: str = "") -> list[dict]:
-    window = ctx.config.observation_window
+    """System (instructions + demonstrations), the task, then every turn and observation.
+    Fitted into config.context_tokens when set: older observations shortened, then fewer demos."""
+    cfg = ctx.config
     task = ctx.renderer.task(state.head) + (f"\n{extra_task}" if extra_task else "")
-    messages = [{"role": "system", "content": ctx.renderer.system}, {"role": "user", "content": task}]
+    window = len(steps) if cfg.observation_window is None else min(cfg.observation_window, len(steps))
+    demos = cfg.n_demos
+    messages = _build(ctx.renderer.system_with(demos), task, steps, window)
+    while not ctx.fits(messages, cfg.action_max_tokens) and (window > 0 or demos > 0):
+        if window > 0:
+            window -= 1
+        else:
+            demos -= 1
+        messages = _build(ctx.renderer.system_with(demos), task, steps, window)
+    return messages
+
+
+def _build(system: str, task: str, steps: list[Step], window: int) -> list[dict]:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": task}]
     for pos, step in enumerate(steps):
-        recent = window is None or pos >= len(steps) - window
         messages.append({"role": "assistant", "content": step.turn})
-        messages.append({"role": "user", "content": step.observation if recent else step.short})
+        messages.append({"role": "user", "content": step.observation if pos >= len(steps) - window else step.short})
     return messages
 
 

@@ -85,7 +85,8 @@ class Renderer:
         self.attributes = attributes
         self.top_n, self.max_k, self.history_len, self.show_items = top_n, max_k, history_len, show_items
         self.history_attributes = tuple(a for a in prompts.history_attributes if a in dataset.attributes)
-        self.system = self._system(prompts.demos[:n_demos])
+        self._systems: dict[int, str] = {}
+        self.system = self.system_with(n_demos)
 
     # ---- the user ----------------------------------------------------------------------
     def profile(self, user: int) -> str:
@@ -150,6 +151,12 @@ class Renderer:
         return self.p.render("plan_step")
 
     # ---- system message and demonstrations --------------------------------------------------
+    def system_with(self, n_demos: int) -> str:
+        """The system message with the first `n_demos` demonstrations (rendered once each)."""
+        if n_demos not in self._systems:
+            self._systems[n_demos] = self._system(self.p.demos[:n_demos])
+        return self._systems[n_demos]
+
     def _system(self, demos) -> str:
         attributes = [{"name": a} for a in self.attributes]
         rendered = [text for text in map(self.demo, demos) if text]

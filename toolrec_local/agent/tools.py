@@ -17,7 +17,7 @@ import numpy as np
 
 from toolrec_local.agent.actions import Rank, Retrieval
 from toolrec_local.agent.context import AgentContext
-from toolrec_local.agent.itemlists import ItemReader
+from toolrec_local.agent.itemlists import ItemReader, option
 from toolrec_local.agent.memory import Memory, ToolList
 from toolrec_local.agent.trajectory import Round
 from toolrec_local.llm.protocol import ItemListGrammar
@@ -89,7 +89,7 @@ async def run_rank(state: RunState, action: Rank, rnd: Round) -> ToolList | None
     k, note = clamp(action.k, min(cfg.max_k, len(candidates)))
     rnd.note = _join(rnd.note, note)
     items = await rank_lists(state, candidates, _groups(state.memory, candidates), action.attribute, k, rnd)
-    return state.memory.store(Rank(action.attribute, k), items, [state.memory.score(i) for i in items])
+    return state.memory.store(Rank(action.attribute, len(items)), items, [state.memory.score(i) for i in items])
 
 
 async def rank_lists(state: RunState, candidates: list[int], groups: list[tuple[str, list[int]]],
@@ -97,6 +97,10 @@ async def rank_lists(state: RunState, candidates: list[int], groups: list[tuple[
     """Ask the LLM for the top k of `candidates` (grouped under their tool marks), check the
     answer, re-run with the problems named, repair when the retries are spent."""
     ctx, cfg, memory = state.ctx, state.ctx.config, state.memory
+    asked = k
+    candidates, groups, k = _fit_candidates(state, candidates, groups, attribute, k, head or state.head)
+    if k < asked:
+        rnd.note = _join(rnd.note, f"K={asked} reduced to {k} to fit the context")
     reader = ItemReader(candidates, ctx.dataset.item_ids, ctx.dataset.item_names, ctx.dataset.item_index)
     options = reader.options(cfg.rank_with_names)
     constraint = ItemListGrammar(options=options, k=k)
@@ -105,7 +109,7 @@ async def rank_lists(state: RunState, candidates: list[int], groups: list[tuple[
     valid: list[int] = []
     for attempt in range(cfg.max_retries + 1):
         messages = ctx.renderer.rank_messages(head or state.head, groups, attribute, k, cfg.rank_with_names, problems)
-        reply, wall = await ctx.ask(messages, constraint, k * cfg.rank_tokens_per_item + 8, state.next_seed())
+        reply, wall = await ctx.ask(messages, constraint, ctx.list_reply_tokens(options, k), state.next_seed())
         state.llm_s += wall
         rnd.usage.add(reply)
         if cfg.grammar and not reader.exact(reply.text, cfg.rank_with_names, k):
@@ -126,6 +130,38 @@ async def rank_lists(state: RunState, candidates: list[int], groups: list[tuple[
     fill += [i for i in candidates if i not in set(valid) and i not in set(fill)]  # never retrieved: memory order
     rnd.note = _join(rnd.note, f"repaired: kept {min(len(valid), k)} valid, filled {max(0, k - len(valid))} by score")
     return (valid + fill)[:k]
+
+
+RETRY_ROOM = 96  # tokens kept free in a Rank prompt for the problems a re-run names
+
+
+def _fit_candidates(state: RunState, candidates: list[int], groups, attribute, k: int, head: str):
+    """Keep the first candidates (memory order) whose Rank prompt and answer fit
+    config.context_tokens; never fewer than k, unless k itself cannot fit (then k shrinks).
+    Without a context limit, all of them."""
+    ctx, cfg = state.ctx, state.ctx.config
+    names = ctx.dataset.item_names
+
+    def size(cands, groups_, kk):
+        messages = ctx.renderer.rank_messages(head, groups_, attribute, kk, cfg.rank_with_names, [])
+        options = tuple(option(ctx.dataset.item_ids[i], names[i], cfg.rank_with_names) for i in cands)
+        return ctx.estimate_tokens(messages) + ctx.list_reply_tokens(options, kk) + RETRY_ROOM
+
+    if cfg.context_tokens is None:
+        return candidates, groups, k
+    while True:
+        over = size(candidates, groups, k) - cfg.context_tokens
+        if over <= 0 or (len(candidates) <= k and k == 1):
+            return candidates, groups, k
+        if len(candidates) > k:
+            per_item = max(1, size(candidates, groups, k) // (len(candidates) + 10))
+            keep = max(k, len(candidates) - max(1, over // per_item))
+        else:
+            k = keep = k - 1
+        candidates = candidates[:keep]
+        kept = set(candidates)
+        groups = [(mark, [i for i in items if i in kept]) for mark, items in groups]
+        groups = [(mark, items) for mark, items in groups if items]
 
 
 def _groups(memory: Memory, candidates: list[int]) -> list[tuple[str, list[int]]]:
