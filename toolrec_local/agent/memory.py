@@ -21,10 +21,19 @@ class ToolList:
         return format_action(self.action)
 
 
+@dataclass(frozen=True)
+class Problem:
+    """A rejected item: `kind` is unknown | history | repeated | not_candidate; `label` is how
+    the tool (or the LLM) wrote it. Prompts phrase it (template `problem`)."""
+
+    kind: str
+    label: str
+
+
 @dataclass
 class Check:
     valid: list[int]
-    problems: list[str] = field(default_factory=list)  # one sentence per rejected item
+    problems: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -49,13 +58,13 @@ class Memory:
         for pos, item in enumerate(items):
             label = labels[pos] if labels else str(item)
             if not 1 <= item <= self.n_items:
-                out.problems.append(f"{label!r} is not in the catalogue")
+                out.problems.append(Problem("unknown", label))
             elif item in self.history:
-                out.problems.append(f"{label!r} is in the user's history")
+                out.problems.append(Problem("history", label))
             elif item in seen:
-                out.problems.append(f"{label!r} is listed twice")
+                out.problems.append(Problem("repeated", label))
             elif allowed is not None and item not in allowed:
-                out.problems.append(f"{label!r} is not among the candidates")
+                out.problems.append(Problem("not_candidate", label))
             else:
                 seen.add(item)
                 out.valid.append(item)

@@ -20,7 +20,7 @@ from toolrec_local.errors import ToolrecError
 TEMPLATE_KEYS = (
     "system", "profile", "history_line", "head", "task", "item_line", "observation",
     "observation_short", "observation_finish", "invalid_action", "rank_system", "rank_user",
-    "candidate_line", "plan_note", "plan_step",
+    "candidate_line", "problem", "plan_note", "plan_step",
 )
 
 
@@ -143,6 +143,10 @@ class Renderer:
         user = self.p.render("rank_user", head=head, groups=rendered, attribute=attribute, k=k,
                              with_names=with_names, problems=problems)
         return [{"role": "system", "content": self.p.render("rank_system")}, {"role": "user", "content": user}]
+
+    def problem(self, kind: str, label: str, n: int = 0, k: int = 0) -> str:
+        """One thing wrong with a Rank answer, as the re-run prompt names it."""
+        return self.p.render("problem", kind=kind, label=label, n=n, k=k)
 
     def plan_note(self) -> str:
         return self.p.render("plan_note")

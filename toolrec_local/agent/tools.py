@@ -118,9 +118,9 @@ async def rank_lists(state: RunState, candidates: list[int], groups: list[tuple[
         check = memory.check([e.item for e in entries], allowed, [e.text for e in entries])
         rnd.invalid_items += len(check.problems)
         valid = check.valid
-        problems = list(check.problems)
+        problems = [ctx.renderer.problem(p.kind, p.label) for p in check.problems]
         if len(valid) < k:
-            problems.append(f"it listed {len(valid)} valid movies, {k} are needed".replace("movies", ctx.renderer.p.items))
+            problems.append(ctx.renderer.problem("short", "", n=len(valid), k=k))
         if not problems:
             return valid[:k]
         if attempt < cfg.max_retries:

@@ -1,0 +1,182 @@
+"""The agent with real models on ML-100K (slow): every user ends with exactly N distinct
+catalogue items outside the history, with zero grammar violations, on
+
+* the tiny random model served by a real vLLM server (grammar enforced by the server);
+* SmolLM2-135M in process (transformers + llguidance), when its weights are present
+  (<TOOLREC_HOME>/models/smollm2-135m of the test home, or $TOOLREC_SMOLLM2_DIR).
+
+Users: $TOOLREC_AGENT_CHECK_USERS (default 50). The retrieval tools are trained once, quickly
+(a few epochs: quality is not under test), into a private home under the test home. Each run
+writes its figures to <test home>/agent-check-<model>.json.
+
+Weak or random models may never choose Rank (the grammar allows it, it does not force it), so
+Rank is shown end to end separately: the actions are scripted and the real model answers
+every Rank call under the item-list grammar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from toolrec_local.agent.context import AgentConfig, AgentContext
+from toolrec_local.agent.loop import run_agent
+from toolrec_local.llm.protocol import ActionGrammar, Completion
+
+pytestmark = pytest.mark.slow
+N_USERS = int(os.environ.get("TOOLREC_AGENT_CHECK_USERS", "50"))
+
+
+@pytest.fixture(scope="module")
+def ml100k_tools(ml100k, session_home):
+    """(dataset, RetrievalTool) from a private home with quickly trained SASRec tools."""
+    import torch
+
+    from toolrec_local.data import _CACHE, load_dataset
+    from toolrec_local.recsys import checkpoint
+    from toolrec_local.recsys.config import BackboneConfig, TrainConfig
+    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.train import train_backbone, train_tool
+
+    home = session_home.parent / "agent"
+    old = os.environ.get("TOOLREC_HOME")
+    os.environ["TOOLREC_HOME"] = str(home)
+    try:
+        if not (home / "datasets" / "ml-100k" / "dataset.json").is_file():
+            shutil.copytree(session_home / "datasets" / "ml-100k", home / "datasets" / "ml-100k", dirs_exist_ok=True)
+        _CACHE.pop((str(home), "ml-100k"), None)
+        ds = load_dataset("ml-100k")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one user's forward pass; more threads only spin on a busy machine
+        if set(checkpoint.trained_tools(ds.name, "sasrec")) != set(ds.attributes):
+            model, meta = train_backbone(ds, BackboneConfig("sasrec", ds.n_items, max_len=50), TrainConfig(epochs=8, patience=3))
+            for a in ds.attributes:
+                train_tool(ds, a, model, meta, TrainConfig(epochs=3, patience=2))
+        tool = RetrievalTool.load(ds, backbone="sasrec")
+        yield ds, tool
+        torch.set_num_threads(threads)
+    finally:
+        if old is None:
+            os.environ.pop("TOOLREC_HOME", None)
+        else:
+            os.environ["TOOLREC_HOME"] = old
+
+
+async def run_users(ctx, users, concurrency):
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(u):
+        async with gate:
+            return await run_agent(ctx, int(u))
+
+    try:
+        return await asyncio.gather(*(one(u) for u in users))
+    finally:
+        await ctx.backend.aclose()
+
+
+def check_and_record(ds, trajs, model: str, out: Path, config: AgentConfig) -> dict:
+    n = config.top_n
+    for t in trajs:
+        history = set(t.history_items)
+        assert len(t.final_items) == n == len(set(t.final_items)), t.to_dict()
+        assert all(1 <= i <= ds.n_items and i not in history for i in t.final_items)
+        assert t.totals()["grammar_violations"] == 0, t.to_dict()
+        assert t.totals()["invalid_items"] == 0 and t.totals()["repairs"] == 0
+    actions = Counter(r.action.split("[")[0] for t in trajs for r in t.rounds)
+    rounds = [len(t.rounds) for t in trajs]
+    summary = {
+        "model": model, "users": len(trajs), "top_n": n, "all_valid": True,
+        "grammar_violations": sum(t.totals()["grammar_violations"] for t in trajs),
+        "retries": sum(t.totals()["retries"] for t in trajs), "repairs": sum(t.totals()["repairs"] for t in trajs),
+        "actions": dict(actions),
+        "users_using_retrieval": sum(any(r.action.startswith("Retrieval") for r in t.rounds) for t in trajs),
+        "users_using_rank": sum(any(r.action.startswith("Rank") for r in t.rounds) for t in trajs),
+        "finished_by": dict(Counter(t.finished_by for t in trajs)),
+        "rounds_mean": statistics.fmean(rounds),
+        "hits@10": sum(t.target_item in t.final_items for t in trajs),
+        "llm_latency_s_per_call": round(sum(t.totals()["latency_s"] for t in trajs) / max(1, sum(t.totals()["llm_calls"] for t in trajs)), 3),
+        "overhead_ms_per_round_median": round(statistics.median(r.overhead_s * 1000 for t in trajs for r in t.rounds), 3),
+        "tokens_in_max": max(r.usage.tokens_in for t in trajs for r in t.rounds),
+        "config": {"context_tokens": config.context_tokens, "history_len": config.history_len,
+                   "n_demos": config.n_demos, "max_rounds": config.max_rounds},
+        "example": trajs[0].to_dict(),
+    }
+    out.write_text(json.dumps(summary, indent=2))
+    assert summary["users_using_retrieval"] > 0  # the agent reached the tools at all
+    return summary
+
+
+class ScriptedActionsRealRank:
+    """Scripted actions (Retrieval, Retrieval, Rank, Finish), every other call (the Rank
+    tool's item lists) answered by the real backend under its constraint."""
+
+    def __init__(self, real, attribute: str):
+        self.real, self.name = real, f"scripted-actions+{real.name}"
+        self.plan = ["Retrieval[None, 15]", f"Retrieval[{attribute}, 15]", "Rank[None, 10]", "Finish"]
+
+    async def generate(self, messages, constraint, **kw) -> Completion:
+        if isinstance(constraint, ActionGrammar):
+            step = sum(m["role"] == "assistant" for m in messages)
+            return Completion(text=f"Thought: scripted step {step + 1}.\nAction: {self.plan[min(step, 3)]}")
+        return await self.real.generate(messages, constraint, **kw)
+
+    async def aclose(self):
+        await self.real.aclose()
+
+
+def rank_end_to_end(ds, tool, real, config, users) -> list:
+    ctx = AgentContext(ds, tool, ScriptedActionsRealRank(real, tool.attributes[0]), config)
+    trajs = asyncio.run(run_users(ctx, users, 4))
+    for t in trajs:
+        rank = t.rounds[2]
+        gathered = set(t.rounds[0].items) | set(t.rounds[1].items)
+        assert rank.action == "Rank[None, 10]" and rank.usage.calls >= 1
+        assert len(rank.items) == 10 and set(rank.items) <= gathered
+        assert rank.grammar_violations == rank.invalid_items == rank.repairs == 0
+        assert t.final_items == rank.items
+    return trajs
+
+
+@pytest.mark.vllm
+def test_tiny_model_on_vllm(ml100k_tools, vllm_servers, session_home):
+    from toolrec_local.llm.factory import make_backend
+
+    ds, tool = ml100k_tools
+    srv = vllm_servers("xgrammar")
+    config = AgentConfig(context_tokens=2048)  # the tiny card's --max-model-len
+    backend = make_backend("tiny-random", "vllm", base_url=srv.base_url, api_key=srv.api_key)
+    users = ds.sample_users(N_USERS, seed=0)
+    trajs = asyncio.run(run_users(AgentContext(ds, tool, backend, config), users, 8))
+    summary = check_and_record(ds, trajs, "tiny-random (vllm, xgrammar)", session_home / "agent-check-tiny-random.json", config)
+    print(json.dumps({k: v for k, v in summary.items() if k != "example"}))
+    rank_end_to_end(ds, tool, make_backend("tiny-random", "vllm", base_url=srv.base_url, api_key=srv.api_key), config, users[:5])
+
+
+def smollm2_dir(session_home) -> Path | None:
+    for folder in (os.environ.get("TOOLREC_SMOLLM2_DIR"), session_home / "models" / "smollm2-135m"):
+        if folder and (Path(folder) / "config.json").is_file():
+            return Path(folder)
+    return None
+
+
+def test_smollm2_in_process(ml100k_tools, session_home):
+    from toolrec_local.llm.factory import make_backend
+
+    folder = smollm2_dir(session_home)
+    if folder is None:
+        pytest.skip("SmolLM2-135M weights not found (toolrec-local models pull smollm2-135m, or set TOOLREC_SMOLLM2_DIR)")
+    ds, tool = ml100k_tools
+    config = AgentConfig(context_tokens=2048, history_len=5, n_demos=1)  # CPU time: shorter prompts
+    users = ds.sample_users(N_USERS, seed=0)
+    trajs = asyncio.run(run_users(AgentContext(ds, tool, make_backend("smollm2-135m", "local", model_path=folder), config), users, 1))
+    summary = check_and_record(ds, trajs, "smollm2-135m (local)", session_home / "agent-check-smollm2-135m.json", config)
+    print(json.dumps({k: v for k, v in summary.items() if k != "example"}))
+    rank_end_to_end(ds, tool, make_backend("smollm2-135m", "local", model_path=folder), config, users[:3])
