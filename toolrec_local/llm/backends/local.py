@@ -10,6 +10,7 @@ an item list re-read only their new tokens. Calls are serialised: one model, one
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,21 @@ def load(model_path: str | Path, dtype: torch.dtype = torch.float32) -> _Loaded:
         return loaded
 
 
+def decode_threads() -> int:
+    """Threads for one decoding step. On a CPU busier than its cores, torch's thread pool
+    spins against other processes: one SmolLM2 token took 5 s with 2 threads and 0.06 s with
+    1 at load 13 on 2 cores. TOOLREC_LOCAL_THREADS overrides."""
+    env = os.environ.get("TOOLREC_LOCAL_THREADS")
+    if env:
+        return max(1, int(env))
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(torch.get_num_threads(), int(cores - busy)))
+
+
 class LocalBackend(StepwiseBackend):
     def __init__(self, model_path: str | Path, *, name: str | None = None, dtype: torch.dtype = torch.float32):
         self.model_path = Path(model_path)
@@ -92,42 +108,58 @@ class LocalBackend(StepwiseBackend):
         return tok(text, add_special_tokens=False)["input_ids"]
 
     def _step_sync(self, messages, prefix, regex, max_tokens, temperature, seed) -> Step:
+        m = self._m
+        with m.lock:
+            saved = torch.get_num_threads()
+            torch.set_num_threads(decode_threads())
+            try:
+                return self._decode(messages, prefix, regex, max_tokens, temperature, seed)
+            finally:
+                torch.set_num_threads(saved)
+
+    def _decode(self, messages, prefix, regex, max_tokens, temperature, seed) -> Step:
         import llguidance
         import llguidance.torch as lltorch
 
         m = self._m
-        with m.lock:
-            prompt = self._prompt_ids(messages, prefix)
-            matcher = None
-            if regex is not None:
-                matcher = llguidance.LLMatcher(m.lltok, llguidance.LLMatcher.grammar_from_regex(regex), log_level=0)
-                if matcher.is_error():
-                    raise ToolrecError(f"the grammar does not compile: {matcher.get_error()}",
-                                       "this is a bug in the grammar module; report it with the regex")
-                bitmask = lltorch.allocate_token_bitmask(1, m.vocab)
-            gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
-            out: list[int] = []
-            stopped = False
-            logits = self._forward(prompt)
-            for _ in range(max_tokens):
-                if matcher is not None:
-                    lltorch.fill_next_token_bitmask(matcher, bitmask)
-                    allowed = np.unpackbits(bitmask[0].numpy().view(np.uint8), bitorder="little")[: m.vocab]
-                    logits = logits.masked_fill(torch.from_numpy(allowed == 0), float("-inf"))
-                token = self._pick(logits, temperature, gen)
-                if token in m.eos_ids:
+        prompt = self._prompt_ids(messages, prefix)
+        matcher = None
+        if regex is not None:
+            matcher = llguidance.LLMatcher(m.lltok, llguidance.LLMatcher.grammar_from_regex(regex), log_level=0)
+            if matcher.is_error():
+                raise ToolrecError(f"the grammar does not compile: {matcher.get_error()}",
+                                   "this is a bug in the grammar module; report it with the regex")
+            bitmask = lltorch.allocate_token_bitmask(1, m.vocab)
+        gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
+        out: list[int] = []
+        stopped = False
+        logits = self._forward(prompt)
+        while len(out) < max_tokens:
+            if matcher is not None:
+                lltorch.fill_next_token_bitmask(matcher, bitmask)
+                allowed = np.unpackbits(bitmask[0].numpy().view(np.uint8), bitorder="little")[: m.vocab]
+                logits = logits.masked_fill(torch.from_numpy(allowed == 0), float("-inf"))
+            token = self._pick(logits, temperature, gen)
+            if token in m.eos_ids:
+                stopped = True
+                break
+            if matcher is not None and not matcher.consume_token(token):
+                raise ToolrecError(f"llguidance rejected a token it allowed: {matcher.get_error()}",
+                                   "report this with the model and the grammar")
+            out.append(token)
+            if matcher is not None:
+                # tokens the grammar forces (the rest of a unique title, "\nAction: ") are
+                # appended without sampling and read in one forward pass
+                forced = matcher.compute_ff_tokens()[: max_tokens - len(out)]
+                if forced and matcher.consume_tokens(forced):
+                    out.extend(forced)
+                if matcher.is_stopped():
                     stopped = True
                     break
-                if matcher is not None and not matcher.consume_token(token):
-                    raise ToolrecError(f"llguidance rejected a token it allowed: {matcher.get_error()}",
-                                       "report this with the model and the grammar")
-                out.append(token)
-                if matcher is not None and matcher.is_stopped():
-                    stopped = True
-                    break
+            if len(out) < max_tokens:
                 logits = self._forward(prompt + out)
-            text = m.tokenizer.decode(out, skip_special_tokens=True)
-            return Step(text=text, tokens_in=len(prompt), tokens_out=len(out), stopped=stopped)
+        text = m.tokenizer.decode(out, skip_special_tokens=True)
+        return Step(text=text, tokens_in=len(prompt), tokens_out=len(out), stopped=stopped)
 
     @staticmethod
     def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> int:
