@@ -1,5 +1,5 @@
 """The live display of `eval`: per method, users done / total, running Recall@10 and NDCG@10
-over the users finished in this invocation, LLM output tokens/s, and failures."""
+over the users done so far (earlier runs into the folder included), LLM output tokens/s, and failures."""
 
 from __future__ import annotations
 

@@ -35,15 +35,17 @@ def _best(summary: dict, metric: str) -> float | None:
 
 def summary_table(summary: dict) -> Table:
     """The Rich version of the table, for the terminal."""
-    t = Table(title=f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {summary['users']} users × {len(summary['seeds'])} seeds")
+    seeds = len(summary["seeds"])
+    t = Table(title=f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {summary['users']} users × {seeds} seed{'s' if seeds > 1 else ''}"
+                    + (" (mean ± std over seeds)" if seeds > 1 else ""))
     t.add_column("method")
     for c in COLUMNS:
-        t.add_column(c.replace("recall", "Recall").replace("ndcg", "NDCG"), justify="right")
+        t.add_column(c.replace("recall", "R").replace("ndcg", "N"), justify="right")
     t.add_column("users", justify="right")
     for name, m in summary["methods"].items():
         cells = []
         for c in COLUMNS:
-            cell = f"{_fmt(c, m[c]['mean'])}±{_fmt(c, m[c]['std'])}"
+            cell = _fmt(c, m[c]["mean"]) + (f"±{_fmt(c, m[c]['std'])}" if seeds > 1 and c.endswith("@10") else "")
             cells.append(f"[bold]{cell}[/]" if m[c]["mean"] == _best(summary, c) and m["users"]["ok"] else cell)
         users = f"{m['users']['ok']}" + (f" [red]({m['users']['failed']} failed)[/]" if m["users"]["failed"] else "")
         t.add_row(name, *cells, users)
@@ -72,7 +74,7 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {users} |")
     imp = summary.get("improvement")
     if imp:
-        over = sorted({imp[c]["over"] for c in COLUMNS})
+        over = sorted({imp[c]["over"] for c in COLUMNS if imp[c]["over"]})
         lines.append("| Improvement (toolrec vs best of " + ", ".join(over) + ") | " + " | ".join(_pct(imp[c]["relative"]) for c in COLUMNS) + " | |")
     return "\n".join(lines)
 
@@ -81,11 +83,11 @@ def markdown_llm(summary: dict) -> str:
     rows = [(n, m["llm"]) for n, m in summary["methods"].items() if "llm" in m]
     if not rows:
         return ""
-    lines = ["| Method | LLM calls / user | tokens in / user | tokens out / user | LLM latency s / user | wall s / user | out tok/s | outside LLM | retries | repairs | grammar violations |",
+    lines = ["| Method | LLM calls / user | tokens in / user | tokens out / user | LLM latency s / user | wall s / user | out tok / LLM s | outside LLM | retries | repairs | grammar violations |",
              "|---|" + "---:|" * 10]
     for n, l in rows:
         share = "-" if l["share_outside_llm"] is None else f"{100 * l['share_outside_llm']:.1f}%"
-        tps = "-" if l["tokens_out_per_s"] is None else f"{l['tokens_out_per_s']:.1f}"
+        tps = "-" if l["tokens_out_per_llm_s"] is None else f"{l['tokens_out_per_llm_s']:.1f}"
         lines.append(f"| {n} | {l['llm_calls_per_user']:.2f} | {l['tokens_in_per_user']:.0f} | {l['tokens_out_per_user']:.0f} | "
                      f"{l['latency_s_per_user']:.2f} | {l['wall_s_per_user']:.2f} | {tps} | {share} | {l['retries']} | {l['repairs']} | {l['grammar_violations']} |")
     return "\n".join(lines)
@@ -150,7 +152,7 @@ def plot_metrics(summary: dict, path: Path, title: str) -> Path:
         llm_pos = [i for i, m in enumerate(names) if needs_llm(m)]
         if llm_pos and llm_pos[0] > 0:
             ax.axvline(llm_pos[0] - 0.5, color="grey", linestyle="--", linewidth=1)
-    axes[0].legend(title="cut-off", fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     seeds = len(summary["seeds"])
     fig.suptitle(f"{title}  (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})", fontsize=11)
     fig.savefig(path, dpi=120)
@@ -199,14 +201,16 @@ def plot_compare(summaries: list[tuple[str, dict]], path: Path) -> Path:
     cmap = plt.get_cmap("tab10")
     for ax, key in zip(axes, ("recall@10", "ndcg@10")):
         for j, (label, s) in enumerate(summaries):
-            means = [s["methods"][n][key]["mean"] if n in s["methods"] else 0.0 for n in names]
-            stds = [s["methods"][n][key]["std"] if n in s["methods"] else 0.0 for n in names]
+            # a method a run does not have gets no bar (NaN), not a misleading zero
+            means = [s["methods"][n][key]["mean"] if n in s["methods"] else np.nan for n in names]
+            stds = [s["methods"][n][key]["std"] if n in s["methods"] else np.nan for n in names]
             ax.bar(x - 0.4 + width * (j + 0.5), means, width, yerr=stds, capsize=2, label=label, color=cmap(j))
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_title(key.replace("recall", "Recall").replace("ndcg", "NDCG"))
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    axes[0].legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(4, len(summaries)),
+               fontsize=9, frameon=False)
     fig.suptitle("Runs side by side (mean ± std over seeds)", fontsize=11)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -49,7 +49,7 @@ class Tally:
     total: int = 0  # this method's work in the run, done before included
     done: int = 0  # ok, before or now
     failed: int = 0  # failed in this invocation
-    hits10: float = 0.0  # over users finished in this invocation
+    hits10: float = 0.0  # over the users done (before and now)
     ndcg10: float = 0.0
     scored: int = 0
     tokens_out: int = 0
@@ -122,8 +122,14 @@ class Runner:
         return [(s, u) for s, users in plan.items() for u in users if (method, s, self.ds.user_ids[u]) not in done]
 
     def _tally(self, method: str, plan: dict[int, list[int]], todo: int) -> Tally:
+        """The method's tally, its running metrics started from the users done before."""
         total = sum(len(v) for v in plan.values())
-        t = self.tallies[method] = Tally(total=total, done=total - todo)
+        t = self.tallies[method] = Tally(total=total)
+        for seed, users in plan.items():
+            for u in users:
+                rec = self.writer.index.get((method, seed, self.ds.user_ids[u]))
+                if rec is not None and rec["status"] == OK:
+                    t.add(MISSING if rec["rank"] is None else float(rec["rank"]), 0)
         self.on_update(method, t)
         return t
 

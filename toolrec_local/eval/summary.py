@@ -48,7 +48,8 @@ def method_summary(name: str, records: list[dict], top_n: int, expected: int | N
         out["llm"].update({f: int(sum(int(r.get(f) or 0) for r in ok)) for f in COUNT_FIELDS})
         latency = sum(float(r.get("latency_s") or 0) for r in ok)
         wall = sum(float(r.get("wall_s") or 0) for r in ok)
-        out["llm"]["tokens_out_per_s"] = round(sum(int(r.get("tokens_out") or 0) for r in ok) / latency, 2) if latency else None
+        # per user: output tokens per second spent waiting on the LLM (server queueing included)
+        out["llm"]["tokens_out_per_llm_s"] = round(sum(int(r.get("tokens_out") or 0) for r in ok) / latency, 2) if latency else None
         out["llm"]["share_outside_llm"] = round(max(0.0, 1 - latency / wall), 4) if wall else None
         rounds = [int(r.get("rounds") or 0) for r in ok]
         if any(rounds):
@@ -61,13 +62,18 @@ def method_summary(name: str, records: list[dict], top_n: int, expected: int | N
     return out
 
 
-def improvement(methods: dict[str, dict], of: str = TOOLREC) -> dict | None:
-    """ToolRec's relative gain over the best baseline present, per metric (Table 2's last row)."""
+def improvement(methods: dict[str, dict], of: str = TOOLREC, top_n: int = 10) -> dict | None:
+    """ToolRec's relative gain over the best baseline present, per metric (Table 2's last row).
+    Only for cut-offs within ToolRec's list length N: beyond it ToolRec cannot list the target,
+    and a gain against a method that ranks the whole catalogue would be an artefact."""
     base = [b for b in BASELINES if b in methods]
     if of not in methods or not base:
         return None
     out = {}
     for m in METRICS:
+        if int(m.split("@")[1]) > top_n:
+            out[m] = {"over": None, "reference": None, "value": methods[of][m]["mean"], "relative": None}
+            continue
         best = max(base, key=lambda b: methods[b][m]["mean"])
         ref = methods[best][m]["mean"]
         out[m] = {"over": best, "reference": ref, "value": methods[of][m]["mean"],
@@ -92,7 +98,7 @@ def summarize(config, records: list[dict], expected: dict | None = None) -> dict
         "users": config.users if config.users is not None else "all",
         "seeds": config.seeds,
         "methods": methods,
-        "improvement": improvement(methods),
+        "improvement": improvement(methods, top_n=config.top_n),
     }
 
 
