@@ -2,7 +2,7 @@
 # The CPU demo (`make demo`): ToolRec end to end on ML-100K with SmolLM2-135M served by vLLM.
 #
 #   1. prepare ML-100K            toolrec-local data prepare ml-100k
-#   2. train the retrieval tools  toolrec-local train all --dataset ml-100k   (SASRec + one encoder per attribute)
+#   2. train the retrieval tools  toolrec-local train all --dataset ml-100k --preset fast   (SASRec + one encoder per attribute)
 #   3. pull the LLM               toolrec-local models pull smollm2-135m
 #   4. start a vLLM CPU server    toolrec-local serve --llm smollm2-135m --port PORT   (background, stopped at exit)
 #   5. evaluate                   toolrec-local eval --dataset ml-100k --llm smollm2-135m \
@@ -33,9 +33,10 @@ step() { printf '\n\033[1m[%s +%ss] %s\033[0m\n' "$(date +%H:%M:%S)" "$(( $(date
 stop_server() {
   if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
     step "stopping the vLLM server (pid $SERVER_PID)"
-    kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 30); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 1; done
-    kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
+    # `toolrec-local serve` stops its vLLM process group on SIGTERM
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
   fi
 }
 trap stop_server EXIT
@@ -50,9 +51,10 @@ fi
 llm_users=$(( USERS * SEEDS * 3 ))  # three LLM methods
 cat <<EOF
 ToolRec CPU demo: ${DATASET}, ${LLM} on a vLLM CPU server, ${USERS} users x ${SEEDS} seeds, methods ${METHODS}.
-Estimated time on a 2-core CPU, first run: about 20-40 minutes
-  prepare data < 1 min | train tools 5-15 min | pull model < 1 min | start server 1-3 min
-  evaluate ${llm_users} LLM runs: 10-20 min (toolrec makes 3-8 LLM calls per user) | report < 1 min
+Estimated time on a 2-core CPU, first run: about 15-25 minutes
+  prepare data < 1 min | train tools 3-5 min | pull model ~1 min | start server 2-3 min
+  evaluate ${llm_users} LLM runs: ~8-12 min (measured: 8 min for 20 users x 2 seeds; toolrec makes up to 8 LLM calls per user)
+  report < 1 min
 Later runs skip the finished steps. Output: ${OUT}/report/report.md
 EOF
 
@@ -60,7 +62,12 @@ step "1/6 prepare ${DATASET}"
 if "$CLI" data info "$DATASET" --json >/dev/null 2>&1; then echo "already prepared"; else "$CLI" data prepare "$DATASET"; fi
 
 step "2/6 train the retrieval tools (SASRec backbone, then one attribute encoder per attribute)"
-"$CLI" train all --dataset "$DATASET"
+CKPT="${TOOLREC_HOME:-$HOME/.cache/toolrec-local}/checkpoints/${DATASET}/sasrec"
+if [[ -f "$CKPT/backbone/config.json" && -f "$CKPT/tools/genre/config.json" && -f "$CKPT/tools/release_year/config.json" ]]; then
+  echo "already trained ($CKPT)"
+else
+  "$CLI" train all --dataset "$DATASET" --preset fast
+fi
 
 step "3/6 pull ${LLM}"
 "$CLI" models pull "$LLM"

@@ -33,7 +33,7 @@ SERVER_PID=""
 
 stop_server() {
   if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" || true
+    kill -TERM "$SERVER_PID" 2>/dev/null || true  # `toolrec-local serve` stops its vLLM processes on SIGTERM
     wait "$SERVER_PID" 2>/dev/null || true
   fi
 }

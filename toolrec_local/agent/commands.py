@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Optional
 
@@ -40,6 +39,8 @@ def recommend(
     plan: bool = typer.Option(False, "--plan", help="The 'w/ Plan' variant: write the whole plan, then execute it."),
     json_out: bool = typer.Option(False, "--json", help="Print the trajectory as JSON."),
 ):
+    import asyncio
+
     from toolrec_local.agent.context import AgentConfig, AgentContext
     from toolrec_local.agent.loop import run_agent, run_plan
     from toolrec_local.agent.view import show

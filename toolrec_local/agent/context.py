@@ -30,11 +30,14 @@ class AgentConfig:
     temperature: float = 0.0
     prompts_dir: str | None = None  # default: the repository's prompts/
     # The model's context (e.g. vLLM --max-model-len). When set, every prompt is fitted into it
-    # with room for the reply: older observations are shortened first, then demonstrations
-    # dropped; Rank keeps the first candidates that fit. Sizes are estimated from characters
-    # (chars_per_token, lowered to what the backend's token counts show when they are smaller).
+    # with room for the reply and `context_margin`: older observations are shortened first,
+    # then demonstrations dropped, then older thoughts omitted; a run whose prompt cannot fit
+    # any more finishes ("context"). Rank keeps the first candidates that fit. Sizes are
+    # estimated from characters (chars_per_token, lowered to what the backend's per-request
+    # prompt token counts show when they are smaller).
     context_tokens: int | None = None
     chars_per_token: float = 2.5
+    context_margin: int = 64
 
     def __post_init__(self):
         checks = {
@@ -44,7 +47,7 @@ class AgentConfig:
             "max_retries": self.max_retries >= 0,
             "observation_window": self.observation_window is None or self.observation_window >= 1,
             "context_tokens": self.context_tokens is None or self.context_tokens >= 256,
-            "chars_per_token": self.chars_per_token > 0,
+            "chars_per_token": self.chars_per_token > 0, "context_margin": self.context_margin >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -92,7 +95,13 @@ class AgentContext:
 
     def fits(self, messages: list[dict], reply_tokens: int) -> bool:
         limit = self.config.context_tokens
-        return limit is None or self.estimate_tokens(messages) + reply_tokens <= limit
+        return limit is None or self.estimate_tokens(messages) + reply_tokens + self.config.context_margin <= limit
+
+    @property
+    def action_reply_tokens(self) -> int:
+        """Room for an agent turn: a stepwise backend may re-send a thought cut at its budget
+        as a prefix and then write the action line."""
+        return max(self.config.action_max_tokens, self.action_grammar.thought_max_tokens + 48)
 
     async def ask(self, messages: list[dict], constraint: Constraint, max_tokens: int, seed: int) -> tuple[Completion, float]:
         """One LLM call; returns the completion and the wall time it took here."""
@@ -102,5 +111,6 @@ class AgentContext:
         wall = time.perf_counter() - t0
         if c.tokens_in > 0:  # learn the tokenizer's density when it is denser than assumed
             chars = sum(len(m["content"]) for m in messages)
-            self.chars_per_token = min(self.chars_per_token, chars / c.tokens_in)
+            per_request = c.tokens_in / max(1, c.calls)  # a stepwise answer re-sends the prompt per step
+            self.chars_per_token = min(self.chars_per_token, chars / per_request)
         return c, wall

@@ -32,6 +32,7 @@ class Step:
     turn: str  # the assistant's turn (canonical when it parsed)
     observation: str
     short: str  # the observation once it falls out of `observation_window`
+    brief: str = ""  # the turn without its thought, when the context is short (default: turn)
 
 
 async def run_agent(ctx: AgentContext, user: int, part: str = "test", seed: int = 0) -> Trajectory:
@@ -41,9 +42,12 @@ async def run_agent(ctx: AgentContext, user: int, part: str = "test", seed: int 
     steps: list[Step] = []
     for n in range(1, cfg.max_rounds + 1):
         started, state.llm_s = time.perf_counter(), 0.0
+        messages = _messages(ctx, state, steps)
+        if messages is None:
+            break
         rnd = Round(n)
         traj.rounds.append(rnd)
-        reply, wall = await ctx.ask(_messages(ctx, state, steps), ctx.action_grammar, cfg.action_max_tokens, state.next_seed())
+        reply, wall = await ctx.ask(messages, ctx.action_grammar, cfg.action_max_tokens, state.next_seed())
         state.llm_s += wall
         rnd.usage.add(reply)
         action = _read_turn(ctx, reply.text, rnd)
@@ -54,7 +58,7 @@ async def run_agent(ctx: AgentContext, user: int, part: str = "test", seed: int 
             traj.final_items, traj.final_note, traj.finished_by = rnd.items, rnd.note, "finish"
             return traj
     traj.final_items, traj.final_note = final_list(state)
-    traj.finished_by = "cap"
+    traj.finished_by = "cap" if len(traj.rounds) == cfg.max_rounds else "context"
     return traj
 
 
@@ -65,27 +69,32 @@ def _trajectory(ctx: AgentContext, state: RunState, target: int) -> Trajectory:
                       item_ids=ds.item_ids)
 
 
-def _messages(ctx: AgentContext, state: RunState, steps: list[Step], extra_task: str = "") -> list[dict]:
+def _messages(ctx: AgentContext, state: RunState, steps: list[Step], extra_task: str = "") -> list[dict] | None:
     """System (instructions + demonstrations), the task, then every turn and observation.
-    Fitted into config.context_tokens when set: older observations shortened, then fewer demos."""
+    Fitted into config.context_tokens when set: older observations shortened, then fewer
+    demonstrations, then older thoughts omitted; None when even that does not fit."""
     cfg = ctx.config
     task = ctx.renderer.task(state.head) + (f"\n{extra_task}" if extra_task else "")
     window = len(steps) if cfg.observation_window is None else min(cfg.observation_window, len(steps))
-    demos = cfg.n_demos
-    messages = _build(ctx.renderer.system_with(demos), task, steps, window)
-    while not ctx.fits(messages, cfg.action_max_tokens) and (window > 0 or demos > 0):
+    demos, brief = cfg.n_demos, 0
+    messages = _build(ctx.renderer.system_with(demos), task, steps, window, brief)
+    while not ctx.fits(messages, ctx.action_reply_tokens):
         if window > 0:
             window -= 1
-        else:
+        elif demos > 0:
             demos -= 1
-        messages = _build(ctx.renderer.system_with(demos), task, steps, window)
+        elif brief < len(steps):
+            brief += 1
+        else:
+            return None
+        messages = _build(ctx.renderer.system_with(demos), task, steps, window, brief)
     return messages
 
 
-def _build(system: str, task: str, steps: list[Step], window: int) -> list[dict]:
+def _build(system: str, task: str, steps: list[Step], window: int, brief: int) -> list[dict]:
     messages = [{"role": "system", "content": system}, {"role": "user", "content": task}]
     for pos, step in enumerate(steps):
-        messages.append({"role": "assistant", "content": step.turn})
+        messages.append({"role": "assistant", "content": (step.brief or step.turn) if pos < brief else step.turn})
         messages.append({"role": "user", "content": step.observation if pos >= len(steps) - window else step.short})
     return messages
 
@@ -113,7 +122,8 @@ async def _execute(state: RunState, action, rnd: Round, reply: str) -> Step:
     if isinstance(action, Finish):
         rnd.items, rnd.note = final_list(state)
         scores = [state.memory.score(i) if state.memory.score(i) > float("-inf") else 0.0 for i in rnd.items]
-        return Step(turn, r.observation_finish(rnd.items, scores), r.observation_finish(rnd.items, scores))
+        text = r.observation_finish(rnd.items, scores)
+        return Step(turn, text, text)
     if isinstance(action, Retrieval):
         lst = run_retrieval(state, action, rnd)
     else:
@@ -121,13 +131,13 @@ async def _execute(state: RunState, action, rnd: Round, reply: str) -> Step:
         if lst is None:
             return _invalid(r, rnd, turn, f"Rank needs gathered {r.p.items}; use Retrieval first")
     rnd.items = lst.items
-    return Step(turn, r.observation(lst, rnd.note), r.observation_short(lst))
+    return Step(turn, r.observation(lst, rnd.note), r.observation_short(lst), format_turn("…", action))
 
 
 def _invalid(r, rnd: Round, turn: str, message: str) -> Step:
     rnd.note = f"Invalid action: {message}"
     text = r.invalid(message)
-    return Step(turn, text, text)
+    return Step(turn, text, text, "Thought: …\nAction: (invalid)")
 
 
 # ---- baselines' pieces ------------------------------------------------------------------------
@@ -180,6 +190,9 @@ async def run_plan(ctx: AgentContext, user: int, part: str = "test", seed: int =
         traj.rounds.append(rnd)
         started, state.llm_s = time.perf_counter(), 0.0
         messages = _messages(ctx, state, planned, extra_task=ctx.renderer.plan_note())
+        if messages is None:
+            traj.rounds.pop()
+            break
         reply, wall = await ctx.ask(messages, ctx.action_grammar, cfg.action_max_tokens, state.next_seed())
         state.llm_s += wall
         rnd.usage.add(reply)

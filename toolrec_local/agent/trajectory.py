@@ -13,7 +13,8 @@ from toolrec_local.llm.protocol import Completion
 
 @dataclass
 class Usage:
-    """LLM cost of one step: summed over every call it made (retries included)."""
+    """LLM cost of one step: summed over every request it made (retries and the steps of a
+    stepwise backend included)."""
 
     tokens_in: int = 0
     tokens_out: int = 0
@@ -24,7 +25,7 @@ class Usage:
         self.tokens_in += c.tokens_in
         self.tokens_out += c.tokens_out
         self.latency_s += c.latency_s
-        self.calls += 1
+        self.calls += max(1, c.calls)
 
     def merge(self, other: "Usage") -> None:
         self.tokens_in += other.tokens_in
@@ -57,7 +58,7 @@ class Trajectory:
     backend: str
     rounds: list[Round] = field(default_factory=list)
     final_items: list[int] = field(default_factory=list)
-    finished_by: str = ""  # "finish" | "cap" | "plan"
+    finished_by: str = ""  # "finish" | "cap" | "plan" | "context" (the prompt could not fit any more)
     final_note: str = ""  # how Finish built the list (cut, padded from candidates, backbone)
     item_ids: list[str] = field(default_factory=list, repr=False, compare=False)  # dataset's raw ids
 
