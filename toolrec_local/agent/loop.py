@@ -16,11 +16,7 @@ from toolrec_local.agent.actions import Finish, ParseFailure, Rank, Retrieval, f
 from toolrec_local.agent.context import AgentConfig, AgentContext
 from toolrec_local.agent.tools import RunState, final_list, new_state, rank_lists, run_rank, run_retrieval
 from toolrec_local.agent.trajectory import Round, Trajectory
-
-try:  # the grammar module's own membership test, when it is there
-    from toolrec_local.llm.grammar import conforms
-except ImportError:  # pragma: no cover - grammar.py is built beside this module
-    conforms = None
+from toolrec_local.llm.grammar import conforms
 
 __all__ = ["AgentConfig", "AgentContext", "run_agent", "run_plan", "llm_rank"]
 
@@ -105,7 +101,7 @@ def _read_turn(ctx: AgentContext, text: str, rnd: Round):
     cfg = ctx.config
     thought, action = parse_turn(text, ctx.attributes, strict=True)
     if cfg.grammar:
-        outside = isinstance(action, ParseFailure) or (conforms is not None and not conforms(ctx.action_grammar, text.rstrip()))
+        outside = isinstance(action, ParseFailure) or not conforms(ctx.action_grammar, text.rstrip())
         rnd.grammar_violations += int(outside)
     if not cfg.grammar or isinstance(action, ParseFailure):
         thought, action = parse_turn(text, ctx.attributes, strict=False, default_k=cfg.default_k)
@@ -129,7 +125,7 @@ async def _execute(state: RunState, action, rnd: Round, reply: str) -> Step:
     else:
         lst = await run_rank(state, action, rnd)
         if lst is None:
-            return _invalid(r, rnd, turn, f"Rank needs gathered {r.p.items}; use Retrieval first")
+            return _invalid(r, rnd, turn, r.rank_nothing())
     rnd.items = lst.items
     return Step(turn, r.observation(lst, rnd.note), r.observation_short(lst), format_turn("…", action))
 

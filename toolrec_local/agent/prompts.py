@@ -20,7 +20,7 @@ from toolrec_local.errors import ToolrecError
 TEMPLATE_KEYS = (
     "system", "profile", "history_line", "head", "task", "item_line", "observation",
     "observation_short", "observation_finish", "invalid_action", "rank_system", "rank_user",
-    "candidate_line", "problem", "plan_note", "plan_step",
+    "candidate_line", "problem", "rank_nothing", "plan_note", "plan_step",
 )
 
 
@@ -147,6 +147,9 @@ class Renderer:
     def problem(self, kind: str, label: str, n: int = 0, k: int = 0) -> str:
         """One thing wrong with a Rank answer, as the re-run prompt names it."""
         return self.p.render("problem", kind=kind, label=label, n=n, k=k)
+
+    def rank_nothing(self) -> str:
+        return self.p.render("rank_nothing")
 
     def plan_note(self) -> str:
         return self.p.render("plan_note")
