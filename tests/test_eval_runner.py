@@ -226,3 +226,40 @@ def test_rule_tool_sanity(walk):
     hist, target = walk.split(u, "test")
     assert successor(walk, int(hist[-1])) == target
     assert t.retrieve(u, None, 1)[0][0] == target
+
+
+def test_shards_in_separate_folders_merge_into_one_run_in_the_report(walk, tmp_path):
+    from toolrec_local.eval.report import write_report
+    from toolrec_local.eval.rundir import load_runs
+
+    _, whole = run(tmp_path, "pop,sasrec")
+    folders = [tmp_path / f"node{i}" for i in (1, 2)]
+    for i, folder in zip((1, 2), folders):
+        evaluate(EvalOptions(dataset="walk", methods="pop,sasrec", users=40, seeds=2, out=folder, shard=(i, 2)),
+                 tool_loader=rule_loader)
+    views = load_runs(folders)
+    assert len(views) == 1 and views[0].missing_shards == []
+    assert sorted(keys(views[0].records)) == sorted(keys(lines(whole)))
+    md, out, summaries = write_report(folders, tmp_path / "rep")
+    text = md.read_text()
+    assert text.count("## walk") == 1 and "Side by side" not in text
+    assert str(folders[0]) in text and str(folders[1]) in text
+    assert summaries[0]["methods"]["pop"]["users"] == {"ok": 80, "failed": 0, "expected": 80}
+    only_one = write_report(folders[:1], tmp_path / "rep1")[0].read_text()
+    assert "**Incomplete:** shards 2/2 are missing" in only_one
+    assert "40 † (0 failed, 40 expected, shards missing)" in only_one
+
+
+def test_report_puts_runs_with_different_llms_side_by_side(walk, tmp_path):
+    from toolrec_local.eval.report import write_report
+
+    for llm in ("model-a", "model-b"):
+        suite = ScriptedSuite(["toolrec"], walk)
+        evaluate(EvalOptions(dataset="walk", methods="sasrec,toolrec", llm=llm, users=10, seeds=2, out=tmp_path / llm),
+                 tool_loader=rule_loader, llm_factory=lambda n, d, t, **kw: suite)
+    md, out, summaries = write_report([tmp_path / "model-a", tmp_path / "model-b"], tmp_path / "rep")
+    text = md.read_text()
+    assert "## walk · model-a" in text and "## walk · model-b" in text and "## Side by side" in text
+    for png in ("compare.png", "metrics-walk-model-a.png", "rounds-walk-model-b.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "| toolrec | all |" in text and "Improvement" in text

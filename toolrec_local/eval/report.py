@@ -70,7 +70,9 @@ def markdown_table(summary: dict) -> str:
             cells.append(f"**{cell}**" if m["users"]["ok"] and m[c]["mean"] == _best(summary, c) else cell)
         users = str(m["users"]["ok"])
         if not m["complete"]:
-            users += f" † ({m['users']['failed']} failed" + (f", {m['users']['expected']} expected)" if m['users']['expected'] else ")")
+            expected = m["users"]["expected"]
+            users += f" † ({m['users']['failed']} failed" + (f", {expected} expected" if expected else "") + \
+                (", shards missing)" if summary.get("missing_shards") else ")")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {users} |")
     imp = summary.get("improvement")
     if imp:
@@ -256,9 +258,8 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
     summaries: list[tuple[str, dict]] = []
     md = ["# ToolRec evaluation report", ""]
     for view in views:
-        s = summarize(view.config, view.records, view.expected)
+        s = summarize(view.config, view.records, view.expected, view.missing_shards)
         s["label"] = view.label
-        s["missing_shards"] = view.missing_shards
         summaries.append((view.label, s))
         slug = _slug(view.label)
         md += [f"## {view.label}", "", _describe(view, s), "", markdown_table(s), ""]

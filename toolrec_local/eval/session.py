@@ -128,8 +128,7 @@ def write_summary(folder: Path) -> dict:
     atomically, so shards writing side by side never leave a half-written file."""
     view = load_runs([folder])[0]
     path = Path(folder) / "summary.json"
-    summary = summarize(view.config, view.records, view.expected)
-    summary["missing_shards"] = view.missing_shards
+    summary = summarize(view.config, view.records, view.expected, view.missing_shards)
     summary["bad_lines"] = view.bad_lines
     tmp = path.with_name(f".summary.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -27,7 +27,7 @@ def _rank(rec: dict) -> float:
     return MISSING if rec.get("rank") is None else float(rec["rank"])
 
 
-def method_summary(name: str, records: list[dict], top_n: int, expected: int | None) -> dict:
+def method_summary(name: str, records: list[dict], top_n: int, expected: int | None, shards_missing: bool = False) -> dict:
     ok = [r for r in records if r["status"] == OK]
     failed = [r for r in records if r["status"] != OK]
     seeds = sorted({int(r["seed"]) for r in ok})
@@ -39,7 +39,7 @@ def method_summary(name: str, records: list[dict], top_n: int, expected: int | N
     out: dict = {m: stats.get(m, {"mean": 0.0, "std": 0.0}) for m in METRICS}
     out["per_seed"] = per_seed
     out["users"] = {"ok": len(ok), "failed": len(failed), "expected": expected}
-    out["complete"] = not failed and (expected is None or len(ok) >= expected)
+    out["complete"] = not failed and not shards_missing and (expected is None or len(ok) >= expected)
     if failed:
         out["errors"] = dict(Counter(r.get("error") or "?" for r in failed).most_common(5))
     if needs_llm(name):
@@ -81,14 +81,15 @@ def improvement(methods: dict[str, dict], of: str = TOOLREC, top_n: int = 10) ->
     return out
 
 
-def summarize(config, records: list[dict], expected: dict | None = None) -> dict:
-    """`config`: the run's RunConfig; `expected`: users per seed the run should have."""
+def summarize(config, records: list[dict], expected: dict | None = None, missing_shards: list[str] | None = None) -> dict:
+    """`config`: the run's RunConfig; `expected`: users per seed the shards present should have;
+    `missing_shards`: shards not found (their users are not in `expected`, so say so)."""
     by_method: dict[str, list[dict]] = {}
     for r in records:
         by_method.setdefault(r["method"], []).append(r)
     n_expected = sum(int(v) for v in expected.values()) if expected else None
     order = [m for m in config.methods if m in by_method] + sorted(set(by_method) - set(config.methods))
-    methods = {m: method_summary(m, by_method[m], config.top_n, n_expected) for m in order}
+    methods = {m: method_summary(m, by_method[m], config.top_n, n_expected, bool(missing_shards)) for m in order}
     return {
         "dataset": config.dataset,
         "llm": config.llm if config.uses_llm else None,
@@ -99,6 +100,7 @@ def summarize(config, records: list[dict], expected: dict | None = None) -> dict
         "seeds": config.seeds,
         "methods": methods,
         "improvement": improvement(methods, top_n=config.top_n),
+        "missing_shards": list(missing_shards or []),
     }
 
 
