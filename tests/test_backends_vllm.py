@@ -34,6 +34,19 @@ class LegacyFieldBackend(VLLMBackend):
         return {"guided_regex": regex}
 
 
+b_steps: list = []
+
+
+class RecordingBackend(VLLMBackend):
+    """Records which server each step of each answer (asyncio task) went to."""
+
+    async def _step(self, *args, **kw):
+        from toolrec_local.llm.backends.vllm import _SERVER
+
+        b_steps.append((id(asyncio.current_task()), _SERVER.get().url))
+        return await super()._step(*args, **kw)
+
+
 async def _many(backend, constraint, n, **kw):
     return await asyncio.gather(*(backend.generate(MSGS, constraint, temperature=1.0, seed=i, **kw)
                                   for i in range(n)))
@@ -56,14 +69,23 @@ def test_round_robin_and_token_counts(vllm_servers):
     other = srv.base_url.replace("127.0.0.1", "localhost")
 
     async def go():
-        b = VLLMBackend([srv.base_url, other], srv.model)
+        b = RecordingBackend([srv.base_url, other], srv.model)
         outs = [await b.generate(MSGS, ChoiceGrammar(TITLES), temperature=1.0, seed=i) for i in range(4)]
+        # concurrent answers: each keeps all its steps on the server it was given
+        b_steps.clear()
+        lists = await asyncio.gather(*(b.generate(MSGS, ItemListGrammar(TITLES, 3), temperature=1.0, seed=i)
+                                       for i in range(4)))
         await b.aclose()
-        return outs
+        return outs, lists
 
-    outs = asyncio.run(go())
+    outs, lists = asyncio.run(go())
     assert [o.meta["server"] for o in outs] == [srv.base_url, other] * 2
     assert all(o.tokens_in > 10 and o.tokens_out >= 3 and o.calls == 1 for o in outs)
+    assert sorted(o.meta["server"] for o in lists) == sorted([srv.base_url, other] * 2)
+    by_task: dict = {}
+    for task, url in b_steps:
+        by_task.setdefault(task, set()).add(url)
+    assert len(by_task) >= 4 and all(len(urls) == 1 for urls in by_task.values())
 
 
 @pytest.mark.parametrize("structured_backend", ["xgrammar", "guidance", "outlines"])

@@ -8,6 +8,7 @@ connect a probe asks for a random token under a regex and refuses to run unless 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import secrets
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.llm import grammar as G
 from toolrec_local.llm.backends.stepwise import Step, StepwiseBackend
 from toolrec_local.llm.protocol import Message
+
+# The server the current answer goes to: per asyncio task, so concurrent answers each keep
+# all their steps on one server (whose prefix cache then holds the prompt).
+_SERVER: contextvars.ContextVar["_Server | None"] = contextvars.ContextVar("vllm_server", default=None)
 
 SERVE_HINT = "start one with `toolrec-local serve <model>` or pass the right --base-url"
 
@@ -50,7 +55,6 @@ class VLLMBackend(StepwiseBackend):
         ]
         self._next = 0
         self._connect_lock = asyncio.Lock()
-        self._current: _Server | None = None
 
     # --- connection and probe -----------------------------------------------------------
 
@@ -76,9 +80,12 @@ class VLLMBackend(StepwiseBackend):
     async def _probe(self, server: _Server) -> None:
         token = f"zq{secrets.token_hex(3)}-{secrets.token_hex(3)}"
         messages = [{"role": "user", "content": "Say hello in one short sentence."}]
-        self._current = server
-        step = await self._step(messages, "", G.escape(token), max_tokens=len(token) + 4,
-                                temperature=1.0, seed=None)
+        ctx = _SERVER.set(server)
+        try:
+            step = await self._step(messages, "", G.escape(token), max_tokens=len(token) + 4,
+                                    temperature=1.0, seed=None)
+        finally:
+            _SERVER.reset(ctx)
         if step.text != token:
             raise ToolrecError(
                 f"server ignores structured outputs: {server.url} was asked for {token!r} under a regex "
@@ -95,18 +102,20 @@ class VLLMBackend(StepwiseBackend):
 
     async def generate(self, messages, constraint, *, max_tokens=256, temperature=0.0, seed=None):
         await self.connect()
-        # every step of one answer goes to the same server, whose prefix cache then holds it
-        self._current = self._servers[self._next % len(self._servers)]
+        server = self._servers[self._next % len(self._servers)]
         self._next += 1
-        server = self._current
-        completion = await super().generate(messages, constraint, max_tokens=max_tokens,
-                                            temperature=temperature, seed=seed)
+        token = _SERVER.set(server)
+        try:
+            completion = await super().generate(messages, constraint, max_tokens=max_tokens,
+                                                temperature=temperature, seed=seed)
+        finally:
+            _SERVER.reset(token)
         completion.meta["server"] = server.url
         return completion
 
     async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
                     max_tokens: int, temperature: float, seed: int | None) -> Step:
-        server = self._current or self._servers[0]
+        server = _SERVER.get() or self._servers[0]
         extra: dict = {}
         msgs = list(messages)
         if prefix:
