@@ -278,3 +278,20 @@ def test_without_a_context_limit_nothing_is_cut(ml100k, tool):
     last = backend.calls[-1].messages
     assert "Example 2:" in last[0]["content"]
     assert not any(m["content"].endswith("(listed earlier).") for m in last)
+
+
+def test_a_run_whose_prompt_cannot_fit_ends_with_the_backbone(ml100k, tool):
+    # 300 tokens cannot hold even the instructions: no LLM call, the backbone's top N
+    traj, backend, _ = run(ml100k, tool, [], context_tokens=300)
+    assert traj.rounds == [] and traj.finished_by == "context" and len(backend.calls) == 0
+    assert traj.final_items == [i for i, _ in tool.retrieve(USER, None, 10)]
+
+
+def test_usage_counts_every_request_of_a_stepwise_answer():
+    from toolrec_local.agent.trajectory import Usage
+    from toolrec_local.llm.protocol import Completion
+
+    u = Usage()
+    u.add(Completion("x", tokens_in=100, tokens_out=5, latency_s=0.5, calls=11))
+    u.add(Completion("y", tokens_in=10, tokens_out=1, latency_s=0.25))
+    assert (u.calls, u.tokens_in, u.tokens_out, u.latency_s) == (12, 110, 6, 0.75)
