@@ -116,3 +116,61 @@ def test_json_schema_is_strict_and_renders_to_conforming_text():
 def test_item_list_k_is_checked():
     with pytest.raises(ValueError):
         ItemListGrammar(TITLES, len(TITLES) + 1)
+
+
+# --- the same regexes in the engines the backends use -------------------------------------
+
+ENGINE_CASES = [
+    (ACTION, "Thought: Genres matter — Amélie fans like whimsy.\nAction: Retrieval[release_year, 20]"),
+    (ACTION, "Thought: x\nAction: Rank[dark comedy & heists, 7]"),
+    (ACTION, "Thought: done\nAction: Finish"),
+    (ItemListGrammar(TITLES, 4), "\n".join(TITLES[3::-1])),
+    (ItemListGrammar(TITLES, 2), "4, Aliens (1986)\n3, Alien (1979)"),
+    (ChoiceGrammar(TITLES), TITLES[4]),
+]
+ENGINE_REJECTS = [
+    (ACTION, "Thought: x\nAction: Retrieval[genre, 0]"),
+    (ACTION, "Thought: x\nAction: Retrieval[director, 3]"),
+    (ChoiceGrammar(TITLES), "12, Heat"),
+]
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_xgrammar_reads_the_regexes_like_python(hf_tokenizer):
+    import xgrammar as xgr
+
+    compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(hf_tokenizer, vocab_size=len(hf_tokenizer)))
+
+    def accepts(c, text):
+        m = xgr.GrammarMatcher(compiler.compile_regex(G.to_regex(c)))
+        return m.accept_string(text) and m.accept_token(hf_tokenizer.eos_token_id)  # complete, may stop
+
+    for c, text in ENGINE_CASES:
+        assert G.conforms(c, text)
+        assert accepts(c, text), text
+    for c, text in ENGINE_REJECTS:
+        assert not accepts(c, text), text
+
+
+def test_llguidance_reads_the_regexes_like_python(hf_tokenizer):
+    import llguidance
+    import llguidance.hf
+
+    lltok = llguidance.hf.from_tokenizer(hf_tokenizer)
+
+    def accepts(c, text):
+        m = llguidance.LLMatcher(lltok, llguidance.LLMatcher.grammar_from_regex(G.to_regex(c)), log_level=0)
+        assert not m.is_error(), m.get_error()
+        ids = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+        return m.consume_tokens(ids) and m.is_accepting()
+
+    for c, text in ENGINE_CASES:
+        assert accepts(c, text), text
+    for c, text in ENGINE_REJECTS:
+        assert not accepts(c, text), text
