@@ -295,3 +295,33 @@ def test_usage_counts_every_request_of_a_stepwise_answer():
     u.add(Completion("x", tokens_in=100, tokens_out=5, latency_s=0.5, calls=11))
     u.add(Completion("y", tokens_in=10, tokens_out=1, latency_s=0.25))
     assert (u.calls, u.tokens_in, u.tokens_out, u.latency_s) == (12, 110, 6, 0.75)
+
+
+def test_view_shows_rounds_names_and_the_target(ml100k, tool):
+    from rich.console import Console
+
+    from toolrec_local.agent.view import show
+
+    _, target = ml100k.split(USER, "test")
+
+    class WithTarget:  # the real tool, plus the held-out item in the first list
+        attributes = tool.attributes
+
+        def retrieve(self, user, attribute, k, exclude=(), part="test"):
+            return [(target, 9.0)] + tool.retrieve(user, attribute, k - 1, exclude, part)
+
+    def target_second(messages, constraint):
+        mine = f"{ml100k.item_ids[target]}, {ml100k.item_names[target]}"
+        others = [o for o in constraint.options if o != mine]
+        return "\n".join([others[0], mine] + others[1: constraint.k - 1])
+
+    turns = ["Thought: genre.\nAction: Retrieval[genre, 20]", "Thought: rank.\nAction: Rank[None, 10]", target_second,
+             "Thought: done.\nAction: Finish"]
+    traj, _, _ = run(ml100k, WithTarget(), turns)
+    assert traj.final_items[1] == target
+    console = Console(record=True, width=140)
+    show(console, ml100k, traj)
+    text = console.export_text()
+    assert "Round 1" in text and "Round 3" in text and "Retrieval[genre, 20]" in text
+    assert ml100k.item_names[traj.final_items[0]] in text and "Top 10" in text
+    assert "target at #2" in text

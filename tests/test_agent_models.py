@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -71,10 +72,15 @@ def ml100k_tools(ml100k, session_home):
 
 async def run_users(ctx, users, concurrency):
     gate = asyncio.Semaphore(concurrency)
+    done = []
 
     async def one(u):
         async with gate:
-            return await run_agent(ctx, int(u))
+            traj = await run_agent(ctx, int(u))
+        done.append(u)
+        if len(done) % 10 == 0:  # visible with -s: these runs take minutes
+            print(f"[{ctx.backend.name}] {len(done)}/{len(users)} users", file=sys.stderr, flush=True)
+        return traj
 
     try:
         return await asyncio.gather(*(one(u) for u in users))
