@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from toolrec_local import paths
 from toolrec_local.console import console, err_console, print_json
 from toolrec_local.errors import ToolrecError
 
@@ -36,18 +38,28 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print as JSON.
     if json_out:
         print_json(rows)
         return
-    table = Table(title=f"Model cards in {models_dir()}")
+    home = paths.home()
+
+    def short(p: str) -> str:  # paths under TOOLREC_HOME are shown relative to it
+        try:
+            return "$TOOLREC_HOME/" + str(Path(p).relative_to(home))
+        except ValueError:
+            return p
+
+    table = Table(title=f"Model cards in {models_dir()}", caption=f"TOOLREC_HOME={home}", box=box.SIMPLE_HEAD)
     table.add_column("name", no_wrap=True)
-    for col in ("kind", "hub id / source", "context", "weights"):
-        table.add_column(col, overflow="fold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("hub id / source", overflow="fold")
+    table.add_column("context", justify="right", no_wrap=True)
+    table.add_column("weights", overflow="fold")
     for r in rows:
-        origin = " / ".join(x for x in (r["hub_id"], r["source"]) if x)
+        origin = "\n".join(x for x in (r["hub_id"], r["source"]) if x)
         if r["kind"] != "open-weight":
             present = "[dim]API[/]"
         elif r["weights"]:
-            present = f"[green]yes[/] {r['weights']}"
+            present = f"[green]yes[/] {short(r['weights'])}"
         else:
-            present = f"[red]no[/] [dim]{r['expected_at']}[/]"
+            present = f"[red]no[/] [dim](expected {short(r['expected_at'])})[/]"
         table.add_row(r["name"], r["kind"], origin, f"{r['context_length']:,}", present)
     console.print(table)
 
@@ -78,12 +90,19 @@ def pull_cmd(
 def make_tiny_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Target folder (default TOOLREC_HOME/models/tiny-random)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the random weights."),
+    corpus: Optional[list[Path]] = typer.Option(None, "--corpus", help="Extra text file(s) for the tokenizer's training corpus (repeatable)."),
 ):
-    """Build tiny-random: random LLaMA weights and a locally trained byte-level BPE tokenizer (seconds)."""
+    """Build tiny-random: random LLaMA weights and a locally trained byte-level BPE tokenizer (seconds).
+    The tokenizer learns from a built-in paragraph, the repository's prompts/ and any --corpus files."""
     from toolrec_local.llm.tiny import TinySpec, build_tiny
 
+    texts = []
+    for f in corpus or []:
+        if not f.is_file():
+            raise ToolrecError(f"corpus file {f} not found", "pass existing text files to --corpus")
+        texts.append(f.read_text(encoding="utf-8", errors="replace"))
     with err_console.status("building tiny-random"):
-        folder = build_tiny(out, TinySpec(seed=seed))
+        folder = build_tiny(out, TinySpec(seed=seed), extra_texts=texts)
     console.print(f"tiny-random: built at {folder}")
 
 
