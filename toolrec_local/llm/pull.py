@@ -65,6 +65,9 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "float32", step: Step = lam
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own status line reports progress
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     step("reading the GGUF's config and tokenizer")

@@ -126,6 +126,9 @@ def build_tiny(out: Path | None = None, spec: TinySpec = TinySpec(), extra_texts
     Returns the folder. Same spec + same corpus -> byte-identical weights and tokenizer."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own status line reports progress
 
     out = Path(out) if out else default_dir()
     texts = default_corpus() + list(extra_texts or [])
