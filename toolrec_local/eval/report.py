@@ -18,7 +18,7 @@ from rich.table import Table
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.methods import needs_llm
 from toolrec_local.eval.rundir import RunView, load_runs
-from toolrec_local.eval.summary import METRICS, summarize
+from toolrec_local.eval.summary import summarize
 
 COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")
 AGENT_METHODS = ("toolrec", "toolrec-b", "plan")
