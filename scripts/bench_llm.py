@@ -5,8 +5,9 @@
 1. grammar build time (xgrammar, llguidance; in process) for the action grammar and for item
    lines over 30 / 100 / 1000 candidate titles;
 2. on one vLLM server: decode time per output token with and without a constraint (same
-   prompt, same number of tokens; ratio, target <= 1.10), and first-token time of an item
-   step over 30 / 100 / 1000 candidates against an unconstrained first token;
+   prompt, same number of tokens; ratio, target <= 1.10), first-token time of an item
+   step over 30 / 100 / 1000 candidates against an unconstrained first token, and a
+   10-of-30 item list in each list mode (requests, latency);
 3. tokens/s of SmolLM2-135M on vLLM CPU against the in-process local backend.
 
 Without --base-url the script starts (and stops) its own SmolLM2-135M server with
@@ -134,12 +135,35 @@ async def server_figures(base_url: str, model: str, repeat: int = 3) -> dict:
     out["item_step_first_token"] = first
     out["unconstrained_first_token_ms"] = t_free * 1e3
 
+    out["item_list_10_of_30"] = await list_modes(base_url, model, repeat)
+
     tps = []
     for _ in range(repeat):
         t, got = await request(64)
         tps.append(got / t)
     out["tokens_per_s_64"] = statistics.median(tps)
     await client.close()
+    return out
+
+
+async def list_modes(base_url: str, model: str, repeat: int) -> dict:
+    """A 10-line list from 30 candidates through the vLLM backend, in each list mode:
+    requests per list and latency (greedy, and sampled at temperature 1)."""
+    from toolrec_local.llm.backends.vllm import VLLMBackend
+    from toolrec_local.llm.protocol import ItemListGrammar
+
+    opts = tuple(titles(30))
+    msgs = [{"role": "user", "content": "A user liked Star Wars and Heat. Rank these candidates, best first, "
+                                        "one per line:\n" + "\n".join(opts)}]
+    out = {}
+    for mode in ("stepwise", "optimistic"):
+        b = VLLMBackend(base_url, model, list_mode=mode)
+        rows = [await b.generate(msgs, ItemListGrammar(opts, 10), temperature=t, seed=s)
+                for s in range(repeat) for t in (0.0, 1.0)]
+        await b.aclose()
+        out[mode] = {"latency_s_median": statistics.median(c.latency_s for c in rows),
+                     "requests_mean": statistics.mean(c.calls for c in rows),
+                     "tokens_out_mean": statistics.mean(c.tokens_out for c in rows)}
     return out
 
 
@@ -213,6 +237,9 @@ def _print_table(r: dict) -> None:
     for n, f in v["item_step_first_token"].items():
         print(f"  item step over {n:>4}: first token cold {f['first_token_cold_ms']:.0f} ms, "
               f"warm {f['first_token_warm_ms']:.0f} ms (free {v['unconstrained_first_token_ms']:.0f} ms)")
+    for mode, f in v["item_list_10_of_30"].items():
+        print(f"  10 of 30, {mode:10s}: {f['latency_s_median']:.2f} s, {f['requests_mean']:.1f} requests, "
+              f"{f['tokens_out_mean']:.0f} tokens")
     if "local" in r:
         print(f"  tokens/s: vLLM {v['tokens_per_s_64']:.1f}, local {r['local']['tokens_per_s']:.1f}, "
               f"ratio {r['tokens_per_s_ratio_vllm_vs_local']:.2f}")

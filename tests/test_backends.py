@@ -230,3 +230,62 @@ def test_factory_builds_each_backend_and_explains_mistakes(monkeypatch):
         make_backend("tiny-random", "vllm", structured_backend="lmformatenforcer")
     with pytest.raises(ToolrecError, match="not found"):
         make_backend("tiny-random", "local", model_path="/nonexistent/dir")
+
+
+# --- the stepwise driver, with a fake step ---------------------------------------------------
+
+class FakeSteps:
+    """A StepwiseBackend whose steps are scripted; each answer is checked against the regex."""
+
+    def __new__(cls, answers, list_mode):
+        import re
+
+        from toolrec_local.llm.backends.stepwise import Step, StepwiseBackend
+
+        class Fake(StepwiseBackend):
+            name = "fake"
+
+            async def _step(self, messages, prefix, regex, *, max_tokens, temperature, seed):
+                text, stopped, *ignores_regex = answers.pop(0)
+                assert ignores_regex or regex is None or re.fullmatch(regex, text) or not stopped, (regex, text)
+                self.seen.append((prefix, regex, max_tokens, seed))
+                return Step(text, 10, len(text), stopped)
+
+        b = Fake()
+        b.seen, b.list_mode = [], list_mode
+        return b
+
+
+def test_optimistic_list_keeps_the_lines_before_a_repeat_then_goes_line_by_line():
+    opts = ("A", "B", "C", "D")
+    b = FakeSteps([("A\nB\nA", True), ("\nD", True)], "optimistic")
+    c = run(b.generate(MSGS, ItemListGrammar(opts, 3), seed=10))
+    assert c.text == "A\nB\nD" and c.calls == 2 and c.tokens_in == 20
+    (p0, r0, _, s0), (p1, r1, _, s1) = b.seen
+    assert p0 == "" and r0.count("\\n") == 2  # the whole-list regex first
+    assert p1 == "A\nB" and r1 == "\\n(C|D)" and (s0, s1) == (10, 12)  # only unchosen options
+
+
+def test_stepwise_list_and_overlong_thought():
+    b = FakeSteps([("B", True), ("\nA", True)], "stepwise")
+    assert run(b.generate(MSGS, ItemListGrammar(("A", "B", "C"), 2))).text == "B\nA"
+    assert [s[0] for s in b.seen] == ["", "B"]
+    # a thought cut by max_tokens: its first line is kept and the action forced after it
+    b = FakeSteps([("Thought: very long thought that never ends ", False), ("\nAction: Rank[None, 3]", True)],
+                  "stepwise")
+    c = run(b.generate(MSGS, ACTION))
+    assert c.text == "Thought: very long thought that never ends\nAction: Rank[None, 3]" and c.calls == 2
+    assert b.seen[1][0] == "Thought: very long thought that never ends"
+    assert b.seen[1][1].startswith("\\nAction: ")
+    # a backend whose step ignores the regex is caught
+    b = FakeSteps([("Sure! Here you go.", True, "ignores the regex")], "stepwise")
+    with pytest.raises(ToolrecError, match="outside"):
+        run(b.generate(MSGS, ChoiceGrammar(("A", "B"))))
+
+
+def test_openai_refuses_enums_beyond_the_api_limit():
+    big = ItemListGrammar(tuple(f"{i}, A rather long movie title number {i} (1999)" for i in range(400)), 10)
+    with FakeAPI(lambda body: chat_response("{}")) as api:
+        with pytest.raises(ToolrecError, match="exceed the OpenAI strict schema limit"):
+            run(openai_backend(api).generate(MSGS, big))
+        assert api.requests == []

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from toolrec_local.errors import ToolrecError
-from toolrec_local.llm.backends.stepwise import Step, StepwiseBackend
+from toolrec_local.llm.backends.stepwise import Step, StepwiseBackend, check_list_mode
 from toolrec_local.llm.protocol import Message
 
 
@@ -84,9 +84,11 @@ def decode_threads() -> int:
 
 
 class LocalBackend(StepwiseBackend):
-    def __init__(self, model_path: str | Path, *, name: str | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(self, model_path: str | Path, *, name: str | None = None, dtype: torch.dtype = torch.float32,
+                 list_mode: str = "optimistic"):
         self.model_path = Path(model_path)
         self.name = name or f"local:{self.model_path.name}"
+        self.list_mode = check_list_mode(list_mode)
         self._m = load(model_path, dtype)
         self._lock = asyncio.Lock()
 

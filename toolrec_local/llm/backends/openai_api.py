@@ -24,6 +24,17 @@ from toolrec_local.llm.protocol import (
 
 _NAMES = {ActionGrammar: "agent_turn", ItemListGrammar: "item_list", ChoiceGrammar: "choice"}
 LIST_REPAIRS = 3
+# OpenAI's documented strict-mode limit: above 250 enum values, their total length <= 15,000 chars.
+ENUM_LIMIT_VALUES, ENUM_LIMIT_CHARS = 250, 15_000
+
+
+def check_enum_size(c: Constraint) -> None:
+    options = getattr(c, "options", ())
+    if len(options) > ENUM_LIMIT_VALUES and sum(map(len, options)) > ENUM_LIMIT_CHARS:
+        raise ToolrecError(
+            f"{len(options)} candidates ({sum(map(len, options))} characters) exceed the OpenAI strict "
+            f"schema limit ({ENUM_LIMIT_CHARS} characters of enum values above {ENUM_LIMIT_VALUES} values)",
+            "rank fewer candidates (a smaller retrieval K), or use item ids instead of titles")
 
 
 class OpenAIBackend:
@@ -51,6 +62,7 @@ class OpenAIBackend:
             if seed is not None:
                 kwargs["seed"] = seed
             if c is not None:
+                check_enum_size(c)
                 kwargs["response_format"] = {"type": "json_schema", "json_schema": {
                     "name": _NAMES[type(c)], "strict": True, "schema": G.to_json_schema(c)}}
             resp = await self._call(lambda: self._client.chat.completions.create(**kwargs))

@@ -17,7 +17,7 @@ import openai
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.llm import grammar as G
-from toolrec_local.llm.backends.stepwise import Step, StepwiseBackend
+from toolrec_local.llm.backends.stepwise import Step, StepwiseBackend, check_list_mode
 from toolrec_local.llm.protocol import Message
 
 # The server the current answer goes to: per asyncio task, so concurrent answers each keep
@@ -38,7 +38,7 @@ class VLLMBackend(StepwiseBackend):
     def __init__(self, base_urls: str | list[str], model: str, *, api_key: str | None = None,
                  timeout_s: float = 300.0, connect_timeout_s: float = 3.0, retries: int = 3,
                  backoff_s: float = 0.5, structured_backend: str | None = None,
-                 name: str | None = None):
+                 name: str | None = None, list_mode: str = "optimistic"):
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise ToolrecError("no vLLM server URL given", SERVE_HINT)
@@ -47,6 +47,7 @@ class VLLMBackend(StepwiseBackend):
         self.retries = retries
         self.backoff_s = backoff_s
         self.name = name or f"vllm:{model}"
+        self.list_mode = check_list_mode(list_mode)
         timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._servers = [
             _Server(u.rstrip("/"), openai.AsyncOpenAI(base_url=u.rstrip("/"), api_key=api_key or "EMPTY",
