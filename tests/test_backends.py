@@ -289,3 +289,10 @@ def test_openai_refuses_enums_beyond_the_api_limit():
         with pytest.raises(ToolrecError, match="exceed the OpenAI strict schema limit"):
             run(openai_backend(api).generate(MSGS, big))
         assert api.requests == []
+
+
+def test_factory_local_backend_uses_llguidance_only():
+    from toolrec_local.llm.factory import make_backend
+
+    with pytest.raises(ToolrecError, match="llguidance"):
+        make_backend("tiny-random", "local", structured_backend="xgrammar")

@@ -174,3 +174,17 @@ def test_llguidance_reads_the_regexes_like_python(hf_tokenizer):
         assert accepts(c, text), text
     for c, text in ENGINE_REJECTS:
         assert not accepts(c, text), text
+
+
+def test_list_conformance_equals_regex_plus_distinctness():
+    import random
+
+    rng = random.Random(0)
+    g = ItemListGrammar(TITLES, 3)
+    regex = re.compile(G.to_regex(g))
+    pool = list(TITLES) + ["12, Heat", "Heathers", ""]
+    for _ in range(2000):
+        lines = [rng.choice(pool) for _ in range(rng.choice([2, 3, 3, 3, 4]))]
+        text = "\n".join(lines) + rng.choice(["", "", "\n"])
+        expected = bool(regex.fullmatch(text)) and len(set(text.split("\n"))) == len(text.split("\n"))
+        assert G.conforms(g, text) is expected, text

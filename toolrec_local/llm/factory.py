@@ -20,7 +20,8 @@ def make_backend(llm: str, backend: str, base_url: str | list[str] | None = None
               `served_name`; checked and probed on the first call (or `await backend.connect()`).
               `structured_backend` only labels which server backend is expected; the server's
               `--structured-outputs-config.backend` decides.
-    * local:  transformers + llguidance in this process, weights from `model_path` or the card.
+    * local:  transformers + llguidance in this process, weights from `model_path` or the card
+              (`structured_backend` None or "guidance").
     * openai: the OpenAI API (`api_key` or OPENAI_API_KEY; `base_url` for a compatible endpoint).
     """
     from toolrec_local.llm.registry import load_card
@@ -50,6 +51,9 @@ def make_backend(llm: str, backend: str, base_url: str | list[str] | None = None
 
         return VLLMBackend(base_url or DEFAULT_VLLM_URL, card.served_name, api_key=api_key,
                            structured_backend=structured_backend, name=f"vllm:{card.name}")
+    if structured_backend not in (None, "guidance"):
+        raise ToolrecError(f"the local backend constrains with llguidance, not {structured_backend!r}",
+                           "drop --structured-backend (or pass guidance) with --backend local")
     from toolrec_local.llm.backends.local import LocalBackend
 
     return LocalBackend(card.require_weights(Path(model_path) if model_path else None), name=f"local:{card.name}")

@@ -129,12 +129,17 @@ def conforms(c: Constraint, text: str) -> bool:
     """Whether `text` is exactly in the language of `c` (None accepts anything)."""
     if c is None:
         return True
-    if _compiled(c).fullmatch(text) is None:
-        return False
-    if isinstance(c, ItemListGrammar):
+    if isinstance(c, ItemListGrammar):  # the same language as the regex, plus distinct, in O(n)
         lines = text.split("\n")
-        return len(set(lines)) == len(lines) == c.k
-    return True
+        return len(lines) == c.k == len(set(lines)) and set(lines) <= _option_set(c.options)
+    if isinstance(c, ChoiceGrammar):
+        return text in _option_set(c.options)
+    return _compiled(c).fullmatch(text) is not None
+
+
+@lru_cache(maxsize=64)
+def _option_set(options: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(options)
 
 
 # --- OpenAI strict JSON schema ----------------------------------------------------------

@@ -186,7 +186,11 @@ class LocalBackend(StepwiseBackend):
         elif common < len(m.cache_ids):
             m.cache.crop(common - len(m.cache_ids))  # negative: drop that many tokens
         new = torch.tensor([ids[common:]])
-        out = m.model(input_ids=new, past_key_values=m.cache, use_cache=True)
+        try:
+            out = m.model(input_ids=new, past_key_values=m.cache, use_cache=True)
+        except BaseException:
+            m.cache, m.cache_ids = None, []  # the cache may be half-updated: never reuse it
+            raise
         m.cache = out.past_key_values
         m.cache_ids = list(ids)
         return out.logits[0, -1]
