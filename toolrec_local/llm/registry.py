@@ -81,7 +81,7 @@ class ModelCard:
         key = "pypi" if self.source.startswith("pypi:") else self.source
         how = _HOW.get(key, _HOW["user-path"]).format(name=self.name, hub_id=self.hub_id or self.name)
         if key != "user-path":
-            how += f", or pass --model-path DIR"
+            how += ", or pass --model-path DIR"
         return how
 
     def chat_template_path(self) -> Path | None:
