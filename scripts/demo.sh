@@ -28,7 +28,8 @@ CLI="${TOOLREC_CLI:-toolrec-local}"
 SERVER_PID=""
 START=$(date +%s)
 
-step() { printf '\n\033[1m[%s +%ss] %s\033[0m\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - START ))" "$*"; }
+if [[ -t 1 ]]; then BOLD=$'\033[1m'; PLAIN=$'\033[0m'; else BOLD=""; PLAIN=""; fi
+step() { printf '\n%s[%s +%ss] %s%s\n' "$BOLD" "$(date +%H:%M:%S)" "$(( $(date +%s) - START ))" "$*" "$PLAIN"; }
 
 stop_server() {
   if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
