@@ -1,0 +1,14 @@
+"""Evaluation: the methods compared, the resumable runner, the run folder and the report.
+
+    metrics.py      Recall/NDCG@N under full ranking (one held-out item per user)
+    methods.py      method names; score methods (pop, sasrec, bert4rec, tool:<attr>)
+    llm_methods.py  LLM methods over the agent (toolrec, toolrec-b, plan, llmrank, chatrec, single, multi)
+    runner.py       every (method, seed, user) once: batches for score methods, asyncio for LLM ones
+    results.py      results.jsonl / trajectories.jsonl: append, flush per line, torn-line repair
+    rundir.py       run.json (what must match on re-run), shards, the writer's lock, reading runs back
+    session.py      one `eval` invocation: check options, build methods, run, write summary.json
+    summary.py      mean ± std over seeds, LLM cost, termination rounds, Table 2's improvement row
+    report.py       Markdown tables and matplotlib plots (metrics, rounds, runs side by side)
+    progress.py     the live Rich display
+    commands.py     `toolrec-local eval` and `toolrec-local report`
+"""
