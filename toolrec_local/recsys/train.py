@@ -1,0 +1,173 @@
+"""Training: the backbone first (eq. 4, BPR by default), then, with the backbone frozen, one
+attribute tool at a time. Both use the same loop: Adam, validation NDCG@10 under full ranking
+after each epoch, early stopping, the best weights kept. Seeded: the same seed, data and
+thread count give bitwise the same weights on CPU."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolrec_local.data.dataset import Dataset
+from toolrec_local.eval.metrics import metric_means, ranks_from_scores
+from toolrec_local.recsys import checkpoint
+from toolrec_local.recsys.attribute import AttributeEncoder
+from toolrec_local.recsys.config import (BACKBONES, LOSSES, BackboneConfig, ToolConfig, TrainConfig, as_dict,
+                                         check_choice)
+from toolrec_local.recsys.models import build_backbone, histories, score_histories
+from toolrec_local.recsys.progress import EpochProgress
+from toolrec_local.recsys.sequences import length_batches, training_windows
+
+
+def train_backbone(ds: Dataset, config: BackboneConfig, train: TrainConfig, show: bool = False,
+                   save: bool = True) -> tuple[nn.Module, dict]:
+    check_choice(config.model, BACKBONES, "backbone")
+    check_choice(train.loss, LOSSES, "loss")
+    torch.manual_seed(train.seed)
+    model = build_backbone(config)
+
+    def loss_fn(inputs, targets, gen):
+        return batch_loss(model.hidden_states(inputs), targets, model.items.weight, train, gen)
+
+    result = fit(ds, model, model, loss_fn, lambda: validate(ds, model, None, train.exclude_history), train,
+                 f"{ds.name} {config.model}", show)
+    model.eval().requires_grad_(False)
+    meta = {"kind": "backbone", "model": config.model, "dataset": ds.name, "fingerprint": ds.fingerprint,
+            "config": as_dict(config), "train": as_dict(train), "metrics": result}
+    if save:
+        meta["weights_digest"] = checkpoint.save(checkpoint.backbone_dir(ds.name, config.model), model.state_dict(), meta)
+    return model, meta
+
+
+def train_tool(ds: Dataset, attribute: str, backbone: nn.Module, backbone_meta: dict, train: TrainConfig,
+               layers: int = 1, heads: int = 2, dropout: float | None = None, word_vectors: str | None = None,
+               show: bool = False, save: bool = True) -> tuple[AttributeEncoder, dict]:
+    """Train f_attr + Dense for `attribute` on top of the frozen `backbone`."""
+    from toolrec_local.recsys.word_vectors import value_vectors
+
+    check_choice(train.loss, LOSSES, "loss")
+    attr = ds.attribute(attribute)
+    vectors = value_vectors(attr.vocab, word_vectors)[0] if word_vectors else None
+    bcfg = backbone.cfg
+    cfg = ToolConfig(attribute=attribute, n_values=len(attr.vocab), hidden=bcfg.hidden, layers=layers, heads=heads,
+                     dropout=bcfg.dropout if dropout is None else dropout,
+                     word_dim=0 if vectors is None else int(vectors.shape[1]))
+    torch.manual_seed(train.seed)
+    tool = AttributeEncoder(cfg, attr, bcfg.hidden, bcfg.max_len, backbone.causal, vectors)
+    backbone.eval().requires_grad_(False)  # β stays fixed: no dropout, no gradients
+    weights = backbone.items.weight
+
+    def loss_fn(inputs, targets, gen):
+        with torch.no_grad():
+            hidden = backbone.hidden_states(inputs)
+        return batch_loss(tool(inputs, hidden), targets, weights, train, gen)
+
+    result = fit(ds, backbone, tool, loss_fn, lambda: validate(ds, backbone, tool, train.exclude_history), train,
+                 f"{ds.name} {bcfg.model}+{attribute}", show)
+    tool.eval().requires_grad_(False)
+    meta = {"kind": "attribute-tool", "attribute": attribute, "backbone": bcfg.model, "dataset": ds.name,
+            "fingerprint": ds.fingerprint, "backbone_digest": backbone_meta["weights_digest"],
+            "vocab": attr.vocab, "word_vectors": word_vectors, "config": as_dict(cfg), "train": as_dict(train),
+            "metrics": result}
+    if save:
+        checkpoint.save(checkpoint.tool_dir(ds.name, bcfg.model, attribute), tool.state_dict(), meta)
+    return tool, meta
+
+
+def batch_loss(states: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, train: TrainConfig,
+               gen: torch.Generator) -> torch.Tensor:
+    """states (B, L, d) and targets (B, L), 0 = no target. BPR (eq. 4) against `negatives`
+    uniformly sampled items per positive, or cross-entropy over the whole catalogue."""
+    sel = targets > 0
+    h, t = states[sel], targets[sel]
+    if train.loss == "ce":
+        logits = h @ weights.T
+        logits[:, 0] = float("-inf")
+        return F.cross_entropy(logits, t)
+    neg = torch.randint(1, weights.shape[0], (len(t), train.negatives), generator=gen)
+    pos = (h * weights[t]).sum(-1, keepdim=True)
+    negs = torch.einsum("nd,nkd->nk", h, weights[neg])
+    return -F.logsigmoid(pos - negs).mean()
+
+
+def validate(ds: Dataset, backbone: nn.Module, tool: nn.Module | None, exclude_history: bool = True) -> dict[str, float]:
+    """Predict seq[-2] from seq[:-2] for every evaluation user, ranking all items."""
+    users = ds.eval_users
+    targets = np.array([ds.split(int(u), "valid")[1] for u in users])
+    backbone.eval()
+    if tool is not None:
+        tool.eval()
+    scores = score_histories(backbone, tool, histories(ds, users, "valid"), exclude_history=exclude_history)
+    return metric_means(ranks_from_scores(scores, targets), (10,))
+
+
+def epoch_batches(ds: Dataset, backbone: nn.Module, seqs: list[np.ndarray], batch_size: int,
+                  rng: np.random.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    windows = training_windows(seqs, backbone.window, rng)
+    out = []
+    for idx in length_batches(windows, batch_size, rng):
+        inputs, targets = backbone.train_batch([windows[i] for i in idx], rng)
+        out.append((torch.from_numpy(inputs), torch.from_numpy(targets)))
+    return out
+
+
+def fit(ds: Dataset, backbone: nn.Module, trainable: nn.Module,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
+        evaluate: Callable[[], dict[str, float]], train: TrainConfig, label: str, show: bool) -> dict:
+    """Train `trainable`'s parameters; returns the metrics record and leaves the best weights loaded."""
+    seqs = [s for s in (ds.train_sequence(int(u)) for u in range(ds.n_users)) if len(s) >= 2]
+    rng = np.random.default_rng(train.seed)
+    gen = torch.Generator().manual_seed(train.seed)
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+    best, best_epoch, best_state, history, since = -1.0, 0, None, [], 0
+    started = time.perf_counter()
+    # Bitwise-repeatable runs: CPU index_put/embedding backward accumulate in thread order otherwise.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    with EpochProgress(label, train.epochs, show) as progress:
+        for epoch in range(1, train.epochs + 1):
+            t0 = time.perf_counter()
+            trainable.train()
+            batches = epoch_batches(ds, backbone, seqs, train.batch_size, rng)
+            total = 0.0
+            progress.start(epoch, len(batches))
+            for step, (inputs, targets) in enumerate(batches, start=1):
+                loss = loss_fn(inputs, targets, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item()
+                progress.update(loss=total / step)
+            train_s = time.perf_counter() - t0
+            record = {"epoch": epoch, "loss": total / max(1, len(batches)), "train_s": round(train_s, 3)}
+            if epoch % train.eval_every == 0 or epoch == train.epochs:
+                metrics = evaluate()
+                record.update(metrics)
+                score = metrics["ndcg@10"]
+                if score > best:
+                    best, best_epoch, since = score, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in trainable.state_dict().items()}
+                else:
+                    since += train.eval_every
+                progress.done(metrics, best)
+            history.append(record)
+            if since >= train.patience:
+                break
+    torch.use_deterministic_algorithms(was_deterministic)
+    if best_state is not None:
+        trainable.load_state_dict(best_state)
+    best_record = next(r for r in history if r["epoch"] == best_epoch) if best_epoch else {}
+    return {
+        "valid": {k: v for k, v in best_record.items() if "@" in k},
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "seconds": round(time.perf_counter() - started, 2),
+        "epoch_train_s": round(float(np.mean([r["train_s"] for r in history])), 3) if history else 0.0,
+        "history": history,
+    }

@@ -1,0 +1,79 @@
+"""The Transformer block shared by SASRec, BERT4Rec and the attribute encoders.
+
+Pre-LayerNorm, as in pmixer/SASRec.pytorch and nanoGPT: it trains stably without warm-up,
+which matters when a CPU run only affords a few dozen epochs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, d); mask (B, 1, L, L) or broadcastable, True = may attend."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(hidden)
+        self.attn = SelfAttention(hidden, heads, dropout)
+        self.ln2 = nn.LayerNorm(hidden)
+        # SASRec's point-wise feed-forward keeps the width (hidden -> hidden), unlike GPT's 4x.
+        self.ff = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), mask))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class Encoder(nn.Module):
+    """Positions + blocks + final norm over a (B, L, d) input; padding rows are zeroed after
+    every block so they never leak into the representation."""
+
+    def __init__(self, hidden: int, layers: int, heads: int, dropout: float, max_len: int, causal: bool):
+        super().__init__()
+        self.causal = causal
+        self.pos = nn.Embedding(max_len, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(hidden, heads, dropout) for _ in range(layers))
+        self.ln = nn.LayerNorm(hidden)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """x (B, L, d) already scaled input embeddings; keep (B, L) bool, False = padding."""
+        n = x.shape[1]
+        x = self.drop(x + self.pos.weight[-n:])  # sequences are right-aligned: last slot = last position
+        mask = attention_mask(keep, self.causal)
+        keepf = keep.unsqueeze(-1).to(x.dtype)
+        x = x * keepf
+        for block in self.blocks:
+            x = block(x, mask) * keepf
+        return self.ln(x)
+
+
+def attention_mask(keep: torch.Tensor, causal: bool) -> torch.Tensor:
+    """(B, 1, L, L) bool. Every query may see itself, so a fully padded row never softmaxes
+    over nothing (that would give NaN)."""
+    n = keep.shape[1]
+    allowed = keep[:, None, None, :].expand(-1, 1, n, n)
+    if causal:
+        allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=keep.device).tril()
+    eye = torch.eye(n, dtype=torch.bool, device=keep.device)
+    return allowed | eye
