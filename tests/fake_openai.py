@@ -30,6 +30,8 @@ class FakeAPI:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers: clients pool connections
+
             def log_message(self, *args):
                 pass
 

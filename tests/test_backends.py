@@ -296,3 +296,13 @@ def test_factory_local_backend_uses_llguidance_only():
 
     with pytest.raises(ToolrecError, match="llguidance"):
         make_backend("tiny-random", "local", structured_backend="xgrammar")
+
+
+def test_vllm_backend_survives_several_event_loops():
+    """The agent and the tests call one backend from several asyncio.run calls."""
+    with FakeAPI(obeying) as api:
+        b = vllm_backend(api.base_url)
+        for _ in range(3):
+            run(b.connect())
+            b._servers[0].ready = False  # probe again, in the new loop
+        run(b.aclose())

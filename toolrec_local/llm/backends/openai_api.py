@@ -48,8 +48,17 @@ class OpenAIBackend:
         self.name = name or f"openai:{model}"
         self.retries = retries
         self.backoff_s = backoff_s
-        self._client = openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0,
-                                          timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
+        self._make_client = lambda: openai.AsyncOpenAI(
+            api_key=key, base_url=base_url, max_retries=0, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
+        self._clients: dict = {}  # event loop -> client: httpx pools connections per loop
+
+    @property
+    def _client(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        if loop not in self._clients:
+            self._clients.clear()  # clients of finished loops cannot be closed from this one
+            self._clients[loop] = self._make_client()
+        return self._clients[loop]
 
     async def generate(self, messages: list[Message], constraint: Constraint, *, max_tokens: int = 256,
                        temperature: float = 0.0, seed: int | None = None) -> Completion:
@@ -124,4 +133,6 @@ class OpenAIBackend:
                            "check the network and base URL, then try again") from last
 
     async def aclose(self) -> None:
-        await self._client.close()
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()

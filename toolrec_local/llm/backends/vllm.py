@@ -30,8 +30,19 @@ SERVE_HINT = "start one with `toolrec-local serve <model>` or pass the right --b
 @dataclass
 class _Server:
     url: str
-    client: openai.AsyncOpenAI
+    make_client: object  # () -> openai.AsyncOpenAI
     ready: bool = False
+    _client: openai.AsyncOpenAI | None = None
+    _loop: object = None
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """One client per event loop: httpx pools connections per loop, and callers may use
+        one backend from several `asyncio.run` calls."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client, self._loop = self.make_client(), loop
+        return self._client
 
 
 class VLLMBackend(StepwiseBackend):
@@ -49,19 +60,21 @@ class VLLMBackend(StepwiseBackend):
         self.name = name or f"vllm:{model}"
         self.list_mode = check_list_mode(list_mode)
         timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        self._servers = [
-            _Server(u.rstrip("/"), openai.AsyncOpenAI(base_url=u.rstrip("/"), api_key=api_key or "EMPTY",
-                                                      timeout=timeout, max_retries=0))
-            for u in urls
-        ]
+
+        def client_for(url):
+            return lambda: openai.AsyncOpenAI(base_url=url, api_key=api_key or "EMPTY",
+                                              timeout=timeout, max_retries=0)
+
+        self._servers = [_Server(u.rstrip("/"), client_for(u.rstrip("/"))) for u in urls]
         self._next = 0
-        self._connect_lock = asyncio.Lock()
+        self._locks: dict = {}  # event loop -> asyncio.Lock for connect()
 
     # --- connection and probe -----------------------------------------------------------
 
     async def connect(self) -> None:
         """Check every server: reachable, serves `model`, applies structured outputs."""
-        async with self._connect_lock:
+        lock = self._locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock:
             for server in self._servers:
                 if not server.ready:
                     await self._check_model(server)
@@ -161,7 +174,9 @@ class VLLMBackend(StepwiseBackend):
 
     async def aclose(self) -> None:
         for server in self._servers:
-            await server.client.close()
+            if server._client is not None and server._loop is asyncio.get_running_loop():
+                await server._client.close()
+            server._client = None
 
 
 def _detail(exc) -> str:
