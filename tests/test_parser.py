@@ -80,6 +80,11 @@ def test_tolerant_examples(text, expected):
     assert parse_turn(text, ATTRS, strict=False)[1] == expected
 
 
+def test_unlabelled_thought_before_the_action_is_kept():
+    thought, action = parse_turn("The user likes sci-fi.\nAction: Finish", ATTRS, strict=False)
+    assert (thought, action) == ("The user likes sci-fi.", Finish())
+
+
 @pytest.mark.parametrize("text", [
     "Thought: x\nAction: Retrieval[colour, 5]",  # not a dataset attribute
     "Thought: x\nAction: Search[genre, 5]",

@@ -119,6 +119,8 @@ def _parse_tolerant(text: str, attributes: tuple[str, ...], default_k: int):
     # the thought line (a thought may itself mention "rank").
     label = _ACTION_LABEL.search(text, tm.end() if tm else 0)
     start = label.end() if label else (tm.end() if tm else 0)
+    if not tm and label:  # "I will ask by genre.\nAction: ..." - the thought came unlabelled
+        thought = one_line(text[: label.start()])[:200]
     am = _TOOL.search(text, start)
     if not am:
         return thought, ParseFailure("no Retrieval[attribute, K], Rank[attribute, K] or Finish found")
