@@ -100,21 +100,29 @@ async def server_figures(base_url: str, model: str, repeat: int = 3) -> dict:
                                                  temperature=0.0, extra_body=extra)
         return time.perf_counter() - t0, r.usage.completion_tokens
 
-    async def decode_per_token(structured, n=48):
-        """(t(n tokens) - t(1 token)) / (n - 1): decode time per token without the prefill."""
-        await request(n, structured)  # warm: grammar compiled and cached, prompt in prefix cache
-        per = []
-        for _ in range(repeat):
-            t1, _ = await request(1, structured)
-            tn, got = await request(n, structured)
-            per.append((tn - t1) / max(1, got - 1))
-        return statistics.median(per), got
+    async def decode_per_token(modes: dict, n=32, reps=5):
+        """(t(n tokens) - t(1 token)) / (n - 1) per mode: decode time per token without the
+        prefill. Modes are interleaved in every repetition so that load drifts hit all alike."""
+        for structured in modes.values():
+            await request(n, structured)  # warm: grammar compiled and cached, prompt cached
+        per = {m: [] for m in modes}
+        got = {}
+        for _ in range(reps):
+            for m, structured in modes.items():
+                t1, _ = await request(1, structured)
+                tn, got[m] = await request(n, structured)
+                per[m].append((tn - t1) / max(1, got[m] - 1))
+        return {m: statistics.median(v) for m, v in per.items()}, got
 
     # The thought line is where an agent turn spends its tokens; the mask allows any non-newline.
-    free, n_free = await decode_per_token(None)
-    thought, n_thought = await decode_per_token({"regex": G.escape(G.THOUGHT_PREFIX) + G.THOUGHT_LINE})
-    # A narrow mask: lowercase words only (most of the vocabulary forbidden at each step).
-    narrow, n_narrow = await decode_per_token({"regex": "[a-z]+( [a-z]+)*"})
+    # The narrow mask (lowercase words only) forbids most of the vocabulary at each step.
+    med, got = await decode_per_token({
+        "unconstrained": None,
+        "thought_regex": {"regex": G.escape(G.THOUGHT_PREFIX) + G.THOUGHT_LINE},
+        "lowercase_words_regex": {"regex": "[a-z]+( [a-z]+)*"},
+    })
+    free, thought, narrow = med["unconstrained"], med["thought_regex"], med["lowercase_words_regex"]
+    n_free, n_thought, n_narrow = got["unconstrained"], got["thought_regex"], got["lowercase_words_regex"]
     out = {
         "decode_ms_per_token": {"unconstrained": free * 1e3, "thought_regex": thought * 1e3,
                                 "lowercase_words_regex": narrow * 1e3},
@@ -155,16 +163,17 @@ async def list_modes(base_url: str, model: str, repeat: int) -> dict:
     opts = tuple(titles(30))
     msgs = [{"role": "user", "content": "A user liked Star Wars and Heat. Rank these candidates, best first, "
                                         "one per line:\n" + "\n".join(opts)}]
-    out = {}
-    for mode in ("stepwise", "optimistic"):
-        b = VLLMBackend(base_url, model, list_mode=mode)
-        rows = [await b.generate(msgs, ItemListGrammar(opts, 10), temperature=t, seed=s)
-                for s in range(repeat) for t in (0.0, 1.0)]
+    backends = {mode: VLLMBackend(base_url, model, list_mode=mode) for mode in ("stepwise", "optimistic")}
+    rows: dict = {mode: [] for mode in backends}
+    for s in range(repeat):  # modes interleaved, so that load drifts hit both alike
+        for t in (0.0, 1.0):
+            for mode, b in backends.items():
+                rows[mode].append(await b.generate(msgs, ItemListGrammar(opts, 10), temperature=t, seed=s))
+    for b in backends.values():
         await b.aclose()
-        out[mode] = {"latency_s_median": statistics.median(c.latency_s for c in rows),
-                     "requests_mean": statistics.mean(c.calls for c in rows),
-                     "tokens_out_mean": statistics.mean(c.tokens_out for c in rows)}
-    return out
+    return {mode: {"latency_s_median": statistics.median(c.latency_s for c in r),
+                   "requests_mean": statistics.mean(c.calls for c in r),
+                   "tokens_out_mean": statistics.mean(c.tokens_out for c in r)} for mode, r in rows.items()}
 
 
 async def local_tokens_per_s(model_dir: Path, repeat: int = 3) -> dict:

@@ -245,7 +245,7 @@ class FakeSteps:
         class Fake(StepwiseBackend):
             name = "fake"
 
-            async def _step(self, messages, prefix, regex, *, max_tokens, temperature, seed):
+            async def _step(self, messages, prefix, regex, *, max_tokens, temperature, seed, stop_when=None):
                 text, stopped, *ignores_regex = answers.pop(0)
                 assert ignores_regex or regex is None or re.fullmatch(regex, text) or not stopped, (regex, text)
                 self.seen.append((prefix, regex, max_tokens, seed))
@@ -306,3 +306,11 @@ def test_vllm_backend_survives_several_event_loops():
             run(b.connect())
             b._servers[0].ready = False  # probe again, in the new loop
         run(b.aclose())
+
+
+def test_repeats_a_line_looks_at_finished_lines_only():
+    from toolrec_local.llm.backends.stepwise import repeats_a_line
+
+    assert not repeats_a_line("A\nB\nA")  # the last "A" may still grow into "Aliens"
+    assert repeats_a_line("A\nB\nA\n")
+    assert not repeats_a_line("A\nAliens\n")

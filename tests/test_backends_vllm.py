@@ -82,6 +82,7 @@ def test_round_robin_and_token_counts(vllm_servers):
     assert [o.meta["server"] for o in outs] == [srv.base_url, other] * 2
     assert all(o.tokens_in > 10 and o.tokens_out >= 3 and o.calls == 1 for o in outs)
     assert sorted(o.meta["server"] for o in lists) == sorted([srv.base_url, other] * 2)
+    assert all(o.tokens_in > 10 and o.tokens_out >= 3 for o in lists)  # streamed steps counted too
     by_task: dict = {}
     for task, url in b_steps:
         by_task.setdefault(task, set()).add(url)

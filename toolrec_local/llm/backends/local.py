@@ -93,10 +93,10 @@ class LocalBackend(StepwiseBackend):
         self._lock = asyncio.Lock()
 
     async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
-                    max_tokens: int, temperature: float, seed: int | None) -> Step:
+                    max_tokens: int, temperature: float, seed: int | None, stop_when=None) -> Step:
         async with self._lock:
             return await asyncio.to_thread(self._step_sync, messages, prefix, regex,
-                                           max_tokens, temperature, seed)
+                                           max_tokens, temperature, seed, stop_when)
 
     # --- the decoding loop ------------------------------------------------------------------
 
@@ -109,17 +109,17 @@ class LocalBackend(StepwiseBackend):
                                        continue_final_message=bool(prefix))
         return tok(text, add_special_tokens=False)["input_ids"]
 
-    def _step_sync(self, messages, prefix, regex, max_tokens, temperature, seed) -> Step:
+    def _step_sync(self, messages, prefix, regex, max_tokens, temperature, seed, stop_when) -> Step:
         m = self._m
         with m.lock:
             saved = torch.get_num_threads()
             torch.set_num_threads(decode_threads())
             try:
-                return self._decode(messages, prefix, regex, max_tokens, temperature, seed)
+                return self._decode(messages, prefix, regex, max_tokens, temperature, seed, stop_when)
             finally:
                 torch.set_num_threads(saved)
 
-    def _decode(self, messages, prefix, regex, max_tokens, temperature, seed) -> Step:
+    def _decode(self, messages, prefix, regex, max_tokens, temperature, seed, stop_when) -> Step:
         import llguidance
         import llguidance.torch as lltorch
 
@@ -158,6 +158,8 @@ class LocalBackend(StepwiseBackend):
                 if matcher.is_stopped():
                     stopped = True
                     break
+            if stop_when is not None and stop_when(m.tokenizer.decode(out, skip_special_tokens=True)):
+                break
             if len(out) < max_tokens:
                 logits = self._forward(prompt + out)
         text = m.tokenizer.decode(out, skip_special_tokens=True)

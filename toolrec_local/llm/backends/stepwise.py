@@ -4,8 +4,8 @@ built from steps, so every such backend enforces the grammar the same way.
 
 * action turn: one step under the whole action regex; if the thought runs past its token
   budget, a second step continues after the (cut) thought line with "\\nAction: <action>".
-* item list ("optimistic", the default): one step under the whole list regex, kept up to the
-  first repeated line; then one step per missing line, each under a regex over the options
+* item list ("optimistic", the default): one step under the whole list regex, stopped at
+  the first repeated line and kept up to it; then one step per missing line, each under a regex over the options
   not chosen yet. ("stepwise": only the latter.) Either way the lines are distinct by
   construction, and a model that does not repeat itself costs one request.
 * choice: one step under the alternation of the options.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.llm import grammar as G
@@ -33,6 +34,12 @@ class Step:
     tokens_in: int
     tokens_out: int
     stopped: bool  # ended by itself (grammar complete / end of turn), not by max_tokens
+
+
+def repeats_a_line(text: str) -> bool:
+    """Whether a finished line of `text` repeats an earlier one (the optimistic list stops there)."""
+    done = text.split("\n")[:-1]
+    return len(set(done)) < len(done)
 
 
 def check_list_mode(mode: str) -> str:
@@ -62,9 +69,11 @@ class StepwiseBackend:
     list_mode: str = "stepwise"
 
     async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
-                    max_tokens: int, temperature: float, seed: int | None) -> Step:
+                    max_tokens: int, temperature: float, seed: int | None,
+                    stop_when: Callable[[str], bool] | None = None) -> Step:
         """Continue the assistant message `prefix` ("" = a fresh answer) under `regex`
-        (None = unconstrained) and return only the continuation."""
+        (None = unconstrained) and return only the continuation. With `stop_when`, generation
+        may end early (stopped=False) once `stop_when(continuation so far)` is true."""
         raise NotImplementedError
 
     async def generate(self, messages: list[Message], constraint: Constraint, *,
@@ -73,9 +82,9 @@ class StepwiseBackend:
         t0 = time.perf_counter()
         steps: list[Step] = []
 
-        async def step(prefix, regex, budget, i=0):
+        async def step(prefix, regex, budget, i=0, stop_when=None):
             s = await self._step(messages, prefix, regex, max_tokens=budget, temperature=temperature,
-                                 seed=None if seed is None else seed + i)
+                                 seed=None if seed is None else seed + i, stop_when=stop_when)
             steps.append(s)
             return s
 
@@ -127,7 +136,8 @@ class StepwiseBackend:
             # The whole list in one request; keep it up to the first repeated line and build
             # the rest line by line. Greedy lists match the line-by-line ones up to how the
             # partial answer is re-tokenised.
-            s = await step("", G.to_regex(ItemListGrammar(tuple(remaining), g.k)), budget * g.k)
+            s = await step("", G.to_regex(ItemListGrammar(tuple(remaining), g.k)), budget * g.k,
+                           stop_when=repeats_a_line)
             lines = s.text.split("\n")
             if not s.stopped:
                 lines = lines[:-1]  # may be cut inside a line

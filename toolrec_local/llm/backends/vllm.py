@@ -128,7 +128,7 @@ class VLLMBackend(StepwiseBackend):
         return completion
 
     async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
-                    max_tokens: int, temperature: float, seed: int | None) -> Step:
+                    max_tokens: int, temperature: float, seed: int | None, stop_when=None) -> Step:
         server = _SERVER.get() or self._servers[0]
         extra: dict = {}
         msgs = list(messages)
@@ -141,6 +141,8 @@ class VLLMBackend(StepwiseBackend):
                       temperature=temperature, extra_body=extra)
         if seed is not None:
             kwargs["seed"] = seed
+        if stop_when is not None:
+            return await self._stream_step(server, kwargs, stop_when)
         resp = await self._call(server, lambda: server.client.chat.completions.create(**kwargs))
         choice = resp.choices[0]
         usage = resp.usage
@@ -148,6 +150,27 @@ class VLLMBackend(StepwiseBackend):
                     tokens_in=usage.prompt_tokens if usage else 0,
                     tokens_out=usage.completion_tokens if usage else 0,
                     stopped=choice.finish_reason != "length")
+
+    async def _stream_step(self, server: _Server, kwargs: dict, stop_when) -> Step:
+        """Stream the answer and close the stream (vLLM then aborts the request) as soon as
+        `stop_when(text so far)` holds; usage comes with every chunk (vLLM's
+        continuous_usage_stats), so an aborted answer is still counted."""
+        kwargs["extra_body"]["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+        stream = await self._call(server, lambda: server.client.chat.completions.create(stream=True, **kwargs))
+        text, usage, finish = "", None, None
+        try:
+            async for chunk in stream:
+                usage = chunk.usage or usage
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+                    finish = chunk.choices[0].finish_reason or finish
+                    if finish is None and stop_when(text):
+                        break
+        finally:
+            await stream.close()
+        return Step(text=text, tokens_in=usage.prompt_tokens if usage else 0,
+                    tokens_out=usage.completion_tokens if usage else 0,
+                    stopped=finish is not None and finish != "length")
 
     async def _call(self, server: _Server, make_request):
         """Bounded retries with exponential backoff on connection errors and HTTP 5xx."""
