@@ -10,8 +10,9 @@ The constraint types live in `protocol.py` (`ActionGrammar`, `ItemListGrammar`,
   turning the API's JSON back into the canonical text, so the agent sees one format;
 * `conforms(c, text)`: whether a text is in the language (regex plus distinctness for lists).
 
-Backends build item lists one line at a time (`option_regex`, `next_line_regex`) so the lines
-are distinct by construction; no regex can say "distinct".
+No regex can say "distinct": backends build item lists from `to_regex` up to the first
+repeated line, then one line at a time (`option_regex`, `next_line_regex`) over the options
+not chosen yet, so the lines are distinct by construction (backends/stepwise.py).
 """
 
 from __future__ import annotations

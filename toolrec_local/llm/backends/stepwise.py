@@ -5,9 +5,9 @@ built from steps, so every such backend enforces the grammar the same way.
 * action turn: one step under the whole action regex; if the thought runs past its token
   budget, a second step continues after the (cut) thought line with "\\nAction: <action>".
 * item list ("optimistic", the default): one step under the whole list regex, stopped at
-  the first repeated line and kept up to it; then one step per missing line, each under a regex over the options
-  not chosen yet. ("stepwise": only the latter.) Either way the lines are distinct by
-  construction, and a model that does not repeat itself costs one request.
+  the first repeated line and kept up to it; then one step per missing line, each under a
+  regex over the options not chosen yet ("stepwise": only the latter). Either way the lines
+  are distinct by construction; a model that does not repeat itself costs one request.
 * choice: one step under the alternation of the options.
 """
 
