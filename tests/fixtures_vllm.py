@@ -6,7 +6,7 @@
         srv = vllm_servers("guidance")                 # .base_url (…/v1) .model .structured_backend .api_key
         real = vllm_servers("xgrammar", model="smollm2-135m")
     @pytest.mark.parametrize("vllm_server", ["xgrammar", "guidance"], indirect=True)
-    def test_z(vllm_server): ...                       # same servers; pytest groups tests by backend
+    def test_z(vllm_server): ...                       # same cached servers (order tests by backend to avoid restarts)
 
 Servers start lazily (~30-60 s each), are shared by the whole session and stopped at its end.
 A tiny server holds ~2.7 GB: before starting another, the least recently used one is stopped
