@@ -8,8 +8,8 @@
     @pytest.mark.parametrize("vllm_server", ["xgrammar", "guidance"], indirect=True)
     def test_z(vllm_server): ...                       # same cached servers (order tests by backend to avoid restarts)
 
-Servers start lazily (~30-60 s each), are shared by the whole session and stopped at its end.
-A tiny server holds ~2.7 GB: before starting another, the least recently used one is stopped
+Servers start lazily (~50 s each on a quiet box, up to ~3 min under load), are shared by the whole session and stopped at its end.
+A tiny server holds ~1.7 GiB, smollm2 ~3.5 GiB: before starting another, the least recently used one is stopped
 when $TOOLREC_TEST_VLLM_MAX (default 2) are up or less than 4 GiB of memory is available.
 Tests needing vLLM are skipped, with the reason, only when vLLM is not installed.
 """
