@@ -325,3 +325,15 @@ def test_view_shows_rounds_names_and_the_target(ml100k, tool):
     assert "Round 1" in text and "Round 3" in text and "Retrieval[genre, 20]" in text
     assert ml100k.item_names[traj.final_items[0]] in text and "Top 10" in text
     assert "target at #2" in text
+
+
+@pytest.mark.parametrize("name, config, expected", [
+    ("vllm:tiny-random", {}, 2048),  # the card's --max-model-len
+    ("local:smollm2-135m", {}, 8192),  # the card's context_length
+    ("vllm:tiny-random", {"context_tokens": 1000}, 1000),  # said explicitly
+    ("vllm:tiny-random", {"context_tokens": 0}, None),  # no limit
+    ("scripted", {}, None),  # not named after a card
+])
+def test_context_comes_from_the_model_card_unless_given(ml100k, tool, name, config, expected):
+    ctx = AgentContext(ml100k, tool, ScriptedBackend([], name=name), AgentConfig(**config))
+    assert ctx.context_tokens == expected

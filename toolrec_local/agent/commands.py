@@ -33,6 +33,7 @@ def recommend(
     max_rounds: int = typer.Option(8, "--max-rounds", min=1, help="Round cap; at the cap the agent finishes."),
     demos: int = typer.Option(2, "--demos", min=0, help="In-context demonstrations in the prompt."),
     top_n: int = typer.Option(10, "--top-n", min=1, help="Length of the final list."),
+    context: Optional[int] = typer.Option(None, "--context", min=0, help="The model's context in tokens, prompts are fitted into it (default: from the model card; 0: no limit)."),
     part: str = typer.Option("test", "--part", help="Split: test (predict the last item) or valid."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed passed to the LLM."),
     no_grammar: bool = typer.Option(False, "--no-grammar", help="Free text and a tolerant parser instead of grammar-constrained output."),
@@ -55,7 +56,7 @@ def recommend(
     uid = ds.user(user)
     tool = RetrievalTool.load(ds, backbone=backbone)
     config = AgentConfig(top_n=top_n, max_rounds=max_rounds, history_len=history_len, n_demos=demos,
-                         grammar=not no_grammar)
+                         grammar=not no_grammar, context_tokens=context)
     llm_backend = make_backend(llm, backend, base_url=server, api_key=api_key, model_path=model_path)
     ctx = AgentContext(ds, tool, llm_backend, config)
 

@@ -29,7 +29,8 @@ class AgentConfig:
     action_max_tokens: int = 128
     temperature: float = 0.0
     prompts_dir: str | None = None  # default: the repository's prompts/
-    # The model's context (e.g. vLLM --max-model-len). When set, every prompt is fitted into it
+    # The model's context (e.g. vLLM --max-model-len); None: the backend's model card says it
+    # (see `model_context`); 0: no limit. With a limit, every prompt is fitted into it
     # with room for the reply and `context_margin`: older observations are shortened first,
     # then demonstrations dropped, then older thoughts omitted; a run whose prompt cannot fit
     # any more finishes ("context"). Rank keeps the first candidates that fit. Sizes are
@@ -46,7 +47,7 @@ class AgentConfig:
             "default_k": 1 <= self.default_k <= self.max_k, "rank_max_candidates": self.rank_max_candidates >= 1,
             "max_retries": self.max_retries >= 0,
             "observation_window": self.observation_window is None or self.observation_window >= 1,
-            "context_tokens": self.context_tokens is None or self.context_tokens >= 256,
+            "context_tokens": self.context_tokens is None or self.context_tokens == 0 or self.context_tokens >= 256,
             "chars_per_token": self.chars_per_token > 0, "context_margin": self.context_margin >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -77,6 +78,8 @@ class AgentContext:
         )
 
         self.chars_per_token = self.config.chars_per_token
+        limit = self.config.context_tokens
+        self.context_tokens = model_context(self.backend) if limit is None else (limit or None)
 
     @cached_property
     def attributes(self) -> tuple[str, ...]:
@@ -94,7 +97,7 @@ class AgentContext:
         return int(sum(n / self.chars_per_token + 2 for n in longest)) + 8
 
     def fits(self, messages: list[dict], reply_tokens: int) -> bool:
-        limit = self.config.context_tokens
+        limit = self.context_tokens
         return limit is None or self.estimate_tokens(messages) + reply_tokens + self.config.context_margin <= limit
 
     @property
@@ -114,3 +117,26 @@ class AgentContext:
             per_request = c.tokens_in / max(1, c.calls)  # a stepwise answer re-sends the prompt per step
             self.chars_per_token = min(self.chars_per_token, chars / per_request)
         return c, wall
+
+
+def model_context(backend) -> int | None:
+    """The context of the backend's model, from its card (backends are named "<kind>:<card>"):
+    for vllm the card's `--max-model-len` server argument (what `toolrec-local serve` starts
+    it with), else the card's context_length. None for a backend not named after a card."""
+    kind, _, card_name = getattr(backend, "name", "").partition(":")
+    if not card_name:
+        return None
+    from toolrec_local.llm.registry import load_card
+
+    try:
+        card = load_card(card_name)
+    except ToolrecError:
+        return None
+    args = list(card.vllm_args)
+    if kind == "vllm":
+        for pos, arg in enumerate(args):
+            if arg == "--max-model-len" and pos + 1 < len(args):
+                return int(args[pos + 1])
+            if arg.startswith("--max-model-len="):
+                return int(arg.split("=", 1)[1])
+    return int(card.context_length)

@@ -67,7 +67,7 @@ def _trajectory(ctx: AgentContext, state: RunState, target: int) -> Trajectory:
 
 def _messages(ctx: AgentContext, state: RunState, steps: list[Step], extra_task: str = "") -> list[dict] | None:
     """System (instructions + demonstrations), the task, then every turn and observation.
-    Fitted into config.context_tokens when set: older observations shortened, then fewer
+    Fitted into the context when it is known: older observations shortened, then fewer
     demonstrations, then older thoughts omitted; None when even that does not fit."""
     cfg = ctx.config
     task = ctx.renderer.task(state.head) + (f"\n{extra_task}" if extra_task else "")

@@ -137,7 +137,7 @@ RETRY_ROOM = 96  # tokens kept free in a Rank prompt for the problems a re-run n
 
 def _fit_candidates(state: RunState, candidates: list[int], groups, attribute, k: int, head: str):
     """Keep the first candidates (memory order) whose Rank prompt and answer fit
-    config.context_tokens; never fewer than k, unless k itself cannot fit (then k shrinks).
+    the context; never fewer than k, unless k itself cannot fit (then k shrinks).
     Without a context limit, all of them."""
     ctx, cfg = state.ctx, state.ctx.config
     names = ctx.dataset.item_names
@@ -147,10 +147,10 @@ def _fit_candidates(state: RunState, candidates: list[int], groups, attribute, k
         options = tuple(option(ctx.dataset.item_ids[i], names[i], cfg.rank_with_names) for i in cands)
         return ctx.estimate_tokens(messages) + ctx.list_reply_tokens(options, kk) + RETRY_ROOM
 
-    if cfg.context_tokens is None:
+    if ctx.context_tokens is None:
         return candidates, groups, k
     while True:
-        over = size(candidates, groups, k) - cfg.context_tokens
+        over = size(candidates, groups, k) + cfg.context_margin - ctx.context_tokens
         if over <= 0 or (len(candidates) <= k and k == 1):
             return candidates, groups, k
         if len(candidates) > k:
