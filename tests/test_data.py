@@ -187,3 +187,10 @@ def test_ml100k_counts(ml100k):
     assert (info["users"], info["items"], info["interactions"]) == (943, 1682, 100000)
     assert info["attributes"] == ["genre", "release_year"]
     assert ml100k.item_names[ml100k.item("12")] == "The Usual Suspects"
+
+
+def test_usage_errors_exit_2_without_traceback(tmp_home):
+    res = cli("data", "prepare", home=tmp_home)
+    assert res.returncode == 2 and "Missing argument" in res.stderr and "Traceback" not in res.stderr
+    res = cli("data", "prepare", "x", "--min-interactions", "-3", home=tmp_home)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
