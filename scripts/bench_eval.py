@@ -2,12 +2,13 @@
 """Throughput of `toolrec` evaluation: users per minute at concurrency 1 vs 16 against the same
 vLLM server, and the share of wall time spent outside the LLM.
 
-    python scripts/bench_eval.py --dataset ml-100k --llm smollm2-135m --users 16 --json
+    python scripts/bench_eval.py --dataset ml-100k --llm smollm2-135m --json
     python scripts/bench_eval.py --server http://127.0.0.1:8000/v1 --concurrency 1,16 --json
 
 Without --server it starts a vLLM server for --llm (and stops it at the end). Each concurrency
 level runs its own user sample (seed 100 + level), after a warm-up on other users, so the
-server's prefix cache of one level does not speed up the next. Needs the dataset prepared and
+server's prefix cache of one level does not speed up the next; a level c runs at least
+3c users (--per-slot), since with as many users as slots the slowest user sets the time. Needs the dataset prepared and
 the SASRec tools trained (the agent's retrieval tools).
 """
 
@@ -55,7 +56,7 @@ async def measure(ds, method, users: list[int], seed: int, concurrency: int, fol
     }
 
 
-async def bench(ds, suite, name: str, levels: list[int], n_users: int, warmup: int) -> list[dict]:
+async def bench(ds, suite, name: str, levels: list[int], sizes: dict[int, int], warmup: int) -> list[dict]:
     """All levels in one event loop: the HTTP clients belong to the loop they were made in."""
     method = suite.methods[name]
     results = []
@@ -67,7 +68,7 @@ async def bench(ds, suite, name: str, levels: list[int], n_users: int, warmup: i
                 print(f"warm-up: {len(warm)} users", file=sys.stderr)
                 await measure(ds, method, warm, 99, min(levels), Path(tmp) / "warmup")
             for c in levels:
-                users = [int(u) for u in ds.sample_users(n_users, 100 + c)]
+                users = [int(u) for u in ds.sample_users(sizes[c], 100 + c)]
                 print(f"concurrency {c}: {len(users)} users ...", file=sys.stderr)
                 results.append(await measure(ds, method, users, 100 + c, c, Path(tmp) / f"c{c}"))
                 print(f"  {results[-1]['users_per_min']} users/min", file=sys.stderr)
@@ -81,7 +82,9 @@ def main() -> int:
     ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--llm", default="smollm2-135m")
     ap.add_argument("--server", action="append", default=[], help="vLLM base URL(s); default: start one")
-    ap.add_argument("--users", type=int, default=16, help="users per concurrency level")
+    ap.add_argument("--users", type=int, default=8, help="users per concurrency level, at least")
+    ap.add_argument("--per-slot", type=int, default=3,
+                    help="at least this many users per concurrent slot, so the last stragglers do not dominate")
     ap.add_argument("--concurrency", default="1,16", help="levels to compare, comma-separated")
     ap.add_argument("--warmup", type=int, default=2, help="users run first and not counted")
     ap.add_argument("--method", default="toolrec")
@@ -105,7 +108,8 @@ def main() -> int:
             server = start_server(args.llm, die_with_parent=True)
             urls = [server.base_url]
         suite = build_llm_methods([args.method], ds, ToolBox(ds), llm=args.llm, backend="vllm", servers=urls)
-        results = asyncio.run(bench(ds, suite, args.method, levels, args.users, args.warmup))
+        sizes = {c: max(args.users, args.per_slot * c) for c in levels}
+        results = asyncio.run(bench(ds, suite, args.method, levels, sizes, args.warmup))
     except ToolrecError as exc:
         print(f"error: {exc.message}" + (f"\nfix: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 2
