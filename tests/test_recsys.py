@@ -426,3 +426,23 @@ def test_ml100k_sasrec_beats_popularity(ml100k_tools):
     assert sas > 1.5 * pop, res
     for tool in ("tool:genre", "tool:release_year"):
         assert res[tool]["ndcg@10"] > pop, res
+
+
+def test_cli_train_all_and_bad_options(tmp_home, tmp_path, monkeypatch, capsys):
+    from toolrec_local.recsys import checkpoint
+
+    ds = _prepare_rule(tmp_path)
+    code, out, err = _main(monkeypatch, capsys, tmp_home, "train", "all", "--dataset", "rule", "--preset", "fast",
+                           "--epochs", "2", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert set(record) == {"sasrec", "sasrec+genre", "sasrec+release_year"}
+    assert record["sasrec"]["metrics"]["epochs_run"] == 2 and record["sasrec"]["config"]["max_len"] == 50
+    assert checkpoint.trained_tools(ds.name, "sasrec") == ["genre", "release_year"]
+    for args, needle in [(("backbone", "--dataset", "rule", "--loss", "hinge"), "unknown loss 'hinge'"),
+                         (("backbone", "--dataset", "rule", "--model", "gru4rec"), "unknown backbone"),
+                         (("tools", "--dataset", "rule", "--attributes", "colour"), "no attribute 'colour'"),
+                         (("tools", "--dataset", "rule", "--backbone", "bert4rec"), "no checkpoint"),
+                         (("backbone", "--dataset", "nosuch"), "not prepared")]:
+        code, out, err = _main(monkeypatch, capsys, tmp_home, "train", *args)
+        assert code == 2 and needle in err.splitlines()[0], err
