@@ -263,3 +263,17 @@ def test_report_puts_runs_with_different_llms_side_by_side(walk, tmp_path):
     for png in ("compare.png", "metrics-walk-model-a.png", "rounds-walk-model-b.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "| toolrec | all |" in text and "Improvement" in text
+
+
+def test_grammar_mode_is_part_of_an_llm_run_identity(walk, tmp_path):
+    from toolrec_local.eval.rundir import load_runs
+
+    suite = ScriptedSuite(["toolrec"], walk)
+    run(tmp_path, "toolrec", suite, llm="tiny", users=5, seeds=1)
+    with pytest.raises(ToolrecError, match="grammar"):
+        run(tmp_path, "toolrec", ScriptedSuite(["toolrec"], walk), llm="tiny", users=5, seeds=1, grammar=False)
+    evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=5, seeds=1, grammar=False,
+                         out=tmp_path / "free"), tool_loader=rule_loader,
+             llm_factory=lambda n, d, t, **kw: ScriptedSuite(["toolrec"], walk))
+    labels = sorted(v.label for v in load_runs([tmp_path / "run", tmp_path / "free"]))
+    assert labels == ["walk · tiny", "walk · tiny (free text)"]

@@ -121,7 +121,7 @@ class Runner:
         done = self.writer.done()
         return [(s, u) for s, users in plan.items() for u in users if (method, s, self.ds.user_ids[u]) not in done]
 
-    def _tally(self, method: str, plan: dict[int, list[int]], todo: int) -> Tally:
+    def _tally(self, method: str, plan: dict[int, list[int]]) -> Tally:
         """The method's tally, its running metrics started from the users done before."""
         total = sum(len(v) for v in plan.values())
         t = self.tallies[method] = Tally(total=total)
@@ -136,7 +136,7 @@ class Runner:
     # ---- score methods ----------------------------------------------------
     def run_scores(self, method: ScoreMethod, plan: dict[int, list[int]]) -> Tally:
         todo = self.todo(method.name, plan)
-        tally = self._tally(method.name, plan, len(todo))
+        tally = self._tally(method.name, plan)
         by_user: dict[int, list[int]] = {}
         for seed, user in todo:
             by_user.setdefault(user, []).append(seed)
@@ -163,7 +163,7 @@ class Runner:
     # ---- LLM methods ------------------------------------------------------
     async def run_llm(self, method: LLMMethod, plan: dict[int, list[int]]) -> Tally:
         todo = self.todo(method.name, plan)
-        tally = self._tally(method.name, plan, len(todo))
+        tally = self._tally(method.name, plan)
         work = iter(todo)
         state = {"in_a_row": 0, "ok": 0, "stop": False}
 

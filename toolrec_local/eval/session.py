@@ -97,7 +97,8 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
         dataset=ds.name, dataset_fingerprint=ds.fingerprint, methods=names, seeds=seeds, users=users,
         llm=opts.llm if uses_llm else None, backend=opts.backend if uses_llm else None, part=opts.part,
         top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency,
-        command=command_line(), uses_llm=uses_llm, expected={str(s): len(u) for s, u in plan.items()},
+        command=command_line(), uses_llm=uses_llm, grammar=opts.grammar if uses_llm else True,
+        expected={str(s): len(u) for s, u in plan.items()},
     )
     folder = RunFolder(opts.out or default_out(opts), config)
     try:
