@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 ML100K_METHODS = ["pop", "sasrec", "bert4rec", "tool:genre", "tool:release_year", "tool-b:genre", "tool-b:release_year"]
 
 
-def ml100k(home: Path, preset: str, retrain: bool, threads: int) -> dict:
+def ml100k(home: Path, preset: str, retrain: bool, threads: int, backbones: list[str]) -> dict:
     import numpy as np
     import torch
 
@@ -48,17 +48,19 @@ def ml100k(home: Path, preset: str, retrain: bool, threads: int) -> dict:
 
         shutil.rmtree(home / "checkpoints" / "ml-100k", ignore_errors=True)
     t0 = time.perf_counter()
-    for backbone in ("sasrec", "bert4rec"):
+    for backbone in backbones:
         ensure_trained(ds, backbone, ["genre", "release_year"], preset=preset, show=True)
     train_s = time.perf_counter() - t0
     records = {}
-    for backbone in ("sasrec", "bert4rec"):
+    for backbone in backbones:
         b = json.loads((checkpoint.backbone_dir(ds.name, backbone) / checkpoint.CONFIG).read_text())
         records[backbone] = b["metrics"]
         for a in ("genre", "release_year"):
             t = json.loads((checkpoint.tool_dir(ds.name, backbone, a) / checkpoint.CONFIG).read_text())
             records[f"{backbone}+{a}"] = t["metrics"]
-    res = evaluate_tools(ds, ML100K_METHODS)
+    wanted = {"pop"} | {m for m in ML100K_METHODS if "sasrec" in backbones and m in ("sasrec", "tool:genre", "tool:release_year")}
+    wanted |= {m for m in ML100K_METHODS if "bert4rec" in backbones and (m == "bert4rec" or m.startswith("tool-b"))}
+    res = evaluate_tools(ds, [m for m in ML100K_METHODS if m in wanted])
     # How different the attribute tools' lists are from SASRec's: a tool that returned SASRec's
     # list again would add nothing for the agent.
     users = ds.eval_users
@@ -72,7 +74,7 @@ def ml100k(home: Path, preset: str, retrain: bool, threads: int) -> dict:
             "train_seconds_this_run": round(train_s, 1), "preset": preset}
 
 
-def ml1m_child(threads: int) -> dict:
+def ml1m_child(threads: int, epoch_only: bool = False) -> dict:
     """One SASRec epoch (default config) at ML-1M size; then latency of the retrieval tool."""
     import numpy as np
     import torch
@@ -96,6 +98,8 @@ def ml1m_child(threads: int) -> dict:
              "threads": threads, "epoch_train_s": m["history"][0]["train_s"],
              "validation_s": round(m["seconds"] - m["history"][0]["train_s"], 2),
              "peak_rss_mb_before": round(rss0 / 1024), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if epoch_only:
+        return {"epoch": epoch, "latency": {}}
     train_tool(ds, "genre", model, meta, tcfg)
     return {"epoch": epoch, "latency": latency(ds, np.random.default_rng(0))}
 
@@ -199,17 +203,20 @@ def main() -> None:
     ap.add_argument("--ml1m-threads", type=int, default=2, help="torch threads for the ML-1M-size epoch")
     ap.add_argument("--json", action="store_true", help="write the JSON (to --out, default bench_tools.json)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--backbones", default="sasrec,bert4rec", help="ML-100K backbones to train and evaluate")
+    ap.add_argument("--epoch-only", action="store_true", help="ML-1M size: time the epoch, skip the latency part")
     ap.add_argument("--child-ml1m", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_ml1m:
-        sys.stdout.write(json.dumps(ml1m_child(args.ml1m_threads)) + "\n")
+        sys.stdout.write(json.dumps(ml1m_child(args.ml1m_threads, args.epoch_only)) + "\n")
         return
     parts = args.only or ["ml100k", "ml1m", "accounting"]
     result: dict = {"load_average": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
     if "ml100k" in parts:
-        result["ml100k"] = ml100k(args.home, args.preset, args.retrain, args.threads)
+        result["ml100k"] = ml100k(args.home, args.preset, args.retrain, args.threads, args.backbones.split(","))
     if "ml1m" in parts:
-        child = subprocess.run([sys.executable, __file__, "--child-ml1m", "--ml1m-threads", str(args.ml1m_threads)],
+        child = subprocess.run([sys.executable, __file__, "--child-ml1m", "--ml1m-threads", str(args.ml1m_threads)]
+                               + (["--epoch-only"] if args.epoch_only else []),
                                stdout=subprocess.PIPE, check=True, text=True)
         result["ml1m"] = json.loads(child.stdout.strip().splitlines()[-1])
     if "accounting" in parts:

@@ -60,9 +60,12 @@ class TrainConfig:
 
 PRESETS: dict[str, dict] = {
     "default": {"tool_epochs": 50},
-    # ML-100K-sized data: few users, so smaller batches give enough optimizer steps per epoch.
-    "fast": {"max_len": 50, "batch_size": 64, "lr": 2e-3, "epochs": 40, "patience": 5, "tool_epochs": 10,
-             "tool_patience": 3},
+    # ML-100K-sized data: few users, so smaller batches give enough optimizer steps per epoch;
+    # a small catalogue makes the full softmax (ce) affordable, and it trains SASRec better
+    # than BPR (valid NDCG@10 0.111 vs 0.100 on ML-100K). The default preset keeps BPR (eq. 4):
+    # at ML-1M size the full softmax costs about twice the epoch time and ~2 GB more memory.
+    "fast": {"max_len": 50, "batch_size": 64, "lr": 2e-3, "epochs": 50, "patience": 5, "loss": "ce",
+             "tool_epochs": 10, "tool_patience": 3},
 }
 
 

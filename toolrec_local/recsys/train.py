@@ -82,16 +82,18 @@ def train_tool(ds: Dataset, attribute: str, backbone: nn.Module, backbone_meta: 
 def batch_loss(states: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, train: TrainConfig,
                gen: torch.Generator) -> torch.Tensor:
     """states (B, L, d) and targets (B, L), 0 = no target. BPR (eq. 4) against `negatives`
-    uniformly sampled items per positive, or cross-entropy over the whole catalogue."""
+    items sampled uniformly per batch, or cross-entropy over the whole catalogue."""
     sel = targets > 0
     h, t = states[sel], targets[sel]
     if train.loss == "ce":
         logits = h @ weights.T
         logits[:, 0] = float("-inf")
         return F.cross_entropy(logits, t)
-    neg = torch.randint(1, weights.shape[0], (len(t), train.negatives), generator=gen)
+    # One set of negatives shared by the batch: a (N, d) x (d, k) product instead of gathering
+    # N x k embeddings, which at ML-1M size (N ~ 30k positions, k = 128) costs ~2 GB per batch.
+    neg = torch.randint(1, weights.shape[0], (train.negatives,), generator=gen)
     pos = (h * weights[t]).sum(-1, keepdim=True)
-    negs = torch.einsum("nd,nkd->nk", h, weights[neg])
+    negs = h @ weights[neg].T
     return -F.logsigmoid(pos - negs).mean()
 
 
