@@ -12,7 +12,14 @@ from toolrec_local.eval.runner import Tally
 
 
 class EvalProgress:
-    def __init__(self, console: Console, refresh_s: float = 0.2):
+    """A live bar per method on a terminal; elsewhere (logs, CI) a plain line per method every
+    `log_every_s` seconds and at the end, since a live display only shows up there at exit."""
+
+    def __init__(self, console: Console, refresh_s: float = 0.2, log_every_s: float = 30.0):
+        self.console = console
+        self.live = console.is_terminal
+        self.log_every_s = log_every_s
+        self._logged: dict[str, float] = {}
         self.progress = Progress(
             TextColumn("[bold]{task.description:<14}"),
             BarColumn(),
@@ -22,6 +29,7 @@ class EvalProgress:
             TimeRemainingColumn(),
             console=console,
             transient=False,
+            disable=not self.live,
         )
         self.tasks: dict[str, int] = {}
         self.refresh_s = refresh_s
@@ -37,6 +45,9 @@ class EvalProgress:
         return self.progress.__exit__(*exc)
 
     def update(self, method: str, tally: Tally) -> None:
+        if not self.live:
+            self._log(method, tally)
+            return
         now = time.monotonic()
         if method in self.tasks and now - self._last.get(method, 0) < self.refresh_s and tally.done + tally.failed < tally.total:
             return  # a batch of thousands of users would otherwise redraw thousands of times
@@ -51,3 +62,21 @@ class EvalProgress:
             self.tasks[method] = self.progress.add_task(method, total=tally.total, completed=tally.done, **fields)
         else:
             self.progress.update(self.tasks[method], completed=tally.done, **fields)
+
+    def _log(self, method: str, tally: Tally) -> None:
+        now = time.monotonic()
+        finished = tally.done + tally.failed >= tally.total
+        last = self._logged.get(method)
+        if last is not None and not finished and now - last < self.log_every_s:
+            return
+        if last == float("inf"):
+            return  # its final line is out
+        self._logged[method] = float("inf") if finished else now
+        parts = [f"{method}: {tally.done}/{tally.total} users"]
+        if tally.scored:
+            parts.append(f"R@10 {tally.recall10:.3f} N@10 {tally.ndcg:.4f}")
+        if tally.tokens_out:
+            parts.append(f"{tally.tokens_per_s:.1f} tok/s")
+        if tally.failed:
+            parts.append(f"{tally.failed} failed")
+        self.console.print("  ".join(parts), highlight=False, soft_wrap=True)
