@@ -298,7 +298,7 @@ def test_retrieve_rejects_bad_input(rule, attribute, k, match):
         tool.retrieve(0, attribute, k)
     assert err.value.hint
     if attribute == "colour":
-        assert "genre, release_year" in err.value.message and "toolrec-local train tools" in err.value.hint
+        assert "trained: genre, release_year" in err.value.message and "genre, release_year" in err.value.hint
 
 
 def test_untrained_attribute_names_the_trained_ones(rule_home, tmp_path, monkeypatch):

@@ -104,9 +104,11 @@ class RetrievalTool:
     def _no_tool(self, attribute: str, trained: list[str]) -> ToolrecError:
         ds = self.dataset
         known = f"trained: {', '.join(trained) or 'none'}; the dataset's attributes: {', '.join(ds.attributes) or 'none'}"
-        target = attribute if attribute in ds.attributes else "ATTR"
-        return ToolrecError(f"no {self.backbone} retrieval tool for attribute {attribute!r} ({known})",
-                            checkpoint.train_tool_hint(ds.name, self.backbone, target))
+        if attribute in ds.attributes:
+            hint = checkpoint.train_tool_hint(ds.name, self.backbone, attribute)
+        else:
+            hint = f"use one of: {', '.join(trained) or '(none trained: toolrec-local train tools --dataset ' + ds.name + ')'}, or None for the plain backbone"
+        return ToolrecError(f"no {self.backbone} retrieval tool for attribute {attribute!r} ({known})", hint)
 
     def _users(self, users: Sequence[int]) -> list[int]:
         out = []

@@ -134,7 +134,7 @@ def fit(ds: Dataset, backbone: nn.Module, trainable: nn.Module,
     torch.use_deterministic_algorithms(True)
     with EpochProgress(label, train.epochs, show) as progress:
         for epoch in range(1, train.epochs + 1):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             trainable.train()
             batches = epoch_batches(ds, backbone, seqs, train.batch_size, rng)
             total = 0.0
@@ -147,7 +147,9 @@ def fit(ds: Dataset, backbone: nn.Module, trainable: nn.Module,
                 total += loss.item()
                 progress.update(loss=total / step)
             train_s = time.perf_counter() - t0
-            record = {"epoch": epoch, "loss": total / max(1, len(batches)), "train_s": round(train_s, 3)}
+            # CPU seconds of all threads: on a shared machine, wall time says more about the load
+            record = {"epoch": epoch, "loss": total / max(1, len(batches)), "train_s": round(train_s, 3),
+                      "train_cpu_s": round(time.process_time() - cpu0, 3)}
             if epoch % train.eval_every == 0 or epoch == train.epochs:
                 metrics = evaluate()
                 record.update(metrics)
