@@ -34,29 +34,37 @@ def _best(summary: dict, metric: str) -> float | None:
 
 
 def summary_table(summary: dict) -> Table:
-    """The Rich version of the table, for the terminal."""
+    """The Rich version of the table, for the terminal (80 columns): three decimals, ± std at
+    @10 only, a users column only when some method is incomplete. The report has it all."""
     seeds = len(summary["seeds"])
-    t = Table(title=f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {summary['users']} users × {seeds} seed{'s' if seeds > 1 else ''}"
-                    + (" (mean ± std over seeds)" if seeds > 1 else ""))
+    counts = {m["users"]["ok"] for m in summary["methods"].values()}
+    incomplete = any(not m["complete"] for m in summary["methods"].values())
+    users = f"{summary['users']} users × {seeds} seed{'s' if seeds > 1 else ''}"
+    if not incomplete and len(counts) == 1:
+        users += f" = {counts.pop()} per method"
+    t = Table(title=f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {users}"
+                    + (", mean ± std over seeds" if seeds > 1 else ""), padding=(0, 1))
     t.add_column("method")
     for c in COLUMNS:
         t.add_column(c.replace("recall", "R").replace("ndcg", "N"), justify="right")
-    t.add_column("users", justify="right")
+    if incomplete:
+        t.add_column("users", justify="right")
     for name, m in summary["methods"].items():
         cells = []
         for c in COLUMNS:
-            cell = _fmt(c, m[c]["mean"]) + (f"±{_fmt(c, m[c]['std'])}" if seeds > 1 and c.endswith("@10") else "")
+            cell = f"{m[c]['mean']:.3f}" + (f"±{m[c]['std']:.3f}" if seeds > 1 and c.endswith("@10") else "")
             cells.append(f"[bold]{cell}[/]" if m[c]["mean"] == _best(summary, c) and m["users"]["ok"] else cell)
-        users = f"{m['users']['ok']}" + (f" [red]({m['users']['failed']} failed)[/]" if m["users"]["failed"] else "")
-        t.add_row(name, *cells, users)
+        if incomplete:
+            cells.append(f"{m['users']['ok']}" + (f" [red]({m['users']['failed']} failed)[/]" if m["users"]["failed"] else ""))
+        t.add_row(name, *cells)
     imp = summary.get("improvement")
     if imp:
-        t.add_row("[italic]improvement[/]", *[_pct(imp[c]["relative"]) for c in COLUMNS], "")
+        t.add_row("[italic]gain[/]", *[_pct(imp[c]["relative"], 1) for c in COLUMNS], *([""] if incomplete else []))
     return t
 
 
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:+.2f}%"
+def _pct(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{100 * v:+.{digits}f}%"
 
 
 # ---- Markdown -------------------------------------------------------------
