@@ -40,6 +40,13 @@ stop_server() {
     kill -KILL "$SERVER_PID" 2>/dev/null || true
   fi
 }
+healthy() {  # the server's /health answers 200 (curl if present, else Python)
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS "http://127.0.0.1:${PORT}/health" >/dev/null 2>&1
+  else
+    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:${PORT}/health', timeout=2)" >/dev/null 2>&1
+  fi
+}
 trap stop_server EXIT
 trap 'exit 130' INT TERM
 
@@ -74,20 +81,25 @@ step "3/6 pull ${LLM}"
 "$CLI" models pull "$LLM"
 
 step "4/6 start the vLLM server on port ${PORT}"
+if healthy; then
+  echo "error: something already answers on port ${PORT}" >&2
+  echo "fix: stop it, or pick another port: DEMO_PORT=8766 make demo" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 LOG="$OUT/vllm-server.log"
 setsid "$CLI" serve --llm "$LLM" --port "$PORT" >"$LOG" 2>&1 &
 SERVER_PID=$!
 URL="http://127.0.0.1:${PORT}/v1"
 for i in $(seq 1 600); do
-  if curl -fsS "http://127.0.0.1:${PORT}/health" >/dev/null 2>&1; then echo "server up after ${i}s: ${URL}"; break; fi
+  if healthy; then echo "server up after ${i}s: ${URL}"; break; fi
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     echo "error: the vLLM server exited; last lines of $LOG:" >&2; tail -n 30 "$LOG" >&2; exit 1
   fi
   (( i % 15 == 0 )) && echo "  waiting for the server ... ${i}s"
   sleep 1
 done
-curl -fsS "http://127.0.0.1:${PORT}/health" >/dev/null || { echo "error: server not healthy after 600 s; see $LOG" >&2; exit 1; }
+healthy || { echo "error: server not healthy after 600 s; see $LOG" >&2; exit 1; }
 
 step "5/6 evaluate ${METHODS} on ${USERS} users x ${SEEDS} seeds"
 "$CLI" eval --dataset "$DATASET" --llm "$LLM" --method "$METHODS" --users "$USERS" --seeds "$SEEDS" \
