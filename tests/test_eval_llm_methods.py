@@ -130,3 +130,26 @@ def test_an_unreachable_server_is_one_clear_error(walk, tmp_path):
                  tool_loader=rule_loader, llm_factory=factory)
     # checked before any method runs: nothing written, nothing recorded as failed
     assert read_jsonl(tmp_path / "x" / "results.jsonl").records == []
+
+
+def test_with_several_servers_each_user_sticks_to_one(walk, tmp_path):
+    backends = [ScriptedBackend([scripted_reply] * 10_000, name=f"s{i}") for i in range(2)]
+
+    def factory(names, ds, tools, **kw):
+        return build_llm_methods(names, ds, tools, **kw, backend_obj=backends)
+
+    evaluate(EvalOptions(dataset="walk", methods="toolrec,llmrank", llm="tiny", users=8, seeds=1, concurrency=4,
+                         out=tmp_path / "run"), tool_loader=rule_loader, llm_factory=factory)
+    assert all(b.closed for b in backends) and all(b.calls for b in backends)
+    for i, b in enumerate(backends):
+        # every prompt a server saw belongs to users it owns (the history block names the user's items)
+        for call in b.calls:
+            text = "\n".join(m["content"] for m in call.messages)
+            owners = {u % 2 for u in walk.sample_users(8, 0) if last_history_line(walk, int(u)) in text}
+            assert i in owners
+
+
+def last_history_line(ds, user: int) -> str:
+    """How the prompt starts the user's most recent history item: "<id>, <name> (<year>)"."""
+    item = int(ds.split(user, "test")[0][-1])
+    return f"{ds.item_ids[item]}, {ds.item_names[item]} ({ds.item_years[item]})"

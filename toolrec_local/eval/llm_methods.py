@@ -11,7 +11,10 @@
 * multi: the "w/ multi" ablation: the Rank tool on SASRec's + every attribute tool's
   candidates, 30 in all (an equal share per tool, duplicates skipped), under their tool marks.
 
-One backend and one AgentContext per backbone serve every concurrent user.
+One AgentContext per (backbone, server) serves every concurrent user. With several --server
+URLs each user sticks to one server (internal user id modulo the number of servers): the
+rounds of one agent run resend a growing conversation, and on the same server its prefix is
+still in the KV cache.
 """
 
 from __future__ import annotations
@@ -29,17 +32,19 @@ NEEDS_ATTRIBUTE_TOOLS = ("toolrec", "toolrec-b", "plan", "multi")
 @dataclass
 class LLMSuite:
     methods: dict[str, LLMMethod]
-    backend: object
+    backends: list
 
     async def start(self) -> None:
         """Reach the server(s) before any user runs: a dead server is one clear error, not
         hundreds of failed users."""
-        connect = getattr(self.backend, "connect", None)
-        if connect is not None:
-            await connect()
+        for backend in self.backends:
+            connect = getattr(backend, "connect", None)
+            if connect is not None:
+                await connect()
 
     async def aclose(self) -> None:
-        await self.backend.aclose()
+        for backend in self.backends:
+            await backend.aclose()
 
 
 def shares(total: int, parts: int) -> list[int]:
@@ -81,7 +86,7 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
                       api_key: str | None = None, top_n: int = 10, grammar: bool = True, backend_obj=None) -> LLMSuite:
     from toolrec_local.agent.loop import AgentConfig, AgentContext, llm_rank, run_agent, run_plan
 
-    contexts: dict[str, AgentContext] = {}
+    contexts: dict[tuple[str, int], AgentContext] = {}
     for name in names:  # load tools and check them before the backend is built
         tool = tools.get(backbone_of(name))
         if name in NEEDS_ATTRIBUTE_TOOLS and not list(tool.attributes):
@@ -90,26 +95,32 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
     if backend_obj is None:
         from toolrec_local.llm.factory import make_backend
 
-        backend_obj = make_backend(llm, backend, base_url=list(servers) if servers else None, api_key=api_key)
+        if backend == "vllm" and servers and len(servers) > 1:  # one backend per server: users stick to one
+            backend_obj = [make_backend(llm, backend, base_url=[url], api_key=api_key) for url in servers]
+        else:
+            backend_obj = make_backend(llm, backend, base_url=list(servers) if servers else None, api_key=api_key)
+    backends = list(backend_obj) if isinstance(backend_obj, (list, tuple)) else [backend_obj]
     config = AgentConfig(top_n=top_n, grammar=grammar)
 
-    def ctx(backbone: str) -> AgentContext:
-        if backbone not in contexts:
-            contexts[backbone] = AgentContext(ds, tools.get(backbone), backend_obj, config)
-        return contexts[backbone]
+    def ctx(backbone: str, user: int) -> AgentContext:
+        key = (backbone, user % len(backends))
+        if key not in contexts:
+            contexts[key] = AgentContext(ds, tools.get(backbone), backends[key[1]], config)
+        return contexts[key]
 
     def agent(name: str, fn):
-        c = ctx(backbone_of(name))
+        ctx(backbone_of(name), 0)  # built now: a prompt or tool problem shows before any user runs
 
         async def run(user: int, seed: int, part: str) -> Outcome:
-            return _agent_outcome(await fn(c, user, part=part, seed=seed))
+            return _agent_outcome(await fn(ctx(backbone_of(name), user), user, part=part, seed=seed))
 
         return run
 
     def ranker(name: str, include_profile: bool, multi: bool = False):
-        c = ctx("sasrec")
+        ctx("sasrec", 0)
 
         async def run(user: int, seed: int, part: str) -> Outcome:
+            c = ctx("sasrec", user)
             if multi:
                 groups = multi_candidates(c.tool, user, list(c.tool.attributes), part)
             else:
@@ -133,4 +144,4 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         "single": lambda: ranker("single", include_profile=True),
         "multi": lambda: ranker("multi", include_profile=True, multi=True),
     }
-    return LLMSuite({n: LLMMethod(n, builders[n]()) for n in names}, backend_obj)
+    return LLMSuite({n: LLMMethod(n, builders[n]()) for n in names}, backends)
