@@ -20,7 +20,7 @@ A user whose LLM calls fail is recorded as failed and reported (summary.json: "c
 if the first users of a method all fail (server down), the command stops with exit code 2.
 
 Scaling: users run concurrently (--concurrency) against the vLLM server; pass --server several
-times to spread users over replicas, and --shard i/n to run a deterministic slice per node
+times to spread users over replicas (each user stays on one), and --shard i/n to run a deterministic slice per node
 (`report` merges the shards). Multi-GPU (tensor parallel) and multi-node serving are vLLM's
 own: see serving/README.md.
 """
