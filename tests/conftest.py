@@ -29,6 +29,17 @@ def tmp_home(tmp_path, monkeypatch):
     return home
 
 
+SESSION_FIXTURES = {"session_home", "ml100k", "ml100k_tools", "smollm2_dir", "tiny_model_dir", "vllm_servers", "vllm_server"}
+
+
+@pytest.fixture(autouse=True)
+def _session_home_for_session_fixtures(request, monkeypatch):
+    """Paths are read from $TOOLREC_HOME when used, and module fixtures of other areas set it
+    to homes of their own: a test that uses the session artefacts gets the session home."""
+    if SESSION_FIXTURES & set(request.fixturenames) and "tmp_home" not in request.fixturenames:
+        monkeypatch.setenv("TOOLREC_HOME", str(TEST_HOME))
+
+
 @pytest.fixture(scope="session")
 def session_home():
     """The shared TOOLREC_HOME for session artefacts (ML-100K, checkpoints, tiny model)."""
@@ -48,13 +59,20 @@ def ml100k(session_home):
     from toolrec_local.data import load_dataset, prepare, prepared
     from toolrec_local.errors import ToolrecError
 
+    old = os.environ.get("TOOLREC_HOME")
     os.environ["TOOLREC_HOME"] = str(session_home)
-    if not prepared("ml-100k"):
-        try:
-            prepare("ml-100k")
-        except ToolrecError as exc:
-            pytest.skip(f"ML-100K not obtainable here: {exc.message}")
-    return load_dataset("ml-100k")
+    try:
+        if not prepared("ml-100k"):
+            try:
+                prepare("ml-100k")
+            except ToolrecError as exc:
+                pytest.skip(f"ML-100K not obtainable here: {exc.message}")
+        return load_dataset("ml-100k")
+    finally:
+        if old is None:
+            os.environ.pop("TOOLREC_HOME", None)
+        else:
+            os.environ["TOOLREC_HOME"] = old
 
 
 def write_atomic(folder: Path, name: str, inter: list[tuple], items: list[tuple] | None = None,

@@ -11,15 +11,25 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ml100k_tools(ml100k):
+def ml100k_tools(ml100k, session_home):
     """A loaded `RetrievalTool` (backbone "sasrec", attributes ["genre", "release_year"])."""
+    import os
+
     import torch
 
     from toolrec_local.recsys.pipeline import ensure_trained
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small batches: a second thread mostly waits on a shared machine
+    # Session fixtures are built inside whichever test first asks for them, possibly while a
+    # module fixture has pointed $TOOLREC_HOME elsewhere: train into the session home.
+    old = os.environ.get("TOOLREC_HOME")
+    os.environ["TOOLREC_HOME"] = str(session_home)
     try:
         return ensure_trained(ml100k, "sasrec", ["genre", "release_year"], preset="fast")
     finally:
         torch.set_num_threads(threads)
+        if old is None:
+            os.environ.pop("TOOLREC_HOME", None)
+        else:
+            os.environ["TOOLREC_HOME"] = old

@@ -8,6 +8,7 @@ connect a probe asks for a random token under a regex and refuses to run unless 
 from __future__ import annotations
 
 import asyncio
+import os
 import contextvars
 import secrets
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from toolrec_local.llm.protocol import Message
 # all their steps on one server (whose prefix cache then holds the prompt).
 _SERVER: contextvars.ContextVar["_Server | None"] = contextvars.ContextVar("vllm_server", default=None)
 
-SERVE_HINT = "start one with `toolrec-local serve <model>` or pass the right --base-url"
+SERVE_HINT = "start one with `toolrec-local serve --llm <model>`, or pass the URL of a running one with --server"
 
 
 @dataclass
@@ -54,6 +55,11 @@ class VLLMBackend(StepwiseBackend):
         if not urls:
             raise ToolrecError("no vLLM server URL given", SERVE_HINT)
         self.model = model
+        # vLLM 0.32's CPU build kills its engine on a seeded request sampled at temperature > 0
+        # ("RuntimeError: CPU Generator does not use offset" in _bookkeeping_sync), taking every
+        # other user's request down with it. Per-request seeds are therefore opt-in
+        # (TOOLREC_VLLM_SEEDS=1, safe on GPU builds); greedy decoding needs none.
+        self.send_seeds = os.environ.get("TOOLREC_VLLM_SEEDS", "") == "1"
         self.structured_backend = structured_backend
         self.retries = retries
         self.backoff_s = backoff_s
@@ -88,7 +94,7 @@ class VLLMBackend(StepwiseBackend):
             raise ToolrecError(
                 f"the vLLM server at {server.url} does not serve model {self.model!r}; it serves: "
                 + (", ".join(served) or "nothing"),
-                "pass the served model name (vLLM --served-model-name) or point --base-url at the right server",
+                "pass the --llm that server serves, or point --server at a server of this model (toolrec-local serve --llm NAME)",
             )
 
     async def _probe(self, server: _Server) -> None:
@@ -139,7 +145,7 @@ class VLLMBackend(StepwiseBackend):
             extra.update(self._constraint_body(regex))
         kwargs = dict(model=self.model, messages=msgs, max_tokens=max_tokens,
                       temperature=temperature, extra_body=extra)
-        if seed is not None:
+        if seed is not None and temperature > 0 and self.send_seeds:
             kwargs["seed"] = seed
         if stop_when is not None:
             return await self._stream_step(server, kwargs, stop_when)
@@ -154,23 +160,28 @@ class VLLMBackend(StepwiseBackend):
     async def _stream_step(self, server: _Server, kwargs: dict, stop_when) -> Step:
         """Stream the answer and close the stream (vLLM then aborts the request) as soon as
         `stop_when(text so far)` holds; usage comes with every chunk (vLLM's
-        continuous_usage_stats), so an aborted answer is still counted."""
+        continuous_usage_stats), so an aborted answer is still counted. A stream cut off midway
+        (the server died) is retried from the start, like a request that failed."""
         kwargs["extra_body"]["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
-        stream = await self._call(server, lambda: server.client.chat.completions.create(stream=True, **kwargs))
-        text, usage, finish = "", None, None
-        try:
-            async for chunk in stream:
-                usage = chunk.usage or usage
-                if chunk.choices:
-                    text += chunk.choices[0].delta.content or ""
-                    finish = chunk.choices[0].finish_reason or finish
-                    if finish is None and stop_when(text):
-                        break
-        finally:
-            await stream.close()
-        return Step(text=text, tokens_in=usage.prompt_tokens if usage else 0,
-                    tokens_out=usage.completion_tokens if usage else 0,
-                    stopped=finish is not None and finish != "length")
+
+        async def read_stream() -> Step:
+            stream = await server.client.chat.completions.create(stream=True, **kwargs)
+            text, usage, finish = "", None, None
+            try:
+                async for chunk in stream:
+                    usage = chunk.usage or usage
+                    if chunk.choices:
+                        text += chunk.choices[0].delta.content or ""
+                        finish = chunk.choices[0].finish_reason or finish
+                        if finish is None and stop_when(text):
+                            break
+            finally:
+                await stream.close()
+            return Step(text=text, tokens_in=usage.prompt_tokens if usage else 0,
+                        tokens_out=usage.completion_tokens if usage else 0,
+                        stopped=finish is not None and finish != "length")
+
+        return await self._call(server, read_stream)
 
     async def _call(self, server: _Server, make_request):
         """Bounded retries with exponential backoff on connection errors and HTTP 5xx."""
@@ -180,15 +191,17 @@ class VLLMBackend(StepwiseBackend):
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
                 return await make_request()
-            except (openai.APIConnectionError, openai.InternalServerError) as exc:
-                last = exc
+            except (openai.APIConnectionError, openai.InternalServerError, httpx.TransportError) as exc:
+                last = exc  # httpx: a stream cut off, should a client version not wrap it
             except openai.APIStatusError as exc:
                 raise ToolrecError(
                     f"the vLLM server at {server.url} rejected a request (HTTP {exc.status_code}): "
                     f"{_detail(exc)}",
+                    "pass the key the server was started with (--api-key or TOOLREC_API_KEY)"
+                    if exc.status_code in (401, 403) else
                     "check the model name, the context length (--max-model-len) and the request",
                 ) from exc
-        if isinstance(last, openai.APIConnectionError):
+        if isinstance(last, (openai.APIConnectionError, httpx.TransportError)):
             raise ToolrecError(f"cannot reach the vLLM server at {server.url}: {last}", SERVE_HINT) from last
         raise ToolrecError(
             f"the vLLM server at {server.url} failed {self.retries + 1} times: {_detail(last)}",
