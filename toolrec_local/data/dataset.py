@@ -242,7 +242,7 @@ class Dataset:
             path = folder / f"{key}.npy"
             try:
                 return np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
                 raise DataError(f"{path}: unreadable ({exc})", f"run: toolrec-local data prepare {folder.name}") from None
 
         attributes = {

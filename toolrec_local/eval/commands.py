@@ -17,7 +17,7 @@ single, multi, plan (need --llm). Results go to --out (default runs/DATASET-LLM)
 run.json and summary.json. Re-running the same command resumes: finished users are skipped,
 failed ones retried. Into an existing folder only methods may be added; other options must match.
 A user whose LLM calls fail is recorded as failed and reported (summary.json: "complete": false);
-if the first users of a method all fail (server down), the command stops with exit code 2.
+if many users in a row fail (server down), the command stops with exit code 2.
 
 Scaling: users run concurrently (--concurrency) against the vLLM server; pass --server several
 times to spread users over replicas (each user stays on one), and --shard i/n to run a deterministic slice per node

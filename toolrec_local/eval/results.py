@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolrec_local.errors import ToolrecError
+
 Key = tuple[str, int, str]  # (method, seed, user raw id)
 
 OK = "ok"
@@ -100,8 +102,10 @@ class ResultsWriter:
         self.dropped_bytes = repair_tail(self.results_path) + repair_tail(self.trajectories_path)
         existing = read_jsonl(self.results_path)
         self.index = latest_by_key(existing.records)
-        self._results = open(self.results_path, "a", encoding="utf-8")
-        self._trajectories = open(self.trajectories_path, "ab")
+        # Unbuffered: a line is in the file once write() returns, and a failed write leaves no
+        # bytes in a buffer that a later flush or close would append after the cut.
+        self._results = open(self.results_path, "ab", buffering=0)
+        self._trajectories = open(self.trajectories_path, "ab", buffering=0)
 
     def done(self) -> set[Key]:
         return {k for k, r in self.index.items() if r["status"] == OK}
@@ -110,17 +114,33 @@ class ResultsWriter:
         """Append one record; a trajectory goes to trajectories.jsonl first and the record
         points at it by byte offset, so a reader can seek straight to it."""
         if trajectory is not None:
-            offset = self._trajectories.tell()
             line = json.dumps({"method": record["method"], "seed": record["seed"], "user": record["user"],
                                "trajectory": trajectory}, ensure_ascii=False).encode("utf-8") + b"\n"
-            self._trajectories.write(line)
-            self._trajectories.flush()
+            offset = self._append(self._trajectories, self.trajectories_path, line)
             record = {**record, "trajectory": {"file": self.trajectories_path.name, "offset": offset}}
-        self._results.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._results.flush()
+        self._append(self._results, self.results_path, json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
         k = key_of(record)
         if not (k in self.index and self.index[k]["status"] == OK):
             self.index[k] = record
+
+    @staticmethod
+    def _append(fh, path: Path, data: bytes) -> int:
+        """Write one whole line at the end of `fh`; return its offset. A write that fails
+        (disk full, file size limit) is cut back off, so the file still ends with a whole line."""
+        start = os.fstat(fh.fileno()).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[fh.write(view):]
+        except OSError as exc:
+            try:
+                os.ftruncate(fh.fileno(), start)
+            except OSError:
+                pass  # a torn line stays; the next run's repair_tail cuts it
+            raise ToolrecError(f"cannot write to {path}: {exc.strerror or exc}; the run stopped",
+                               "free disk space (or raise the file size limit), then re-run the same command: "
+                               "finished users are kept") from None
+        return start
 
     def close(self) -> None:
         for fh in (self._results, self._trajectories):

@@ -184,7 +184,7 @@ class Runner:
                 tally.failed += 1
                 tally.last_error = error
                 state["in_a_row"] += 1
-                if state["ok"] == 0 and state["in_a_row"] >= self.max_failures_in_a_row:
+                if state["in_a_row"] >= self.max_failures_in_a_row:  # the server died: stop, not fail them all
                     state["stop"] = True
             else:
                 _, target = self.ds.split(user, self.part)
@@ -206,9 +206,10 @@ class Runner:
 
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, max(1, len(todo))))))
         if state["stop"]:
+            what = (f"the first {state['in_a_row']} users all failed" if state["ok"] == 0 else
+                    f"{state['in_a_row']} users in a row failed after {state['ok']} finished")
             raise ToolrecError(
-                f"method {method.name}: the first {state['in_a_row']} users all failed, stopped "
-                f"(last error: {tally.last_error})",
+                f"method {method.name}: {what}, stopped (last error: {tally.last_error})",
                 "fix the cause (is the LLM server up? see --server), then re-run the same command: "
                 "finished users are kept, failed ones are retried",
             )

@@ -107,8 +107,13 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
                             concurrency=concurrency, on_update=on_update)
             try:
                 asyncio.run(_run(runner, methods, plan, suite))
-            finally:
-                summary = write_summary(folder.folder)
+            except BaseException:
+                try:  # what finished is summarised; a summary that cannot be written hides nothing
+                    write_summary(folder.folder)
+                except (OSError, ToolrecError):
+                    pass
+                raise
+            summary = write_summary(folder.folder)
     finally:
         folder.close()
     return summary, folder.folder
@@ -132,6 +137,11 @@ def write_summary(folder: Path) -> dict:
     summary = summarize(view.config, view.records, view.expected, view.missing_shards)
     summary["bad_lines"] = view.bad_lines
     tmp = path.with_name(f".summary.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ToolrecError(f"cannot write {path}: {exc.strerror or exc}",
+                           "free disk space, then re-run the same command (nothing is redone)") from None
     return summary

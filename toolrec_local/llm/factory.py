@@ -35,7 +35,7 @@ def make_backend(llm: str, backend: str, base_url: str | list[str] | None = None
                                "use --backend vllm or --backend local for it")
         if isinstance(base_url, list):
             if len(base_url) != 1:
-                raise ToolrecError("the openai backend takes one base URL", "pass a single --base-url")
+                raise ToolrecError("the openai backend takes one base URL", "pass a single --server URL")
             base_url = base_url[0]
         from toolrec_local.llm.backends.openai_api import OpenAIBackend
 
