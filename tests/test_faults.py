@@ -179,6 +179,27 @@ def test_server_killed_mid_eval_then_rerun_on_a_new_server(keyed_server, vllm_se
     assert json.loads(p.stdout)["methods"]["llmrank"]["users"] == {"ok": n_users, "failed": 0, "expected": n_users}
 
 
+def test_failures_in_a_row_after_finished_users_stop_the_method(tmp_home, tmp_path):
+    """The runner's side of a server that dies mid-run, without a server: after 3 users every
+    call fails; the method stops after `max_failures_in_a_row` (10 here) instead of failing
+    every remaining user, and the finished users are kept."""
+    from fixtures_eval import ScriptedSuite, rule_loader
+    from toolrec_local.eval.session import EvalOptions, evaluate
+
+    ds = prepare_walk(tmp_home)
+    sample = [ds.user_ids[u] for u in ds.sample_users(60, 0)]
+    suite = ScriptedSuite(["toolrec"], ds, fail_users=sample[3:])
+    opts = EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=60, seeds=1, concurrency=1,
+                       out=tmp_path / "run")
+    with pytest.raises(ToolrecError) as err:
+        evaluate(opts, tool_loader=rule_loader, llm_factory=lambda *a, **k: suite)
+    assert "10 users in a row failed after 3 finished" in err.value.message and "server down" in err.value.message
+    assert "re-run the same command" in err.value.hint
+    recs = read_jsonl(tmp_path / "run" / "results.jsonl").records
+    assert [r["status"] for r in recs] == ["ok"] * 3 + ["failed"] * 10
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["methods"]["toolrec"]["complete"] is False
+
+
 # =============================================================================================
 # 2. Server unreachable at start, or serving another model
 # =============================================================================================
