@@ -18,6 +18,7 @@ import openai
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.llm import grammar as G
+from toolrec_local.llm.backends.retry import with_retries
 from toolrec_local.llm.protocol import (
     ActionGrammar, ChoiceGrammar, Completion, Constraint, ItemListGrammar, Message,
 )
@@ -117,20 +118,16 @@ class OpenAIBackend:
                                "the endpoint does not enforce strict json_schema outputs; use a model that does") from exc
 
     async def _call(self, make_request):
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                return await make_request()
-            except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as exc:
-                last = exc
-            except openai.APIStatusError as exc:
-                raise ToolrecError(f"{self.name}: the API rejected the request (HTTP {exc.status_code}): "
-                                   f"{str(exc)[:300]}",
-                                   "check the model name, the API key and the schema limits") from exc
-        raise ToolrecError(f"{self.name}: the API failed {self.retries + 1} times: {last}",
-                           "check the network and base URL, then try again") from last
+        retryable = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError)
+        try:
+            return await with_retries(make_request, retries=self.retries, backoff_s=self.backoff_s, retryable=retryable)
+        except retryable as exc:
+            raise ToolrecError(f"{self.name}: the API failed {self.retries + 1} times: {exc}",
+                               "check the network and base URL, then try again") from exc
+        except openai.APIStatusError as exc:
+            raise ToolrecError(f"{self.name}: the API rejected the request (HTTP {exc.status_code}): "
+                               f"{str(exc)[:300]}",
+                               "check the model name, the API key and the schema limits") from exc
 
     async def aclose(self) -> None:
         client = self._clients.pop(asyncio.get_running_loop(), None)

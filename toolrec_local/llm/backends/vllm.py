@@ -8,8 +8,8 @@ connect a probe asks for a random token under a regex and refuses to run unless 
 from __future__ import annotations
 
 import asyncio
-import os
 import contextvars
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -18,6 +18,7 @@ import openai
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.llm import grammar as G
+from toolrec_local.llm.backends.retry import with_retries
 from toolrec_local.llm.backends.stepwise import Step, StepwiseBackend, check_list_mode
 from toolrec_local.llm.protocol import Message
 
@@ -185,28 +186,25 @@ class VLLMBackend(StepwiseBackend):
 
     async def _call(self, server: _Server, make_request):
         """Bounded retries with exponential backoff on connection errors and HTTP 5xx."""
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                return await make_request()
-            except (openai.APIConnectionError, openai.InternalServerError, httpx.TransportError) as exc:
-                last = exc  # httpx: a stream cut off, should a client version not wrap it
-            except openai.APIStatusError as exc:
-                raise ToolrecError(
-                    f"the vLLM server at {server.url} rejected a request (HTTP {exc.status_code}): "
-                    f"{_detail(exc)}",
-                    "pass the key the server was started with (--api-key or TOOLREC_API_KEY)"
-                    if exc.status_code in (401, 403) else
-                    "check the model name, the context length (--max-model-len) and the request",
-                ) from exc
-        if isinstance(last, (openai.APIConnectionError, httpx.TransportError)):
-            raise ToolrecError(f"cannot reach the vLLM server at {server.url}: {last}", SERVE_HINT) from last
-        raise ToolrecError(
-            f"the vLLM server at {server.url} failed {self.retries + 1} times: {_detail(last)}",
-            "see the server log; a regex that takes too long to compile also fails this way",
-        ) from last
+        # httpx.TransportError: a stream cut off midway, should a client version not wrap it
+        retryable = (openai.APIConnectionError, openai.InternalServerError, httpx.TransportError)
+        try:
+            return await with_retries(make_request, retries=self.retries, backoff_s=self.backoff_s, retryable=retryable)
+        except (openai.APIConnectionError, httpx.TransportError) as exc:
+            raise ToolrecError(f"cannot reach the vLLM server at {server.url}: {exc}", SERVE_HINT) from exc
+        except openai.InternalServerError as exc:
+            raise ToolrecError(
+                f"the vLLM server at {server.url} failed {self.retries + 1} times: {_detail(exc)}",
+                "see the server log; a regex that takes too long to compile also fails this way",
+            ) from exc
+        except openai.APIStatusError as exc:
+            raise ToolrecError(
+                f"the vLLM server at {server.url} rejected a request (HTTP {exc.status_code}): "
+                f"{_detail(exc)}",
+                "pass the key the server was started with (--api-key or TOOLREC_API_KEY)"
+                if exc.status_code in (401, 403) else
+                "check the model name, the context length (--max-model-len) and the request",
+            ) from exc
 
     async def aclose(self) -> None:
         for server in self._servers:
