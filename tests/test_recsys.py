@@ -446,3 +446,24 @@ def test_cli_train_all_and_bad_options(tmp_home, tmp_path, monkeypatch, capsys):
                          (("backbone", "--dataset", "nosuch"), "not prepared")]:
         code, out, err = _main(monkeypatch, capsys, tmp_home, "train", *args)
         assert code == 2 and needle in err.splitlines()[0], err
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_last_only_encoder_equals_the_full_pass_at_the_last_position(causal):
+    """Inference computes only the last position in the last block; it must give the numbers
+    the full pass gives there (padding on the left, as inference inputs are)."""
+    import torch
+
+    from toolrec_local.recsys.transformer import Encoder
+
+    torch.manual_seed(0)
+    enc = Encoder(hidden=32, layers=2, heads=2, dropout=0.0, max_len=12, causal=causal).eval()
+    x = torch.randn(5, 12, 32)
+    keep = torch.ones(5, 12, dtype=torch.bool)
+    keep[0, :7] = False  # a short history, left-padded
+    keep[3, :11] = False  # a single item
+    with torch.no_grad():
+        full = enc(x, keep)[:, -1]
+        last = enc(x, keep, last_only=True)
+    assert last.shape == (5, 1, 32)
+    torch.testing.assert_close(last[:, 0], full, rtol=1e-5, atol=1e-5)

@@ -65,10 +65,10 @@ class AttributeEncoder(nn.Module):
         return torch.cat([per_item, self.mask_value[None]], dim=0)
 
     def forward(self, seqs: torch.Tensor, hidden: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """seqs (B, L) the backbone's input ids; hidden (B, L, d) its frozen states.
+        """seqs (B, L) the backbone's input ids; hidden (B, L, d) its frozen states ((B, 1, d) with last_only).
         Returns the fused user representation per position, or at the last one."""
         x = self.item_table()[seqs] * math.sqrt(self.cfg.hidden)
-        a = self.encoder(x, seqs > 0)
+        a = self.encoder(x, seqs > 0, last_only=last_only)
         if last_only:
             a, hidden = a[:, -1], hidden[:, -1]
         return self.fusion(torch.cat([a, hidden], dim=-1))

@@ -44,8 +44,8 @@ class BERT4Rec(nn.Module):
         x = torch.where(is_mask, self.mask_vector, self.items(seqs.masked_fill(is_mask.squeeze(-1), 0)))
         return x * math.sqrt(self.cfg.hidden)
 
-    def hidden_states(self, seqs: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.embed(seqs), seqs > 0)
+    def hidden_states(self, seqs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        return self.encoder(self.embed(seqs), seqs > 0, last_only=last_only)
 
     def train_batch(self, windows: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Mask each item with probability mask_prob; targets are the masked items (0 elsewhere).

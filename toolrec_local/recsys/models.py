@@ -21,7 +21,7 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
 
 def user_vectors(backbone: nn.Module, tool: nn.Module | None, inputs: torch.Tensor) -> torch.Tensor:
     """(B, d) user representations: the backbone's last hidden state (eq. 1), or Dense([a_u ⊕ H])."""
-    hidden = backbone.hidden_states(inputs)
+    hidden = backbone.hidden_states(inputs, last_only=True)
     return hidden[:, -1] if tool is None else tool(inputs, hidden, last_only=True)
 
 

@@ -35,9 +35,9 @@ class SASRec(nn.Module):
     def embed(self, seqs: torch.Tensor) -> torch.Tensor:
         return self.items(seqs) * math.sqrt(self.cfg.hidden)
 
-    def hidden_states(self, seqs: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, seqs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """(B, L) item ids, 0 = padding -> (B, L, d)."""
-        return self.encoder(self.embed(seqs), seqs > 0)
+        return self.encoder(self.embed(seqs), seqs > 0, last_only=last_only)
 
     def train_batch(self, windows: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and next-item targets (0 = no target) for each position."""

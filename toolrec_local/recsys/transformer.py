@@ -21,12 +21,16 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(hidden, hidden)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, d); mask (B, 1, L, L) or broadcastable, True = may attend."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, query_last: bool = False) -> torch.Tensor:
+        """x (B, L, d); mask (B, 1, L, L) or broadcastable, True = may attend. With
+        `query_last`, only the last position queries (keys and values are all positions):
+        (B, 1, d) out, and mask is (B, 1, 1, L)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if query_last:
+            q = q[:, :, -1:]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(b, n, d))
+        return self.out(y.transpose(1, 2).reshape(b, q.shape[2], d))
 
 
 class Block(nn.Module):
@@ -39,8 +43,11 @@ class Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, query_last: bool = False) -> torch.Tensor:
+        if query_last:  # the last position's output only: (B, 1, d)
+            x = x[:, -1:] + self.drop(self.attn(self.ln1(x), mask[:, :, -1:], query_last=True))
+        else:
+            x = x + self.drop(self.attn(self.ln1(x), mask))
         return x + self.drop(self.ff(self.ln2(x)))
 
 
@@ -56,15 +63,23 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(hidden, heads, dropout) for _ in range(layers))
         self.ln = nn.LayerNorm(hidden)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """x (B, L, d) already scaled input embeddings; keep (B, L) bool, False = padding."""
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x (B, L, d) already scaled input embeddings; keep (B, L) bool, False = padding.
+        Returns (B, L, d), or with `last_only` (B, 1, d): the last position, which is the user
+        at inference, computed without the other positions' outputs in the last block (the
+        same numbers, a fraction of the last block's work)."""
         n = x.shape[1]
         x = self.drop(x + self.pos.weight[-n:])  # sequences are right-aligned: last slot = last position
         mask = attention_mask(keep, self.causal)
         keepf = keep.unsqueeze(-1).to(x.dtype)
         x = x * keepf
-        for block in self.blocks:
+        blocks = list(self.blocks)
+        if last_only and blocks:
+            *blocks, final = blocks
+        for block in blocks:
             x = block(x, mask) * keepf
+        if last_only:
+            x = final(x, mask, query_last=True) * keepf[:, -1:] if self.blocks else x[:, -1:]
         return self.ln(x)
 
 
