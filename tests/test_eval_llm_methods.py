@@ -153,3 +153,18 @@ def last_history_line(ds, user: int) -> str:
     """How the prompt starts the user's most recent history item: "<id>, <name> (<year>)"."""
     item = int(ds.split(user, "test")[0][-1])
     return f"{ds.item_ids[item]}, {ds.item_names[item]} ({ds.item_years[item]})"
+
+
+def test_chatrec_has_its_own_prompt_and_single_the_rank_tools(walk, tmp_path):
+    holder = {}
+    sent = {}
+    for i, method in enumerate(("chatrec", "single")):
+        evaluate(EvalOptions(dataset="walk", methods=method, llm="tiny", users=3, seeds=1, out=tmp_path / method),
+                 tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+        sent[method] = [c.messages for c in holder["backend"].calls]
+        assert all(len(c.constraint.options) == 30 for c in holder["backend"].calls)  # SASRec's 30
+    chat = [m[-1]["content"] for m in sent["chatrec"]]
+    single = [m[-1]["content"] for m in sent["single"]]
+    assert all("A recommender suggested these candidates" in p and "years old" in p for p in chat)
+    assert all("A recommender suggested" not in p and "Please rank the candidate" in p for p in single)
+    assert {m[0]["content"] for m in sent["chatrec"]} != {m[0]["content"] for m in sent["single"]}

@@ -139,11 +139,12 @@ def _invalid(r, rnd: Round, turn: str, message: str) -> Step:
 # ---- baselines' pieces ------------------------------------------------------------------------
 async def llm_rank(ctx: AgentContext, user: int, candidates: list[int], k: int, attribute: str | None = None,
                    include_profile: bool = True, *, part: str = "test", seed: int = 0,
-                   groups: list[tuple[str, list[int]]] | None = None) -> tuple[list[int], dict]:
+                   groups: list[tuple[str, list[int]]] | None = None, style: str = "rank") -> tuple[list[int], dict]:
     """The Rank tool on a given candidate list (LLMRank, Chat-REC, single, multi). Candidates
     in the user's history, unknown or repeated are dropped first; k is clamped to what is left.
     `groups` optionally splits the candidates under tool marks (multi); by default they are
-    one group marked as the plain recommender's list. Returns (top-k items, stats)."""
+    one group marked as the plain recommender's list. `style` picks the prompt ("chatrec" for
+    the Chat-REC baseline). Returns (top-k items, stats)."""
     state, _ = new_state(ctx, user, part, seed)
     cands = state.memory.check([int(i) for i in candidates]).valid
     rnd = Round(1, action=format_action(Rank(attribute, max(1, k))))
@@ -156,7 +157,7 @@ async def llm_rank(ctx: AgentContext, user: int, candidates: list[int], k: int, 
         keep = set(cands)
         groups = [(mark, [int(i) for i in items if int(i) in keep]) for mark, items in groups]
     head = state.head if include_profile else ctx.renderer.head(user, state.history, with_profile=False)
-    items = await rank_lists(state, cands, groups, attribute, min(max(1, k), len(cands)), rnd, head=head)
+    items = await rank_lists(state, cands, groups, attribute, min(max(1, k), len(cands)), rnd, head=head, style=style)
     rnd.overhead_s = time.perf_counter() - started - state.llm_s
     rnd.items = items
     return items, _stats(rnd, rnd.overhead_s)

@@ -22,6 +22,8 @@ TEMPLATE_KEYS = (
     "observation_short", "observation_finish", "invalid_action", "rank_system", "rank_user",
     "candidate_line", "problem", "rank_nothing", "plan_note", "plan_step",
 )
+# Optional: a prompt style for the Chat-REC baseline; a domain without them uses the Rank prompt.
+OPTIONAL_KEYS = ("chatrec_system", "chatrec_user")
 
 
 def prompts_dir() -> Path:
@@ -62,7 +64,7 @@ def load_prompts(domain: str, folder: str | None = None) -> PromptSet:
         raise ToolrecError(f"{path}: missing templates {', '.join(missing)}", "add them (see prompts/movies.yaml)")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
     try:
-        templates = {k: env.from_string(data[k]) for k in TEMPLATE_KEYS}
+        templates = {k: env.from_string(data[k]) for k in TEMPLATE_KEYS + OPTIONAL_KEYS if k in data}
     except jinja2.TemplateSyntaxError as exc:
         raise ToolrecError(f"{path}: template syntax error line {exc.lineno}: {exc.message}", "fix the template") from None
     return PromptSet(domain, path, data.get("item", "item"), data.get("items", "items"),
@@ -134,15 +136,19 @@ class Renderer:
 
     # ---- the Rank tool ---------------------------------------------------------------------
     def rank_messages(self, head: str, groups: list[tuple[str, list[int]]], attribute: str | None, k: int,
-                      with_names: bool, problems: list[str]) -> list[dict]:
+                      with_names: bool, problems: list[str], style: str = "rank") -> list[dict]:
+        """The Rank tool's prompt; `style="chatrec"` uses the domain's Chat-REC templates when
+        it has them (same variables, same answer format)."""
+        if style != "rank" and f"{style}_user" not in self.p.templates:
+            style = "rank"
         rendered = [
             {"mark": mark, "lines": [self.p.render("candidate_line", id=self.ds.item_ids[i], name=self.ds.item_names[i])
                                      for i in items]}
             for mark, items in groups
         ]
-        user = self.p.render("rank_user", head=head, groups=rendered, attribute=attribute, k=k,
+        user = self.p.render(f"{style}_user", head=head, groups=rendered, attribute=attribute, k=k,
                              with_names=with_names, problems=problems)
-        return [{"role": "system", "content": self.p.render("rank_system")}, {"role": "user", "content": user}]
+        return [{"role": "system", "content": self.p.render(f"{style}_system")}, {"role": "user", "content": user}]
 
     def problem(self, kind: str, label: str, n: int = 0, k: int = 0) -> str:
         """One thing wrong with a Rank answer, as the re-run prompt names it."""

@@ -93,7 +93,8 @@ async def run_rank(state: RunState, action: Rank, rnd: Round) -> ToolList | None
 
 
 async def rank_lists(state: RunState, candidates: list[int], groups: list[tuple[str, list[int]]],
-                     attribute: str | None, k: int, rnd: Round, head: str | None = None) -> list[int]:
+                     attribute: str | None, k: int, rnd: Round, head: str | None = None,
+                     style: str = "rank") -> list[int]:
     """Ask the LLM for the top k of `candidates` (grouped under their tool marks), check the
     answer, re-run with the problems named, repair when the retries are spent."""
     ctx, cfg, memory = state.ctx, state.ctx.config, state.memory
@@ -108,7 +109,8 @@ async def rank_lists(state: RunState, candidates: list[int], groups: list[tuple[
     problems: list[str] = []
     valid: list[int] = []
     for attempt in range(cfg.max_retries + 1):
-        messages = ctx.renderer.rank_messages(head or state.head, groups, attribute, k, cfg.rank_with_names, problems)
+        messages = ctx.renderer.rank_messages(head or state.head, groups, attribute, k, cfg.rank_with_names, problems,
+                                              style)
         reply, wall = await ctx.ask(messages, constraint, ctx.list_reply_tokens(options, k), state.next_seed())
         state.llm_s += wall
         rnd.usage.add(reply)

@@ -3,11 +3,11 @@
 * toolrec / toolrec-b: the surrogate-user loop (`run_agent`) with SASRec / BERT4Rec tools.
 * plan: the "w/ Plan" ablation (`run_plan`): the whole plan first, then its execution.
 * llmrank: the Rank tool on SASRec's top 30, prompted with the history only (LLMRank).
-* chatrec: the Rank tool on SASRec's top 30, prompted with the profile and the history
-  (Chat-REC re-ranks the recommender's candidates given the user profile).
+* chatrec: SASRec's top 30 re-ranked under Chat-REC's own prompt (`chatrec_*` templates:
+  the user described by profile and rated history, asked conversationally which candidates
+  they would like), not ToolRec's Rank instruction.
 * single: the "w/ single" ablation: ToolRec's Rank tool (profile + history, as the agent sees
-  it) on SASRec's 30 candidates. Note: with this project's one Rank prompt, `single` and
-  `chatrec` send the same prompt; they are kept apart because the paper reports both.
+  it) on SASRec's 30 candidates.
 * multi: the "w/ multi" ablation: the Rank tool on SASRec's + every attribute tool's
   candidates, 30 in all (an equal share per tool, duplicates skipped), under their tool marks.
 
@@ -116,7 +116,7 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
 
         return run
 
-    def ranker(name: str, include_profile: bool, multi: bool = False):
+    def ranker(name: str, include_profile: bool, multi: bool = False, style: str = "rank"):
         ctx("sasrec", 0)
 
         async def run(user: int, seed: int, part: str) -> Outcome:
@@ -130,7 +130,7 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
                 groups = [(format_action(Retrieval(None, len(items))), items)]
             candidates = [i for _, xs in groups for i in xs]
             items, stats = await llm_rank(c, user, candidates, top_n, None, include_profile=include_profile,
-                                          part=part, seed=seed, groups=groups)
+                                          part=part, seed=seed, groups=groups, style=style)
             return _rank_outcome(ds, items, stats, groups, name)
 
         return run
@@ -140,7 +140,7 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         "toolrec-b": lambda: agent("toolrec-b", run_agent),
         "plan": lambda: agent("plan", run_plan),
         "llmrank": lambda: ranker("llmrank", include_profile=False),
-        "chatrec": lambda: ranker("chatrec", include_profile=True),
+        "chatrec": lambda: ranker("chatrec", include_profile=True, style="chatrec"),
         "single": lambda: ranker("single", include_profile=True),
         "multi": lambda: ranker("multi", include_profile=True, multi=True),
     }
