@@ -95,17 +95,18 @@ def write_atomic(folder: Path, name: str, inter: list[tuple], items: list[tuple]
 
 
 def synthetic_rule_dataset(folder: Path, name: str = "rule", n_users: int = 120, n_items: int = 40,
-                           length: int = 12, seed: int = 0) -> Path:
-    """Each user walks the catalogue with a fixed rule: next item = (item * 3 + 1) % n_items.
-    A sequence model that learns the rule predicts the held-out item almost always.
-    Genre = item % 4 and year = 1990 + item % 5, so attribute tools have something to use."""
+                           length: int = 12, seed: int = 0, step=lambda item, n: (item * 3 + 1) % n) -> Path:
+    """Each user walks the catalogue with a fixed rule: next item = step(item, n_items), by
+    default (item * 3 + 1) % n_items. A sequence model that learns the rule predicts the
+    held-out item almost always. Genre = item % 4 and year = 1990 + item % 5, so attribute
+    tools have something to use."""
     rng = np.random.default_rng(seed)
     inter = []
     for u in range(n_users):
         item = int(rng.integers(n_items))
         for t in range(length):
             inter.append((f"u{u}", f"i{item}", 4, 1_000_000 + t))
-            item = (item * 3 + 1) % n_items
+            item = step(item, n_items)
     genres = ["Action", "Comedy", "Drama", "Horror"]
     items = [(f"i{i}", f"Movie {i}", 1990 + i % 5, genres[i % 4]) for i in range(n_items)]
     users = [(f"u{u}", 20 + u % 40, "MF"[u % 2], "student") for u in range(n_users)]

@@ -11,23 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import write_atomic
+from conftest import synthetic_rule_dataset
 from toolrec_local.eval.methods import LLMMethod, Outcome
 
 N_ITEMS = 60
-GENRES = ("Action", "Comedy", "Drama", "Horror")
 
 
 def walk_dataset(folder: Path, name: str = "walk", n_users: int = 300, length: int = 12, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    inter = []
-    for u in range(n_users):
-        start = int(rng.integers(N_ITEMS))
-        for t in range(length):
-            inter.append((f"u{u}", f"i{(start + t) % N_ITEMS}", 4, 1_000_000 + t))
-    items = [(f"i{i}", f"Movie {i}", 1990 + i % 5, GENRES[i % 4]) for i in range(N_ITEMS)]
-    users = [(f"u{u}", 20 + u % 40, "MF"[u % 2], "student") for u in range(n_users)]
-    return write_atomic(folder, name, inter, items, users)
+    """Users walk the catalogue one item at a time: next item = item + 1 (mod N_ITEMS)."""
+    return synthetic_rule_dataset(folder, name, n_users, N_ITEMS, length, seed, step=lambda item, n: (item + 1) % n)
 
 
 def prepare_walk(home: Path, name: str = "walk", n_users: int = 300):
