@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from toolrec_local.eval.metrics import (
+from toolrec_local.metrics import (
     MISSING, mask_history, mean_std, metric_means, ndcg_at, rank_in_list, ranks_from_scores,
     recall_at, relative_improvement, top_n_from_scores,
 )

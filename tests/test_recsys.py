@@ -73,7 +73,7 @@ def rule(rule_home, monkeypatch):
 
 def hit_rate(ds, tool, attribute, users, n=5):
     """HR@n with the history left in: the rule's next item is always one the user has seen."""
-    from toolrec_local.eval.metrics import ranks_from_scores
+    from toolrec_local.metrics import ranks_from_scores
     from toolrec_local.recsys.models import histories, score_histories
 
     scores = score_histories(tool.model, tool._tools[attribute] if attribute else None,

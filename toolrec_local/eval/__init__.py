@@ -1,6 +1,6 @@
 """Evaluation: the methods compared, the resumable runner, the run folder and the report.
+Metrics (Recall/NDCG@N) live in `toolrec_local.metrics`, below both recsys and eval.
 
-    metrics.py      Recall/NDCG@N under full ranking (one held-out item per user)
     methods.py      method names; score methods (pop, sasrec, bert4rec, tool:<attr>)
     llm_methods.py  LLM methods over the agent (toolrec, toolrec-b, plan, llmrank, chatrec, single, multi)
     runner.py       every (method, seed, user) once: batches for score methods, asyncio for LLM ones

@@ -19,7 +19,7 @@ import numpy as np
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.methods import LLMMethod, Outcome, ScoreMethod
-from toolrec_local.eval.metrics import MISSING, mask_history, rank_in_list, ranks_from_scores, top_n_from_scores
+from toolrec_local.metrics import MISSING, mask_history, rank_in_list, ranks_from_scores, top_n_from_scores
 from toolrec_local.eval.results import FAILED, OK, ResultsWriter
 
 STAT_FIELDS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "retries", "repairs", "grammar_violations",

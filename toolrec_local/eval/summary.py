@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 
 from toolrec_local.eval.methods import BASELINES, TOOLREC, needs_llm
-from toolrec_local.eval.metrics import MISSING, mean_std, metric_means, relative_improvement
+from toolrec_local.metrics import MISSING, mean_std, metric_means, relative_improvement
 from toolrec_local.eval.results import OK
 
 NS = (5, 10, 20)

@@ -7,7 +7,7 @@ import numpy as np
 
 from toolrec_local.data.dataset import Dataset
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.metrics import metric_means, ranks_from_scores
+from toolrec_local.metrics import metric_means, ranks_from_scores
 
 METHOD_HELP = "pop, sasrec, bert4rec, tool:<attribute> (SASRec backbone), tool-b:<attribute> (BERT4Rec backbone)"
 
@@ -16,7 +16,7 @@ def method_scores(ds: Dataset, method: str, users: np.ndarray, part: str) -> np.
     """(len(users), n_items + 1) scores of one method; history and padding -inf."""
     from toolrec_local.recsys.models import histories
     from toolrec_local.recsys.retrieval import RetrievalTool
-    from toolrec_local.eval.metrics import mask_history
+    from toolrec_local.metrics import mask_history
 
     if method == "pop":
         pop = ds.train_popularity.astype(np.float32)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolrec_local.data.dataset import Dataset
-from toolrec_local.eval.metrics import metric_means, ranks_from_scores
+from toolrec_local.metrics import metric_means, ranks_from_scores
 from toolrec_local.recsys import checkpoint
 from toolrec_local.recsys.attribute import AttributeEncoder
 from toolrec_local.recsys.config import (BACKBONES, LOSSES, BackboneConfig, ToolConfig, TrainConfig, as_dict,

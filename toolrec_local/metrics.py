@@ -1,5 +1,8 @@
 """Recall@N and NDCG@N for one held-out item per user, under full ranking.
 
+Below both `recsys` (validation during training) and `eval` (the runner, the summary), so
+neither imports the other for them.
+
 A method either scores every item (a rank is computed over the whole catalogue, the user's
 history excluded) or returns a ranked list (the rank is the target's position in it, or
 "not ranked" = infinity). With one relevant item, Recall@N is 1 if rank < N and
