@@ -64,21 +64,24 @@ def summary_table(summary: dict) -> Table:
              + (", mean ± std over seeds" if seeds > 1 else ""))
     if paired["partial"]:
         title += f"\n[bold yellow]{paired_note(summary)}[/]"
-    caption = "each method over all the users it finished: summary.json, all_users" if paired["partial"] else None
+    caption = ("users: paired/finished; each method over all the users it finished: summary.json, all_users"
+               if paired["partial"] else None)
     t = Table(title=title, caption=caption, padding=(0, 1))
     t.add_column("method")
     for c in COLUMNS:
         t.add_column(c.replace("recall", "R").replace("ndcg", "N"), justify="right")
     if incomplete:
-        t.add_column("paired/done" if paired["partial"] else "users", justify="right")
+        t.add_column("users", justify="right")
     for name, m in summary["methods"].items():
         cells = []
         for c in COLUMNS:
             cell = f"{m[c]['mean']:.3f}" + (f"±{m[c]['std']:.3f}" if seeds > 1 and c.endswith("@10") else "")
             cells.append("-" if name not in compared else f"[bold]{cell}[/]" if m[c]["mean"] == _best(summary, c) else cell)
         if incomplete:
-            done = f"{paired['users'] if name in compared else 0}/{m['users']['ok']}" if paired["partial"] else f"{m['users']['ok']}"
-            cells.append(done + (f" [red]({m['users']['failed']} failed)[/]" if m["users"]["failed"] else ""))
+            if paired["partial"]:  # narrow: the failures are named under the table
+                cells.append(f"{paired['users'] if name in compared else 0}/{m['users']['ok']}")
+            else:
+                cells.append(f"{m['users']['ok']}" + (f" [red]({m['users']['failed']} failed)[/]" if m["users"]["failed"] else ""))
         t.add_row(name, *cells)
     imp = summary.get("improvement")
     if imp:
@@ -93,7 +96,7 @@ def _pct(v: float | None, digits: int = 2) -> str:
 # ---- Markdown -------------------------------------------------------------
 def table_title(summary: dict, label: str) -> str:
     h = summary["history"]
-    return f"**{label}: full ranking over {HISTORY_PROTOCOLS[h]} (`--history {h}`); {paired_note(summary)}.**"
+    return f"**{label}: full ranking over {HISTORY_PROTOCOLS[h]}, `--history {h}`; {paired_note(summary)}.**"
 
 
 def markdown_table(summary: dict) -> str:
