@@ -3,6 +3,7 @@ on the same (seed, user) pairs, and a run refused before any user starts leaving
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -39,7 +40,7 @@ def records(folder, method):
 
 
 def rendered(table) -> str:
-    console = Console(width=200, record=True, file=open("/dev/null", "w"))
+    console = Console(width=200, record=True, file=io.StringIO())
     console.print(table)
     return " ".join(console.export_text().split())  # a long title wraps; compare the words
 

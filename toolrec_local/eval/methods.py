@@ -106,7 +106,7 @@ class LLMMethod:
         return await self._run(user, seed, part)
 
 
-def popularity_scores(ds) -> Callable[[np.ndarray, str], np.ndarray]:
+def popularity_scores(ds) -> Callable[..., np.ndarray]:
     pop = ds.train_popularity.astype(np.float64)
 
     def score(users: np.ndarray, part: str, exclude_history: bool = True) -> np.ndarray:
