@@ -45,7 +45,7 @@ class RuleTool:
         self.attributes = ["genre", "release_year"]
         self.calls = 0
 
-    def scores(self, users, attribute, part="test"):
+    def scores(self, users, attribute, part="test", exclude_history=True):
         self.calls += 1
         ds = self.ds
         out = np.zeros((len(users), ds.n_items + 1))
@@ -66,7 +66,8 @@ class RuleTool:
                 out[row, same] += 5.0
                 out[row, nxt] += 1.0
             out[row, 0] = -np.inf
-            out[row, history] = -np.inf
+            if exclude_history:
+                out[row, history] = -np.inf
         return out
 
     def retrieve(self, user, attribute, k, exclude=(), part="test"):

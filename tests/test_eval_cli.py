@@ -53,6 +53,7 @@ def test_eval_json_and_report(walk_home, tmp_path):
     (["--method", "toolrec"], "need an LLM"),
     (["--method", "sasrec"], "checkpoint"),
     (["--method", "pop", "--shard", "3/2"], "bad --shard"),
+    (["--method", "pop", "--history", "drop"], "unknown --history"),
 ])
 def test_user_errors_exit_2_with_a_fix(walk_home, tmp_path, args, message):
     p = cli(walk_home, "eval", "--dataset", "walk", "--out", str(tmp_path / "run"), *args)

@@ -215,6 +215,7 @@ def test_unreachable_server_is_one_clear_error(command, ml100k_tools, session_ho
     assert time.monotonic() - t0 < 30
     assert_one_clear_error(p, f"cannot reach the vLLM server at {url}", "toolrec-local serve --llm", "--server")
     assert p.stderr.count("error:") == 1
+    assert not (tmp_path / "run").exists()  # refused before any user started: no run folder left behind
 
 
 @pytest.mark.vllm

@@ -7,7 +7,8 @@ Metrics (Recall/NDCG@N) live in `toolrec_local.metrics`, below both recsys and e
     results.py      results.jsonl / trajectories.jsonl: append, flush per line, torn-line repair
     rundir.py       run.json (what must match on re-run), shards, the writer's lock, reading runs back
     session.py      one `eval` invocation: check options, build methods, run, write summary.json
-    summary.py      mean ± std over seeds, LLM cost, termination rounds, Table 2's improvement row
+    summary.py      mean ± std over seeds on the users every method finished (paired), LLM cost,
+                    termination rounds, Table 2's improvement row
     report.py       Markdown tables and matplotlib plots (metrics, rounds, runs side by side)
     progress.py     the live Rich display
     commands.py     `toolrec-local eval` and `toolrec-local report`

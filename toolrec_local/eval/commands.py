@@ -19,6 +19,12 @@ failed ones retried. Into an existing folder only methods may be added; other op
 A user whose LLM calls fail is recorded as failed and reported (summary.json: "complete": false);
 if many users in a row fail (server down), the command stops with exit code 2.
 
+Protocol: --history exclude (default) ranks every method's target among the items outside the
+user's history; --history keep lets score methods rank history items too, as RecBole's
+sequential full ranking (the paper's SASRec, BERT4Rec and P5 rows) does. LLM methods never
+return history items, so their rows are the same under both. A folder holds one protocol.
+Methods are compared on the (seed, user) pairs every one of them finished ("paired").
+
 Scaling: users run concurrently (--concurrency) against the vLLM server; pass --server several
 times to spread users over replicas (each user stays on one), and --shard i/n to run a deterministic slice per node
 (`report` merges the shards). Multi-GPU (tensor parallel) and multi-node serving are vLLM's
@@ -47,6 +53,7 @@ def eval_cmd(
     top_n: int = typer.Option(10, "--top-n", help="Length of the recommended list (N)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Users scored per batch by the non-LLM methods."),
     no_grammar: bool = typer.Option(False, "--no-grammar", help="Let the LLM write free text (the paper's setting) instead of grammar-constrained output."),
+    history: str = typer.Option("exclude", "--history", help="exclude: rank among items outside the user's history; keep: score methods rank history items too (RecBole's protocol)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     from toolrec_local.eval.progress import EvalProgress
@@ -57,6 +64,7 @@ def eval_cmd(
         dataset=dataset, methods=method, llm=llm, users=users, seeds=seeds, all_users=all_users,
         concurrency=concurrency, out=out, backend=backend, servers=list(server), api_key=api_key,
         shard=parse_shard(shard), top_n=top_n, batch_size=batch_size, grammar=not no_grammar,
+        history=history,
     )
     with EvalProgress(err_console) as progress:
         summary, folder = evaluate(opts, on_update=progress.update)

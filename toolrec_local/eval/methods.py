@@ -2,7 +2,8 @@
 
 Two kinds, one runner:
 * score methods (pop, sasrec, bert4rec, tool:<attr>) score the whole catalogue for a batch of
-  users; the target's rank is exact over all items not in the user's history.
+  users; the target's rank is exact over all items not in the user's history, or over all
+  items with `--history keep` (RecBole's sequential full ranking, the paper's baseline rows).
 * LLM methods (toolrec, toolrec-b, llmrank, chatrec, single, multi, plan) produce a top-N list
   for one user at a time (async); the target's rank is its position in that list, or none.
 """
@@ -23,9 +24,15 @@ TOOL_PREFIX = "tool:"
 BASELINES = ("pop", "sasrec", "bert4rec", "llmrank", "chatrec")
 TOOLREC = "toolrec"
 CANDIDATES = 30  # LLMRank, Chat-REC, single and multi rank 30 candidates (paper 4.1.3, 4.3.1)
+# `eval --history`: the items score methods rank the target among. LLM methods never return
+# history items, so their results are the same under both.
+HISTORY_PROTOCOLS = {
+    "exclude": "all items except the user's history",
+    "keep": "all items, the user's history included (RecBole's sequential full ranking)",
+}
 
 DESCRIPTIONS = {
-    "pop": "most popular items in the training data (history excluded)",
+    "pop": "most popular items in the training data",
     "sasrec": "SASRec backbone, full ranking",
     "bert4rec": "BERT4Rec backbone, full ranking",
     "tool:<attr>": "one attribute-oriented retrieval tool alone (SASRec backbone), full ranking",
@@ -74,15 +81,18 @@ class Outcome:
 
 
 class ScoreMethod:
+    """`score(users, part, exclude_history=...)` -> (len(users), n_items + 1) scores. With
+    exclude_history the callable may set history items to -inf (the runner masks them anyway);
+    without it, it must score them like any other item."""
+
     kind = "score"
 
-    def __init__(self, name: str, score: Callable[[np.ndarray, str], np.ndarray]):
+    def __init__(self, name: str, score: Callable[..., np.ndarray]):
         self.name = name
         self._score = score
 
-    def scores(self, users: np.ndarray, part: str) -> np.ndarray:
-        """(len(users), n_items + 1) scores; history and padding may be -inf already."""
-        return self._score(users, part)
+    def scores(self, users: np.ndarray, part: str, exclude_history: bool = True) -> np.ndarray:
+        return self._score(users, part, exclude_history=exclude_history)
 
 
 class LLMMethod:
@@ -96,10 +106,10 @@ class LLMMethod:
         return await self._run(user, seed, part)
 
 
-def popularity_scores(ds) -> Callable[[np.ndarray, str], np.ndarray]:
+def popularity_scores(ds) -> Callable[..., np.ndarray]:
     pop = ds.train_popularity.astype(np.float64)
 
-    def score(users: np.ndarray, part: str) -> np.ndarray:
+    def score(users: np.ndarray, part: str, exclude_history: bool = True) -> np.ndarray:
         out = np.repeat(pop[None, :], len(users), axis=0)
         out[:, 0] = -np.inf
         return out
@@ -134,10 +144,12 @@ def build_score_method(name: str, ds, tools: ToolBox) -> ScoreMethod:
         return ScoreMethod(name, popularity_scores(ds))
     if name in ("sasrec", "bert4rec"):
         tool = tools.get(name)
-        return ScoreMethod(name, lambda users, part: tool.scores(users, None, part=part))
+        return ScoreMethod(name, lambda users, part, exclude_history: tool.scores(
+            users, None, part=part, exclude_history=exclude_history))
     attr = name[len(TOOL_PREFIX):]
     tool = tools.get("sasrec")
     if attr not in getattr(tool, "attributes", ()):
         raise ToolrecError(f"method {name!r}: no trained {attr!r} tool for {ds.name}",
                            f"train it: toolrec-local tools train {ds.name} --attribute {attr}")
-    return ScoreMethod(name, lambda users, part: tool.scores(users, attr, part=part))
+    return ScoreMethod(name, lambda users, part, exclude_history: tool.scores(
+        users, attr, part=part, exclude_history=exclude_history))

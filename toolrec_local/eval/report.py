@@ -1,7 +1,10 @@
 """`report`: a Markdown report and PNG plots from one or more run folders.
 
 * Table-2-style table per run (mean ± std over seeds, best per column in bold, ToolRec's
-  relative improvement over the best baseline as the last row), LLM cost and termination rounds.
+  relative improvement over the best baseline as the last row), titled with its protocol
+  (`--history`) and the users it compares: the (seed, user) pairs every method finished. When
+  a method finished fewer, the rows are over those pairs and each method's own figures follow.
+  Then LLM cost and termination rounds.
 * metrics-<run>.png: Recall and NDCG @5/@10/@20 per method with std error bars; a dashed line
   separates the methods without an LLM from those with one (as the paper's Figure 4).
 * rounds-<run>.png: termination rounds of the agent, all users vs hits (Figure 5).
@@ -16,12 +19,13 @@ from pathlib import Path
 from rich.table import Table
 
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.methods import needs_llm
+from toolrec_local.eval.methods import HISTORY_PROTOCOLS, needs_llm
 from toolrec_local.eval.rundir import RunView, load_runs
 from toolrec_local.eval.summary import summarize
 
 COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")
 AGENT_METHODS = ("toolrec", "toolrec-b", "plan")
+HISTORY_TITLES = {"exclude": "history excluded", "keep": "history kept"}
 
 
 def _fmt(metric: str, v: float) -> str:
@@ -29,21 +33,40 @@ def _fmt(metric: str, v: float) -> str:
 
 
 def _best(summary: dict, metric: str) -> float | None:
-    vals = [m[metric]["mean"] for m in summary["methods"].values() if m["users"]["ok"]]
+    vals = [summary["methods"][n][metric]["mean"] for n in summary["paired"]["methods"]]
     return max(vals) if vals else None
+
+
+def paired_note(summary: dict) -> str:
+    """Which users the rows compare, in words."""
+    paired = summary["paired"]
+    if not paired["methods"]:
+        return "no method finished a user"
+    if paired["partial"]:
+        return (f"paired: rows compare the {paired['users']} (seed, user) pairs every method finished, "
+                "not each method's own users")
+    return f"every method on the same {paired['users']} (seed, user) pairs"
 
 
 def summary_table(summary: dict) -> Table:
     """The Rich version of the table, for the terminal (80 columns): three decimals, ± std at
-    @10 only, a users column only when some method is incomplete. The report has it all."""
+    @10 only, a users column only when some method is incomplete or the rows are paired on
+    fewer users than a method finished. The report has it all."""
     seeds = len(summary["seeds"])
+    paired = summary["paired"]
+    compared = set(paired["methods"])
     counts = {m["users"]["ok"] for m in summary["methods"].values()}
-    incomplete = any(not m["complete"] for m in summary["methods"].values())
+    incomplete = any(not m["complete"] for m in summary["methods"].values()) or paired["partial"]
     users = f"{summary['users']} users × {seeds} seed{'s' if seeds > 1 else ''}"
     if not incomplete and len(counts) == 1:
         users += f" = {counts.pop()} per method"
-    t = Table(title=f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {users}"
-                    + (", mean ± std over seeds" if seeds > 1 else ""), padding=(0, 1))
+    title = (f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {HISTORY_TITLES[summary['history']]} · {users}"
+             + (", mean ± std over seeds" if seeds > 1 else ""))
+    if paired["partial"]:
+        title += f"\n[bold yellow]{paired_note(summary)}[/]"
+    caption = ("users: paired/finished; each method over all the users it finished: summary.json, all_users"
+               if paired["partial"] else None)
+    t = Table(title=title, caption=caption, padding=(0, 1))
     t.add_column("method")
     for c in COLUMNS:
         t.add_column(c.replace("recall", "R").replace("ndcg", "N"), justify="right")
@@ -53,9 +76,12 @@ def summary_table(summary: dict) -> Table:
         cells = []
         for c in COLUMNS:
             cell = f"{m[c]['mean']:.3f}" + (f"±{m[c]['std']:.3f}" if seeds > 1 and c.endswith("@10") else "")
-            cells.append(f"[bold]{cell}[/]" if m[c]["mean"] == _best(summary, c) and m["users"]["ok"] else cell)
+            cells.append("-" if name not in compared else f"[bold]{cell}[/]" if m[c]["mean"] == _best(summary, c) else cell)
         if incomplete:
-            cells.append(f"{m['users']['ok']}" + (f" [red]({m['users']['failed']} failed)[/]" if m["users"]["failed"] else ""))
+            if paired["partial"]:  # narrow: the failures are named under the table
+                cells.append(f"{paired['users'] if name in compared else 0}/{m['users']['ok']}")
+            else:
+                cells.append(f"{m['users']['ok']}" + (f" [red]({m['users']['failed']} failed)[/]" if m["users"]["failed"] else ""))
         t.add_row(name, *cells)
     imp = summary.get("improvement")
     if imp:
@@ -68,15 +94,24 @@ def _pct(v: float | None, digits: int = 2) -> str:
 
 
 # ---- Markdown -------------------------------------------------------------
+def table_title(summary: dict, label: str) -> str:
+    h = summary["history"]
+    return f"**{label}: full ranking over {HISTORY_PROTOCOLS[h]}, `--history {h}`; {paired_note(summary)}.**"
+
+
 def markdown_table(summary: dict) -> str:
+    paired = summary["paired"]
+    compared = set(paired["methods"])
     head = "| Method | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in COLUMNS) + " | users |"
     lines = [head, "|---|" + "---:|" * (len(COLUMNS) + 1)]
     for name, m in summary["methods"].items():
         cells = []
         for c in COLUMNS:
             cell = f"{_fmt(c, m[c]['mean'])} ± {_fmt(c, m[c]['std'])}"
-            cells.append(f"**{cell}**" if m["users"]["ok"] and m[c]["mean"] == _best(summary, c) else cell)
+            cells.append("-" if name not in compared else f"**{cell}**" if m[c]["mean"] == _best(summary, c) else cell)
         users = str(m["users"]["ok"])
+        if paired["partial"]:
+            users = f"{paired['users'] if name in compared else 0} paired of {m['users']['ok']} finished"
         if not m["complete"]:
             expected = m["users"]["expected"]
             users += f" † ({m['users']['failed']} failed" + (f", {expected} expected" if expected else "") + \
@@ -86,6 +121,19 @@ def markdown_table(summary: dict) -> str:
     if imp:
         over = sorted({imp[c]["over"] for c in COLUMNS if imp[c]["over"]})
         lines.append("| Improvement (toolrec vs best of " + ", ".join(over) + ") | " + " | ".join(_pct(imp[c]["relative"]) for c in COLUMNS) + " | |")
+    return "\n".join(lines)
+
+
+def markdown_own(summary: dict) -> str:
+    """Each method over all the users it finished: only when that differs from the paired rows."""
+    if not summary["paired"]["partial"]:
+        return ""
+    lines = ["| Method | " + " | ".join(c.replace("recall", "Recall").replace("ndcg", "NDCG") for c in COLUMNS) + " | users |",
+             "|---|" + "---:|" * (len(COLUMNS) + 1)]
+    for name, m in summary["methods"].items():
+        own = m["all_users"]
+        cells = [f"{_fmt(c, own[c]['mean'])} ± {_fmt(c, own[c]['std'])}" if m["users"]["ok"] else "-" for c in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['users']['ok']} |")
     return "\n".join(lines)
 
 
@@ -127,6 +175,8 @@ def markdown_compare(summaries: list[tuple[str, dict]]) -> str:
             cells += ([f"{m['recall@10']['mean']:.3f} ± {m['recall@10']['std']:.3f}", f"{m['ndcg@10']['mean']:.4f} ± {m['ndcg@10']['std']:.4f}"]
                       if m else ["-", "-"])
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    pairs = [cell for _, s in summaries for cell in (str(s["paired"]["users"]), "")]
+    lines.append("| (seed, user) pairs compared | " + " | ".join(pairs) + " |")
     return "\n".join(lines)
 
 
@@ -144,7 +194,7 @@ def plot_metrics(summary: dict, path: Path, title: str) -> Path:
     import numpy as np
 
     plt = _plt()
-    names = [n for n, m in summary["methods"].items() if m["users"]["ok"]]
+    names = list(summary["paired"]["methods"])
     fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.1 * len(names) + 3), 4.2), constrained_layout=True)
     x = np.arange(len(names))
     width = 0.26
@@ -164,7 +214,8 @@ def plot_metrics(summary: dict, path: Path, title: str) -> Path:
             ax.axvline(llm_pos[0] - 0.5, color="grey", linestyle="--", linewidth=1)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     seeds = len(summary["seeds"])
-    fig.suptitle(f"{title}  (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})", fontsize=11)
+    paired = f", paired on {summary['paired']['users']} users" if summary["paired"]["partial"] else ""
+    fig.suptitle(f"{title}  (mean ± std over {seeds} seed{'s' if seeds > 1 else ''}{paired})", fontsize=11)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -235,7 +286,8 @@ def _slug(text: str) -> str:
 def _describe(view: RunView, summary: dict) -> str:
     cfg = view.config
     users = "all test users" if cfg.users is None else f"{cfg.users} sampled users"
-    parts = [f"{users} × {len(cfg.seeds)} seed(s) ({', '.join(map(str, cfg.seeds))})", f"split: {cfg.part}", f"N = {cfg.top_n}"]
+    parts = [f"{users} × {len(cfg.seeds)} seed(s) ({', '.join(map(str, cfg.seeds))})", f"split: {cfg.part}", f"N = {cfg.top_n}",
+             f"history: {cfg.history}"]
     if cfg.uses_llm:
         parts.append(f"LLM: {cfg.llm} via {cfg.backend}")
     text = "; ".join(parts) + ".  \nRun folder(s): " + ", ".join(f"`{f}`" for f in view.folders)
@@ -246,13 +298,19 @@ def _describe(view: RunView, summary: dict) -> str:
     return text
 
 
-NOTES = """Notes. Leave-one-out, full ranking over every item not in the user's history. Score methods
-(pop, sasrec, bert4rec, tool:*) rank the target exactly over the whole catalogue; LLM methods rank
-it by its position in their top-N list, so their @20 equals @N when N < 20. Metrics are means
-over the users of each seed, then mean ± (population) std over seeds; † marks a method with
-failed or missing users (metrics are over the users that finished). "Improvement" is ToolRec's
-relative gain over the best baseline present (pop, sasrec, bert4rec, llmrank, chatrec), as in
-the paper's Table 2."""
+NOTES = """Notes. Leave-one-out, full ranking. With `--history exclude` (the default) every method's
+target is ranked among the items outside the user's history; with `--history keep` the score
+methods (pop, sasrec, bert4rec, tool:*) rank the history items too, as RecBole's sequential
+full-ranking evaluation does (the paper's SASRec, BERT4Rec and P5 rows). LLM methods never
+return history items, so their rows are the same under both. Score methods rank the target
+exactly over the catalogue; LLM methods rank it by its position in their top-N list, so their
+@20 equals @N when N < 20. Rows are compared on the same users: the (seed, user) pairs that
+every method with a finished user finished (in a complete run, every user); when a method
+finished fewer, the table says so, the Improvement row is over those pairs too, and each
+method's own figures over all the users it finished follow the table. Metrics are means over
+the users of each seed, then mean ± (population) std over seeds; † marks a method with failed
+or missing users. "Improvement" is ToolRec's relative gain over the best baseline present
+(pop, sasrec, bert4rec, llmrank, chatrec), as in the paper's Table 2."""
 
 
 def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, Path, list[dict]]:
@@ -270,7 +328,10 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
         s["label"] = view.label
         summaries.append((view.label, s))
         slug = _slug(view.label)
-        md += [f"## {view.label}", "", _describe(view, s), "", markdown_table(s), ""]
+        md += [f"## {view.label}", "", _describe(view, s), "", table_title(s, view.label), "", markdown_table(s), ""]
+        own = markdown_own(s)
+        if own:
+            md += ["### Each method over all the users it finished (not paired: not comparable row to row)", "", own, ""]
         if s["methods"] and any(m["users"]["ok"] for m in s["methods"].values()):
             p = plot_metrics(s, out / f"metrics-{slug}.png", view.label)
             md += [f"![metrics]({p.name})", ""]
@@ -287,7 +348,8 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
         md += ["## Side by side (Figure 8)", "", markdown_compare(summaries), ""]
         p = plot_compare(summaries, out / "compare.png")
         md += [f"![compare]({p.name})", ""]
-    md += [NOTES, ""]
+    protocols = "; ".join(f"{label}: `--history {s['history']}`" for label, s in summaries)
+    md += [NOTES, "", f"Protocol of each table: {protocols}.", ""]
     path = out / "report.md"
     path.write_text("\n".join(md), encoding="utf-8")
     return path, out, [s for _, s in summaries]

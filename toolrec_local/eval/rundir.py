@@ -7,8 +7,8 @@ A folder holds either one unsharded run or shards of one run (same configuration
 shards may also live in separate folders (one per node) and `report` merges them.
 
 Re-running into a folder: everything that changes the results (dataset and its fingerprint,
-split part, top-N, the user sample, the seeds, the shard, and the LLM, backend and grammar mode
-once an LLM method is in the run) must match run.json, or the command is refused. What may differ:
+split part, top-N, the user sample, the seeds, the history protocol, the shard, and the LLM,
+backend and grammar mode once an LLM method is in the run) must match run.json, or the command is refused. What may differ:
 the methods (new ones are added to the run), --concurrency and --server (they change speed,
 not results).
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.results import latest_by_key, read_jsonl
 
-IDENTITY = ("dataset", "dataset_fingerprint", "part", "top_n", "users", "seeds")
+IDENTITY = ("dataset", "dataset_fingerprint", "part", "top_n", "users", "seeds", "history")
 LLM_IDENTITY = ("llm", "backend", "grammar")
 
 
@@ -49,6 +49,7 @@ class RunConfig:
     uses_llm: bool = False
     grammar: bool = True  # LLM output grammar-constrained (False: --no-grammar, free text)
     expected: dict[str, int] = field(default_factory=dict)  # seed -> users this run (shard) evaluates
+    history: str = "exclude"  # --history: "keep" = score methods rank history items too (older runs: exclude)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -150,13 +151,17 @@ class RunFolder:
             self._lock.close()
             raise ToolrecError(f"another eval is writing to {self.folder}{' (' + suffix(config.shard)[1:] + ')' if config.shard else ''}",
                                "wait for it to finish, or stop it first") from None
-        self._check_siblings(config)
-        if self.paths["run"].exists():
-            old = read_config(self.paths["run"])
-            check_compatible(old, config, self.folder)
-            config = merge_config(old, config)
-        self.config = config
-        self.save_config()
+        try:
+            self._check_siblings(config)
+            if self.paths["run"].exists():
+                old = read_config(self.paths["run"])
+                check_compatible(old, config, self.folder)
+                config = merge_config(old, config)
+            self.config = config
+            self.save_config()
+        except BaseException:
+            self.close()  # refused: the lock goes now, not whenever the object is collected
+            raise
 
     def _check_siblings(self, config: RunConfig) -> None:
         for shard, path in run_files(self.folder):
@@ -203,9 +208,10 @@ class RunView:
     @property
     def label(self) -> str:
         cfg = self.config
+        keep = " · history kept" if cfg.history == "keep" else ""  # the default protocol goes unnamed here
         if not cfg.uses_llm:
-            return f"{cfg.dataset} · no LLM"
-        return f"{cfg.dataset} · {cfg.llm}" + ("" if cfg.grammar else " (free text)")
+            return f"{cfg.dataset} · no LLM{keep}"
+        return f"{cfg.dataset} · {cfg.llm}" + ("" if cfg.grammar else " (free text)") + keep
 
 
 def _group_key(cfg: RunConfig) -> tuple:

@@ -106,8 +106,9 @@ def make_record(ds, method: str, seed: int, user: int, part: str, *, final: list
 class Runner:
     def __init__(self, ds, writer: ResultsWriter, *, part: str = "test", top_n: int = 10, batch_size: int = 256,
                  concurrency: int = 1, on_update: Callable[[str, Tally], None] | None = None,
-                 max_failures_in_a_row: int | None = None):
+                 max_failures_in_a_row: int | None = None, exclude_history: bool = True):
         self.ds = ds
+        self.exclude_history = exclude_history  # False: `--history keep`, score methods rank history items too
         self.writer = writer
         self.part = part
         self.top_n = top_n
@@ -144,11 +145,11 @@ class Runner:
         for start in range(0, len(users), self.batch_size):
             batch = users[start:start + self.batch_size]
             t0 = time.perf_counter()
-            scores = method.scores(batch, self.part)
+            scores = method.scores(batch, self.part, exclude_history=self.exclude_history)
             splits = [self.ds.split(int(u), self.part) for u in batch]
             targets = np.array([t for _, t in splits], dtype=np.int64)
             histories = [np.asarray(h, dtype=np.int64) for h, _ in splits]
-            masked = mask_history(scores, histories)
+            masked = mask_history(scores, histories if self.exclude_history else [])  # padding always
             ranks = ranks_from_scores(masked, targets)
             tops = top_n_from_scores(masked, self.top_n)
             per_user = (time.perf_counter() - t0) / len(batch)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.methods import ToolBox, build_score_method, needs_llm, parse_method_names
+from toolrec_local.eval.methods import HISTORY_PROTOCOLS, ToolBox, build_score_method, needs_llm, parse_method_names
 from toolrec_local.eval.results import ResultsWriter
 from toolrec_local.eval.rundir import RunConfig, RunFolder, command_line, load_runs
 from toolrec_local.eval.runner import Runner, Tally, plan_users
@@ -38,6 +38,7 @@ class EvalOptions:
     part: str = "test"
     batch_size: int = 256
     grammar: bool = True
+    history: str = "exclude"  # or "keep": score methods rank history items too (HISTORY_PROTOCOLS)
 
 
 def default_out(opts: EvalOptions) -> Path:
@@ -57,6 +58,9 @@ def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
         raise ToolrecError("--seeds must be at least 1", "e.g. --seeds 3")
     if opts.top_n < 1:
         raise ToolrecError("--top-n must be at least 1", "the paper uses 10")
+    if opts.history not in HISTORY_PROTOCOLS:
+        raise ToolrecError(f"unknown --history {opts.history!r}",
+                           "use exclude (rank among items outside the history) or keep (RecBole's protocol)")
     if opts.part not in ("test", "valid"):
         raise ToolrecError(f"unknown split part {opts.part!r}", "use test or valid")
     if opts.servers and opts.backend == "local":
@@ -98,32 +102,39 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
         llm=opts.llm if uses_llm else None, backend=opts.backend if uses_llm else None, part=opts.part,
         top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency,
         command=command_line(), uses_llm=uses_llm, grammar=opts.grammar if uses_llm else True,
-        expected={str(s): len(u) for s, u in plan.items()},
+        expected={str(s): len(u) for s, u in plan.items()}, history=opts.history,
     )
-    folder = RunFolder(opts.out or default_out(opts), config)
-    try:
-        with ResultsWriter(folder.paths["results"], folder.paths["trajectories"]) as writer:
-            runner = Runner(ds, writer, part=opts.part, top_n=opts.top_n, batch_size=opts.batch_size,
-                            concurrency=concurrency, on_update=on_update)
-            try:
-                asyncio.run(_run(runner, methods, plan, suite))
-            except BaseException:
-                try:  # what finished is summarised; a summary that cannot be written hides nothing
-                    write_summary(folder.folder)
-                except (OSError, ToolrecError):
-                    pass
-                raise
-            summary = write_summary(folder.folder)
-    finally:
-        folder.close()
-    return summary, folder.folder
+    out = Path(opts.out or default_out(opts))
+
+    async def run() -> dict:
+        folder = RunFolder(out, config)  # opened once the server answered: a refused run leaves no folder
+        try:
+            with ResultsWriter(folder.paths["results"], folder.paths["trajectories"]) as writer:
+                runner = Runner(ds, writer, part=opts.part, top_n=opts.top_n, batch_size=opts.batch_size,
+                                concurrency=concurrency, on_update=on_update,
+                                exclude_history=opts.history == "exclude")
+                try:
+                    await runner.run(methods, plan)
+                except BaseException:
+                    try:  # what finished is summarised; a summary that cannot be written hides nothing
+                        write_summary(folder.folder)
+                    except (OSError, ToolrecError):
+                        pass
+                    raise
+                return write_summary(folder.folder)
+        finally:
+            folder.close()
+
+    return asyncio.run(_started(suite, run)), out
 
 
-async def _run(runner: Runner, methods: list, plan: dict, suite) -> None:
+async def _started(suite, body: Callable):
+    """Reach the LLM server(s) first (unreachable, another model, constraints ignored: one
+    error, nothing written), then run `body`; the backends are closed either way."""
     try:
         if suite is not None and hasattr(suite, "start"):
             await suite.start()
-        await runner.run(methods, plan)
+        return await body()
     finally:
         if suite is not None:
             await suite.aclose()

@@ -2,9 +2,13 @@
 them, LLM cost per user, termination rounds (Figure 5), and ToolRec's relative improvement
 over the best baseline (Table 2's last row).
 
-Metrics are computed over the users whose record is `ok`; failed users are counted apart
-(`users.failed`) and a method with failed or missing users is marked incomplete, so a partial
-run is never mistaken for a finished one.
+Methods are compared on the same users: a method's headline figures (`recall@10`, ...,
+`per_seed`) are over the (seed, user) pairs that every method with a finished user finished
+(`paired`), and so is the improvement. In a complete run that is every user. Each method's
+own figures over all the users it finished are kept in `all_users`; failed users are counted
+apart (`users.failed`) and a method with failed or missing users is marked incomplete, so a
+partial run is never mistaken for a finished one. The authors likewise scored only the users
+whose lists parsed.
 """
 
 from __future__ import annotations
@@ -27,17 +31,38 @@ def _rank(rec: dict) -> float:
     return MISSING if rec.get("rank") is None else float(rec["rank"])
 
 
-def method_summary(name: str, records: list[dict], top_n: int, expected: int | None, shards_missing: bool = False) -> dict:
-    ok = [r for r in records if r["status"] == OK]
-    failed = [r for r in records if r["status"] != OK]
-    seeds = sorted({int(r["seed"]) for r in ok})
+def _pair(rec: dict) -> tuple[int, str]:
+    return int(rec["seed"]), str(rec["user"])
+
+
+def metric_block(ok: list[dict]) -> dict:
+    """Recall/NDCG @5/@10/@20 per seed over its users, then mean ± std over the seeds."""
     per_seed = {}
-    for seed in seeds:
+    for seed in sorted({int(r["seed"]) for r in ok}):
         ranks = np.array([_rank(r) for r in ok if int(r["seed"]) == seed])
         per_seed[str(seed)] = {**metric_means(ranks, NS), "users": int(len(ranks))}
     stats = mean_std([{k: v for k, v in m.items() if k != "users"} for m in per_seed.values()])
     out: dict = {m: stats.get(m, {"mean": 0.0, "std": 0.0}) for m in METRICS}
     out["per_seed"] = per_seed
+    return out
+
+
+def paired_pairs(by_method: dict[str, list[dict]]) -> tuple[list[str], set[tuple[int, str]]]:
+    """(the methods compared: those with a finished user, the (seed, user) pairs all of them finished)."""
+    finished = {m: {_pair(r) for r in recs if r["status"] == OK} for m, recs in by_method.items()}
+    compared = [m for m, pairs in finished.items() if pairs]
+    return compared, set.intersection(*(finished[m] for m in compared)) if compared else set()
+
+
+def method_summary(name: str, records: list[dict], top_n: int, expected: int | None, shards_missing: bool = False,
+                   pairs: set[tuple[int, str]] | None = None) -> dict:
+    """`pairs`: the (seed, user) pairs the headline figures are over (None: all it finished)."""
+    ok = [r for r in records if r["status"] == OK]
+    failed = [r for r in records if r["status"] != OK]
+    own = metric_block(ok)
+    paired = own if pairs is None else metric_block([r for r in ok if _pair(r) in pairs])
+    out: dict = dict(paired)
+    out["all_users"] = own
     out["users"] = {"ok": len(ok), "failed": len(failed), "expected": expected}
     out["complete"] = not failed and not shards_missing and (expected is None or len(ok) >= expected)
     if failed:
@@ -63,7 +88,8 @@ def method_summary(name: str, records: list[dict], top_n: int, expected: int | N
 
 
 def improvement(methods: dict[str, dict], of: str = TOOLREC, top_n: int = 10) -> dict | None:
-    """ToolRec's relative gain over the best baseline present, per metric (Table 2's last row).
+    """ToolRec's relative gain over the best baseline present, per metric (Table 2's last row),
+    from the figures in `methods` (the caller passes them over the same users).
     Only for cut-offs within ToolRec's list length N: beyond it ToolRec cannot list the target,
     and a gain against a method that ranks the whole catalogue would be an artefact."""
     base = [b for b in BASELINES if b in methods]
@@ -89,7 +115,16 @@ def summarize(config, records: list[dict], expected: dict | None = None, missing
         by_method.setdefault(r["method"], []).append(r)
     n_expected = sum(int(v) for v in expected.values()) if expected else None
     order = [m for m in config.methods if m in by_method] + sorted(set(by_method) - set(config.methods))
-    methods = {m: method_summary(m, by_method[m], config.top_n, n_expected, bool(missing_shards)) for m in order}
+    compared, pairs = paired_pairs({m: by_method[m] for m in order})
+    methods = {m: method_summary(m, by_method[m], config.top_n, n_expected, bool(missing_shards),
+                                 pairs if m in compared else None) for m in order}
+    paired = {
+        "users": len(pairs),  # (seed, user) pairs
+        "per_seed": {str(s): n for s, n in sorted(Counter(seed for seed, _ in pairs).items())},
+        "methods": compared,
+        # some method finished users outside the pairs: its headline figures differ from its own
+        "partial": any(methods[m]["users"]["ok"] > len(pairs) for m in compared),
+    }
     return {
         "dataset": config.dataset,
         "llm": config.llm if config.uses_llm else None,
@@ -98,17 +133,22 @@ def summarize(config, records: list[dict], expected: dict | None = None, missing
         "top_n": config.top_n,
         "users": config.users if config.users is not None else "all",
         "seeds": config.seeds,
+        "history": config.history,
+        "paired": paired,
         "methods": methods,
-        "improvement": improvement(methods, top_n=config.top_n),
+        "improvement": improvement({m: methods[m] for m in compared}, top_n=config.top_n),
         "missing_shards": list(missing_shards or []),
     }
 
 
 def brief(summary: dict) -> dict:
-    """The --json output: metrics as {mean, std}, plus LLM and round figures per method."""
-    out = {"dataset": summary["dataset"], "llm": summary["llm"], "methods": {}}
+    """The --json output: metrics as {mean, std} over the paired users (and over all the users
+    each method finished, `all_users`), plus LLM and round figures per method."""
+    out = {"dataset": summary["dataset"], "llm": summary["llm"], "history": summary.get("history", "exclude"),
+           "paired": summary.get("paired"), "methods": {}}
     for name, m in summary["methods"].items():
         entry = {k: m[k] for k in METRICS}
+        entry["all_users"] = {k: m["all_users"][k] for k in METRICS}
         entry["users"] = m["users"]
         entry["complete"] = m["complete"]
         for extra in ("llm", "rounds"):

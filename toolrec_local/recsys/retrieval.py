@@ -119,15 +119,18 @@ class RetrievalTool:
             out.append(int(u))
         return out
 
-    def scores(self, users: Sequence[int], attribute: str | None, part: str = "test") -> np.ndarray:
-        """(len(users), n_items + 1) float32; column 0 and each user's history are -inf."""
+    def scores(self, users: Sequence[int], attribute: str | None, part: str = "test",
+               exclude_history: bool = True) -> np.ndarray:
+        """(len(users), n_items + 1) float32; column 0 and (unless `exclude_history` is False)
+        each user's history are -inf."""
         if part not in PARTS:
             raise ToolrecError(f"unknown split part {part!r}", f"use one of: {', '.join(PARTS)}")
         tool = self._tool(attribute)
         users = self._users(users)
         if not users:
             return np.empty((0, self.dataset.n_items + 1), dtype=np.float32)
-        return score_histories(self.model, tool, histories(self.dataset, users, part), self._weights)
+        return score_histories(self.model, tool, histories(self.dataset, users, part), self._weights,
+                               exclude_history=exclude_history)
 
     def _check_k(self, k: int) -> int:
         n = self.dataset.n_items
