@@ -12,6 +12,9 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.llm.protocol import ActionGrammar, Backend, Completion, Constraint
 
 
+FINISH_MODES = ("llm", "last-list")
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     top_n: int = 10  # N of the final list
@@ -22,12 +25,18 @@ class AgentConfig:
     observation_window: int | None = None  # rounds whose observations stay in full (None: all)
     max_k: int = 50  # K allowed in an action (grammar bound; free text is clamped to it)
     default_k: int = 20  # free text only: K when the model wrote Retrieval[genre]
-    rank_max_candidates: int = 50  # Rank sees at most this many gathered items (memory order)
+    # Rank and Finish see every gathered list (the authors' prompt has no cap); a number caps
+    # the distinct candidates, taken from the lists in turn (memory.interleave).
+    rank_max_candidates: int | None = None
     rank_with_names: bool = True  # Rank options are "<id>, <name>" (False: "<id>")
     max_retries: int = 3  # tool re-runs after memory rejects items, before the repair
+    # What Finish (and the round cap) does: "llm" - the authors' final step, the LLM ranks
+    # every gathered list into the top N; "last-list" - the ablation: the last stored list,
+    # cut or padded by retrieval score, no LLM call.
+    finish: str = "llm"
     grammar: bool = True  # False: free text, tolerant parser ("--no-grammar")
     action_max_tokens: int = 128
-    temperature: float = 0.0
+    temperature: float = 0.0  # 0: greedy (the paper ran ChatGPT at its default, 1)
     prompts_dir: str | None = None  # default: the repository's prompts/
     # The model's context (e.g. vLLM --max-model-len); None: the backend's model card says it
     # (see `model_context`); 0: no limit. With a limit, every prompt is fitted into it
@@ -44,7 +53,9 @@ class AgentConfig:
         checks = {
             "top_n": self.top_n >= 1, "max_rounds": self.max_rounds >= 1, "history_len": self.history_len >= 0,
             "n_demos": self.n_demos >= 0, "show_items": self.show_items >= 1, "max_k": self.max_k >= 1,
-            "default_k": 1 <= self.default_k <= self.max_k, "rank_max_candidates": self.rank_max_candidates >= 1,
+            "default_k": 1 <= self.default_k <= self.max_k,
+            "rank_max_candidates": self.rank_max_candidates is None or self.rank_max_candidates >= 1,
+            "finish": self.finish in FINISH_MODES, "temperature": 0.0 <= self.temperature <= 2.0,
             "max_retries": self.max_retries >= 0,
             "observation_window": self.observation_window is None or self.observation_window >= 1,
             "context_tokens": self.context_tokens is None or self.context_tokens == 0 or self.context_tokens >= 256,
@@ -52,8 +63,9 @@ class AgentConfig:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ToolrecError(f"agent settings out of range: {', '.join(f'{k}={getattr(self, k)}' for k in bad)}",
-                               "use positive values (default_k within 1..max_k)")
+            raise ToolrecError(f"agent settings out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}",
+                               "use positive values (default_k within 1..max_k, temperature 0..2, "
+                               f"finish one of {', '.join(FINISH_MODES)})")
 
     def with_(self, **changes) -> "AgentConfig":
         return replace(self, **changes)
@@ -74,7 +86,7 @@ class AgentContext:
         self.renderer = Renderer(
             self.dataset, load_prompts(self.dataset.domain, self.config.prompts_dir), attrs,
             top_n=self.config.top_n, max_k=self.config.max_k, history_len=self.config.history_len,
-            n_demos=self.config.n_demos, show_items=self.config.show_items,
+            n_demos=self.config.n_demos, show_items=self.config.show_items, finish=self.config.finish,
         )
 
         self.chars_per_token = self.config.chars_per_token

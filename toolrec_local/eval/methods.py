@@ -23,6 +23,11 @@ TOOL_PREFIX = "tool:"
 BASELINES = ("pop", "sasrec", "bert4rec", "llmrank", "chatrec")
 TOOLREC = "toolrec"
 CANDIDATES = 30  # LLMRank, Chat-REC, single and multi rank 30 candidates (paper 4.1.3, 4.3.1)
+# The agent methods end with a final step (`eval --finish`): "llm" (the authors' final ranking),
+# "last-list" (the ablation, recorded as e.g. "toolrec/last-list"), or "both" from one trajectory.
+FINISH_METHODS = ("toolrec", "toolrec-b", "plan")
+FINISH_CHOICES = ("llm", "last-list", "both")
+LAST_LIST = "/last-list"
 
 DESCRIPTIONS = {
     "pop": "most popular items in the training data (history excluded)",
@@ -57,7 +62,7 @@ def parse_method_names(text: str, attributes: list[str]) -> list[str]:
 
 
 def needs_llm(name: str) -> bool:
-    return name in LLM_METHODS
+    return name.split("/")[0] in LLM_METHODS  # "toolrec/last-list" is toolrec's variant
 
 
 def backbone_of(name: str) -> str:
@@ -71,6 +76,9 @@ class Outcome:
     final: list[int]  # internal item ids, best first
     stats: dict = field(default_factory=dict)  # llm_calls, tokens_in/out, latency_s, retries, repairs, grammar_violations, rounds
     trajectory: dict | None = None
+    # Further records from the same run, by method name (e.g. "toolrec/last-list" with
+    # --finish both); the runner writes each as its own row.
+    variants: dict[str, "Outcome"] = field(default_factory=dict)
 
 
 class ScoreMethod:
@@ -88,9 +96,10 @@ class ScoreMethod:
 class LLMMethod:
     kind = "llm"
 
-    def __init__(self, name: str, run: Callable):
+    def __init__(self, name: str, run: Callable, variants: tuple[str, ...] = ()):
         self.name = name
         self._run = run
+        self.variants = tuple(variants)  # the names of the Outcome.variants its runs return
 
     async def run(self, user: int, seed: int, part: str) -> Outcome:
         return await self._run(user, seed, part)

@@ -7,8 +7,8 @@ A folder holds either one unsharded run or shards of one run (same configuration
 shards may also live in separate folders (one per node) and `report` merges them.
 
 Re-running into a folder: everything that changes the results (dataset and its fingerprint,
-split part, top-N, the user sample, the seeds, the shard, and the LLM, backend and grammar mode
-once an LLM method is in the run) must match run.json, or the command is refused. What may differ:
+split part, top-N, the user sample, the seeds, the shard, and the LLM, backend, grammar mode
+and temperature once an LLM method is in the run) must match run.json, or the command is refused. What may differ:
 the methods (new ones are added to the run), --concurrency and --server (they change speed,
 not results).
 """
@@ -28,7 +28,7 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.results import latest_by_key, read_jsonl
 
 IDENTITY = ("dataset", "dataset_fingerprint", "part", "top_n", "users", "seeds")
-LLM_IDENTITY = ("llm", "backend", "grammar")
+LLM_IDENTITY = ("llm", "backend", "grammar", "temperature")
 
 
 @dataclass
@@ -49,6 +49,10 @@ class RunConfig:
     uses_llm: bool = False
     grammar: bool = True  # LLM output grammar-constrained (False: --no-grammar, free text)
     expected: dict[str, int] = field(default_factory=dict)  # seed -> users this run (shard) evaluates
+    # The agent methods' final step of the latest invocation (llm | last-list | both); the
+    # record names say which one each row used (toolrec vs toolrec/last-list).
+    finish: str | None = None
+    temperature: float = 0.0  # LLM sampling temperature (0: greedy); part of an LLM run's identity
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -133,6 +137,7 @@ def merge_config(old: RunConfig, new: RunConfig) -> RunConfig:
     merged.methods = list(dict.fromkeys(old.methods + new.methods))
     if old.uses_llm and not new.uses_llm:
         merged.llm, merged.backend, merged.grammar, merged.uses_llm = old.llm, old.backend, old.grammar, True
+        merged.finish, merged.temperature = old.finish, old.temperature
     return merged
 
 
@@ -205,12 +210,13 @@ class RunView:
         cfg = self.config
         if not cfg.uses_llm:
             return f"{cfg.dataset} · no LLM"
-        return f"{cfg.dataset} · {cfg.llm}" + ("" if cfg.grammar else " (free text)")
+        return f"{cfg.dataset} · {cfg.llm}" + ("" if cfg.grammar else " (free text)") + \
+            (f" (T={cfg.temperature:g})" if cfg.temperature else "")
 
 
 def _group_key(cfg: RunConfig) -> tuple:
     return tuple(getattr(cfg, f) if not isinstance(getattr(cfg, f), list) else tuple(getattr(cfg, f)) for f in IDENTITY) + (
-        (cfg.llm, cfg.backend, cfg.grammar) if cfg.uses_llm else (None, None, None),
+        (cfg.llm, cfg.backend, cfg.grammar, cfg.temperature) if cfg.uses_llm else (None, None, None, None),
     )
 
 
