@@ -472,3 +472,46 @@ def test_view_shows_rounds_names_and_the_target(ml100k, tool):
 def test_context_comes_from_the_model_card_unless_given(ml100k, tool, name, config, expected):
     ctx = AgentContext(ml100k, tool, ScriptedBackend([], name=name), AgentConfig(**config))
     assert ctx.context_tokens == expected
+
+
+def test_interleave_takes_from_each_list_in_turn():
+    assert interleave([[1, 2, 3, 4], [3, 5], [6]]) == [1, 3, 6, 2, 5, 4]
+    assert interleave([[1, 2, 3, 4], [3, 5], [6]], cap=4) == [1, 3, 6, 2]
+    assert interleave([[1, 1, 2], []], cap=10) == [1, 2] and interleave([]) == []
+
+
+class TwoLists:
+    """Retrieval[None] returns items A (50), Retrieval[genre] returns B (50): 20 shared."""
+
+    def __init__(self, ds, user):
+        history = set(int(i) for i in ds.split(user, "test")[0])
+        pool = [i for i in range(1, ds.n_items + 1) if i not in history][:80]
+        self.lists = {None: pool[:50], "genre": pool[30:80]}
+        self.attributes = ["genre", "release_year"]
+
+    def retrieve(self, user, attribute, k, exclude=(), part="test"):
+        return [(i, 1.0 - n / 100) for n, i in enumerate(self.lists[attribute]) if i not in set(exclude)][:k]
+
+
+@pytest.mark.parametrize("cap", [50, None])
+def test_every_stored_list_reaches_a_capped_rank(ml100k, cap):
+    """Two 50-item lists overlapping by 20: Rank used to see the first 50 in memory order, the
+    whole first list and none of the second's 30 new items. Taken in turn, both lists fill
+    the candidates (and without a cap Rank sees all 80)."""
+    tool = TwoLists(ml100k, USER)
+    a, b = tool.lists[None], tool.lists["genre"]
+    turns = ["Thought: a.\nAction: Retrieval[None, 50]", "Thought: b.\nAction: Retrieval[genre, 50]",
+             "Thought: c.\nAction: Rank[None, 10]", first_k, "Thought: d.\nAction: Finish", first_k]
+    traj, backend, _ = run(ml100k, tool, turns, rank_max_candidates=cap)
+    rank = backend.calls[2 + 1].constraint
+    seen = [ml100k.item_index[o.split(",")[0]] for o in rank.options]
+    if cap is None:
+        assert set(seen) == set(a) | set(b) and len(seen) == 80
+    else:
+        assert len(seen) == 50 and seen == interleave([a, b], 50)
+        assert set(seen) == set(a[:25]) | set(b[:25])  # each list's top half, B's best new items among them
+        assert set(seen) & (set(b) - set(a)) and set(seen) != set(a)
+    prompt = backend.calls[3].messages[-1]["content"]
+    assert "Retrieval[None, 50]:" in prompt and "Retrieval[genre, 50]:" in prompt
+    final = backend.calls[5].constraint  # the final step merges the same way, the Rank list included
+    assert len(final.options) == (50 if cap else 80)
