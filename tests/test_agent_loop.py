@@ -379,27 +379,48 @@ def numbered_chatter(messages, constraint):
     return "Sure! Here are the top 10:\n" + "\n".join(f"{n}. {o}" for n, o in enumerate(options, 1))
 
 
+FITTED_TURNS = ["Thought: a\nAction: Retrieval[genre, 30]", "Thought: b\nAction: Retrieval[None, 30]",
+                "Thought: c\nAction: Retrieval[release_year, 30]", "Thought: d\nAction: Rank[None, 10]", first_k,
+                "Thought: e\nAction: Finish"]
+
+
+def assert_fitted(ctx, calls, limit):
+    for call in calls:
+        kind = "list" if isinstance(call.constraint, ItemListGrammar) else "action"
+        assert ctx.estimate_tokens(call.messages, kind) + call.max_tokens <= limit
+
+
+def assert_cut_in_turn(ds, constraint, lists):
+    options = constraint.options
+    assert 10 <= len(options) < len(interleave(lists))
+    assert options == options_of(ds, interleave(lists, len(options)))
+    assert all(set(options) & set(options_of(ds, items)) for items in lists)  # every list contributes
+
+
 def test_prompts_are_fitted_into_the_context(ml100k, tool):
-    turns = ["Thought: a\nAction: Retrieval[genre, 30]", "Thought: b\nAction: Retrieval[None, 30]",
-             "Thought: c\nAction: Retrieval[release_year, 30]", "Thought: d\nAction: Rank[None, 10]", first_k,
-             "Thought: e\nAction: Finish", first_k]
-    limit = 1200
-    traj, backend, ctx = run(ml100k, tool, turns, check=True, context_tokens=limit, history_len=5)
-    for call in backend.calls:
-        reply = call.max_tokens
-        assert ctx.estimate_tokens(call.messages) + reply <= limit, (ctx.estimate_tokens(call.messages), reply)
+    limit = 1400
+    traj, backend, ctx = run(ml100k, tool, FITTED_TURNS, context_tokens=limit, history_len=5, finish="last-list")
+    assert_fitted(ctx, backend.calls, limit)
     # the unfitted prompt would not have fitted: demos were dropped, old observations shortened
-    last = backend.calls[5].messages
+    last = backend.calls[-1].messages
     assert "Example" not in last[0]["content"]
     assert any(m["content"].endswith("(listed earlier).") for m in last)
-    # Rank and the final step cut the candidates taking from each list in turn, at least k
-    lists = [r.items for r in traj.rounds[:3]]
-    for call, shown in ((backend.calls[4], lists), (backend.calls[6], lists + [traj.rounds[3].items])):
-        options = call.constraint.options
-        assert 10 <= len(options) < len(interleave(shown))
-        assert options == options_of(ml100k, interleave(shown, len(options)))
-        assert all(set(options) & set(options_of(ml100k, items)) for items in lists)  # every list contributes
+    # Rank cut the candidates taking from each list in turn, at least k
+    assert_cut_in_turn(ml100k, backend.calls[4].constraint, [r.items for r in traj.rounds[:3]])
     assert "candidates shown (taken from each list in turn)" in traj.rounds[3].note
+    assert_valid_final(traj, ml100k)
+
+
+def test_the_final_step_is_fitted_or_skipped(ml100k, tool):
+    limit = 1600  # the final step fits with its candidates cut in turn
+    traj, backend, ctx = run(ml100k, tool, FITTED_TURNS + [first_k], context_tokens=limit, history_len=5)
+    assert_fitted(ctx, backend.calls, limit)
+    assert_cut_in_turn(ml100k, backend.calls[-1].constraint, [r.items for r in traj.rounds[:4]])
+    assert traj.finish.usage.calls == 1 and traj.final_items == traj.finish.items
+    limit = 1400  # not even 10 candidates fit: the last-list answer, said
+    traj, backend, _ = run(ml100k, tool, FITTED_TURNS, context_tokens=limit, history_len=5)
+    assert len(backend.calls) == 6 and traj.final_items == traj.last_list_items == traj.rounds[3].items
+    assert "final ranking skipped: its prompt does not fit the context" in traj.final_note
     assert_valid_final(traj, ml100k)
 
 

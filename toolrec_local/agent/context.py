@@ -13,6 +13,7 @@ from toolrec_local.llm.protocol import ActionGrammar, Backend, Completion, Const
 
 
 FINISH_MODES = ("llm", "last-list")
+LIST_DENSITY = 0.7  # item-list prompts start at this share of chars_per_token
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,12 @@ class AgentConfig:
     # The model's context (e.g. vLLM --max-model-len); None: the backend's model card says it
     # (see `model_context`); 0: no limit. With a limit, every prompt is fitted into it
     # with room for the reply and `context_margin`: older observations are shortened first,
-    # then demonstrations dropped, then older thoughts omitted; a run whose prompt cannot fit
-    # any more finishes ("context"). Rank keeps the first candidates that fit. Sizes are
-    # estimated from characters (chars_per_token, lowered to what the backend's per-request
-    # prompt token counts show when they are smaller).
+    # then demonstrations dropped, then older thoughts omitted, each for good (so the prompt's
+    # leading bytes stay cached: agent/conversation.py); a run whose prompt cannot fit any
+    # more finishes ("context"). Rank and the final step cut their candidates, taking
+    # from each list in turn. Sizes are estimated from characters (chars_per_token; item-list
+    # prompts from a lower density; each lowered to what the backend's per-request prompt
+    # token counts show when they are smaller).
     context_tokens: int | None = None
     chars_per_token: float = 2.5
     context_margin: int = 64
@@ -89,7 +92,10 @@ class AgentContext:
             n_demos=self.config.n_demos, show_items=self.config.show_items, finish=self.config.finish,
         )
 
-        self.chars_per_token = self.config.chars_per_token
+        # Prompt density, per kind: item lists (ids, names, scores) tokenise denser than the
+        # agent's prose (tiny-random's tokenizer: 1.9 vs 2.6-3.0 characters per token), so
+        # they start lower; both only ever go down, to what the backend's counts show.
+        self.density = {"action": self.config.chars_per_token, "list": self.config.chars_per_token * LIST_DENSITY}
         limit = self.config.context_tokens
         self.context_tokens = model_context(self.backend) if limit is None else (limit or None)
 
@@ -97,16 +103,20 @@ class AgentContext:
     def attributes(self) -> tuple[str, ...]:
         return tuple(self.tool.attributes)
 
-    def estimate_tokens(self, messages: list[dict]) -> int:
+    @property
+    def chars_per_token(self) -> float:  # the agent's prompts (kept for callers that read it)
+        return self.density["action"]
+
+    def estimate_tokens(self, messages: list[dict], kind: str = "action") -> int:
         """A prompt's size in tokens, estimated from its characters (+8 per message for the
-        chat template's markers)."""
+        chat template's markers); kind "list" for Rank and final-step prompts."""
         chars = sum(len(m["content"]) for m in messages)
-        return int(chars / self.chars_per_token) + 8 * len(messages) + 8
+        return int(chars / self.density[kind]) + 8 * len(messages) + 8
 
     def list_reply_tokens(self, options: tuple[str, ...], k: int) -> int:
         """max_tokens for a k-line answer over `options`: the k longest lines, estimated."""
         longest = sorted((len(o) for o in options), reverse=True)[:k]
-        return int(sum(n / self.chars_per_token + 2 for n in longest)) + 8
+        return int(sum(n / self.density["list"] + 2 for n in longest)) + 8
 
     def fits(self, messages: list[dict], reply_tokens: int) -> bool:
         limit = self.context_tokens
@@ -127,7 +137,8 @@ class AgentContext:
         if c.tokens_in > 0:  # learn the tokenizer's density when it is denser than assumed
             chars = sum(len(m["content"]) for m in messages)
             per_request = c.tokens_in / max(1, c.calls)  # a stepwise answer re-sends the prompt per step
-            self.chars_per_token = min(self.chars_per_token, chars / per_request)
+            kind = "action" if isinstance(constraint, ActionGrammar) else "list"
+            self.density[kind] = min(self.density[kind], chars / per_request)
         return c, wall
 
 

@@ -181,7 +181,7 @@ def _fit_candidates(state: RunState, lists: list[ToolList], attribute, k: int, h
         messages = ctx.renderer.rank_messages(head, shown_, attribute, kk, cfg.rank_with_names, [], style=style,
                                               final=final, **extra)
         options = tuple(option(ctx.dataset.item_ids[i], names[i], cfg.rank_with_names) for i in cands)
-        return ctx.estimate_tokens(messages) + ctx.list_reply_tokens(options, kk) + RETRY_ROOM
+        return ctx.estimate_tokens(messages, "list") + ctx.list_reply_tokens(options, kk) + RETRY_ROOM
 
     while True:
         over = size(candidates, shown, k) + cfg.context_margin - ctx.context_tokens
