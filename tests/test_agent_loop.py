@@ -417,11 +417,24 @@ def test_the_final_step_is_fitted_or_skipped(ml100k, tool):
     assert_fitted(ctx, backend.calls, limit)
     assert_cut_in_turn(ml100k, backend.calls[-1].constraint, [r.items for r in traj.rounds[:4]])
     assert traj.finish.usage.calls == 1 and traj.final_items == traj.finish.items
-    limit = 1400  # not even 10 candidates fit: the last-list answer, said
+    limit = 1000  # not even 10 candidates fit: the last-list answer, said
     traj, backend, _ = run(ml100k, tool, FITTED_TURNS, context_tokens=limit, history_len=5)
     assert len(backend.calls) == 6 and traj.final_items == traj.last_list_items == traj.rounds[3].items
     assert "final ranking skipped: its prompt does not fit the context" in traj.final_note
     assert_valid_final(traj, ml100k)
+
+
+def test_repeated_lists_are_shown_once_when_the_context_is_short(ml100k, tool):
+    """Six identical retrievals (as a weak model writes them): shown under every mark they
+    do not fit 1500 tokens even as 10 candidates, so each item is shown once instead."""
+    turns = ["Thought: a\nAction: Retrieval[None, 10]"] * 6 + [first_k]
+    traj, backend, ctx = run(ml100k, tool, turns, context_tokens=1500, max_rounds=6, n_demos=0)
+    prompt = backend.calls[-1].messages[-1]["content"]
+    assert traj.finish.usage.calls == 1 and prompt.count("Retrieval[None, 10]:") == 1
+    assert all(prompt.count(f"\n{o}, ") == 1 for o in backend.calls[-1].constraint.options)
+    assert "each candidate shown once" in traj.final_note
+    _, unlimited, _ = run(ml100k, tool, turns, context_tokens=0, max_rounds=6, n_demos=0)
+    assert unlimited.calls[-1].messages[-1]["content"].count("Retrieval[None, 10]:") == 6  # without a limit: every list
 
 
 def test_without_a_context_limit_nothing_is_cut(ml100k, tool):

@@ -59,7 +59,7 @@ async def _final_step(state: RunState, traj: Trajectory) -> None:
     traj.last_list_items, traj.last_list_note = final_list(state)
     step = Round(0, action="Finish")  # n=0: the final step, not a round
     if state.ctx.config.finish == "llm":
-        step.items, note = await conclude(state, step)
+        step.items, note = await conclude(state, step, (list(traj.last_list_items), traj.last_list_note))
         step.note = "; ".join(x for x in (note, step.note) if x)  # then what the ranking call itself noted
     else:
         step.items, step.note = list(traj.last_list_items), traj.last_list_note

@@ -107,10 +107,12 @@ async def rank_lists(state: RunState, lists: list[ToolList], attribute: str | No
     fitted = _fit_candidates(state, lists, attribute, k, head, style, final, extra)
     if fitted is None:
         return None
-    candidates, shown, k = fitted
+    candidates, shown, k, once = fitted
     everything = len(interleave(lst.items for lst in lists))
     if len(candidates) < everything:
         rnd.note = _join(rnd.note, f"{len(candidates)} of {everything} candidates shown (taken from each list in turn)")
+    if once:
+        rnd.note = _join(rnd.note, "each candidate shown once, under the first list that brought it")
     if k < asked:
         rnd.note = _join(rnd.note, f"K={asked} reduced to {k} to fit the context")
     reader = ItemReader(candidates, ctx.dataset.item_ids, ctx.dataset.item_names, ctx.dataset.item_index)
@@ -161,21 +163,24 @@ RETRY_ROOM = 96  # tokens kept free in a Rank prompt for the problems a re-run n
 
 def _fit_candidates(state: RunState, lists: list[ToolList], attribute, k: int, head: str, style: str, final: bool,
                     extra: dict):
-    """(candidates, lists as shown, k): every item of `lists` (at most rank_max_candidates,
-    taken from the lists in turn), cut further, again in turn, until the prompt and its answer
-    fit the context; never fewer candidates than k. When k candidates cannot fit, Rank
-    shrinks k (down to 1), the final step gives up (None)."""
+    """(candidates, lists as shown, k, once): every item of `lists` (at most
+    rank_max_candidates, taken from the lists in turn), cut further, again in turn, until the
+    prompt and its answer fit the context; never fewer candidates than k. If k candidates do
+    not fit while an item shown in several lists is repeated under each, they are shown once
+    (`once`: under the first list that brought them). If even that does not fit, Rank shrinks
+    k (down to 1) and the final step gives up (None)."""
     ctx, cfg = state.ctx, state.ctx.config
     names = ctx.dataset.item_names
 
-    def shown_for(cands):
-        keep = set(cands)
-        return [lst.only(keep) for lst in lists if keep.intersection(lst.items)]
-
-    candidates = interleave((lst.items for lst in lists), cfg.rank_max_candidates)
-    shown = shown_for(candidates)
-    if ctx.context_tokens is None:
-        return candidates, shown, k
+    def shown_for(cands, once):
+        keep, seen, out = set(cands), set(), []
+        for lst in lists:
+            part = lst.only(keep - seen)
+            if part.items:
+                out.append(part)
+            if once:
+                seen.update(part.items)
+        return out
 
     def size(cands, shown_, kk):
         messages = ctx.renderer.rank_messages(head, shown_, attribute, kk, cfg.rank_with_names, [], style=style,
@@ -183,21 +188,27 @@ def _fit_candidates(state: RunState, lists: list[ToolList], attribute, k: int, h
         options = tuple(option(ctx.dataset.item_ids[i], names[i], cfg.rank_with_names) for i in cands)
         return ctx.estimate_tokens(messages, "list") + ctx.list_reply_tokens(options, kk) + RETRY_ROOM
 
+    candidates = interleave((lst.items for lst in lists), cfg.rank_max_candidates)
+    if ctx.context_tokens is None:
+        return candidates, shown_for(candidates, False), k, False
+    once = False
     while True:
+        shown = shown_for(candidates, once)
         over = size(candidates, shown, k) + cfg.context_margin - ctx.context_tokens
         if over <= 0:
-            return candidates, shown, k
+            return candidates, shown, k, once
         if len(candidates) > k:
             per_item = max(1, size(candidates, shown, k) // (len(candidates) + 10))
             keep = max(k, len(candidates) - max(1, over // per_item))
+        elif not once:
+            once, keep = True, len(interleave((lst.items for lst in lists), cfg.rank_max_candidates))
         elif final:
             return None
         elif k == 1:
-            return candidates, shown, k
+            return candidates, shown, k, once
         else:
             k = keep = k - 1
         candidates = interleave((lst.items for lst in lists), keep)
-        shown = shown_for(candidates)
 
 
 # ---- Finish -------------------------------------------------------------------------------
@@ -232,14 +243,15 @@ def _pad(state: RunState, items: list[int], notes: list[str]) -> tuple[list[int]
     return items, "; ".join(notes)
 
 
-async def conclude(state: RunState, step: Round) -> tuple[list[int], str]:
+async def conclude(state: RunState, step: Round, fallback: tuple[list[int], str]) -> tuple[list[int], str]:
     """The final step (the authors' `conclude_step`): the LLM sees the user and every list
     gathered (retrievals and earlier ranks, each under its tool mark with its scores) and
     writes the top N, N distinct gathered items, none from the history; that list is the
     answer. Fewer than N gathered items: the plain backbone's next best items are added first
     as a list of their own, marked Retrieval[None, m] (nothing gathered: the backbone's top N
     alone), so the LLM can still write N. If even N candidates cannot fit the context, the
-    last-list answer is used, and said. The LLM call's cost goes to `step`."""
+    last-list answer (`fallback`, made before any top-up) is used, and said. The LLM call's
+    cost goes to `step`."""
     n, memory = state.ctx.config.top_n, state.memory
     notes = []
     missing = n - len(memory.candidates())
@@ -252,13 +264,14 @@ async def conclude(state: RunState, step: Round) -> tuple[list[int], str]:
             memory.store(Retrieval(None, len(extra)), extra, [score[i] for i in extra])
             notes.append(f"{'nothing gathered' if not gathered else f'{len(gathered)} gathered'}: added the backbone's "
                          f"top {len(extra)} as Retrieval[None, {len(extra)}]")
+    items, note = fallback
     if not memory.candidates():  # not even the backbone had an item to offer
-        items, note = final_list(state)
-        return items, "; ".join(x for x in notes + [note] if x)
-    items = await rank_lists(state, list(memory.lists), None, n, step, final=True)
-    if items is None:
-        items, note = final_list(state)
-        return items, "; ".join(x for x in notes + ["final ranking skipped: its prompt does not fit the context", note] if x)
+        return list(items), "; ".join(x for x in notes + [note] if x)
+    ranked = await rank_lists(state, list(memory.lists), None, n, step, final=True)
+    if ranked is None:
+        skipped = "final ranking skipped: its prompt does not fit the context"
+        return list(items), "; ".join(x for x in notes + [skipped, note] if x)
+    items = ranked
     lists = sum(1 for lst in memory.lists if lst.items)
     notes.append(f"the LLM's top {len(items)} of the {len(memory.candidates())} candidates in {lists} "
                  f"list{'s' * (lists != 1)}")
