@@ -42,10 +42,11 @@ async def run_agent(ctx: AgentContext, user: int, part: str = "test", seed: int 
         state.llm_s += wall
         rnd.usage.add(reply)
         action = _read_turn(ctx, reply.text, rnd)
-        if not isinstance(action, Finish):
+        finished = isinstance(action, Finish)  # its work is the final step, below
+        if not finished:
             talk.add(await _execute(state, action, rnd, reply.text))
         rnd.overhead_s = time.perf_counter() - started - state.llm_s
-        if isinstance(action, Finish):
+        if finished:
             traj.finished_by = "finish"
             break
     await _final_step(state, traj)
