@@ -549,3 +549,11 @@ def test_every_stored_list_reaches_a_capped_rank(ml100k, cap):
     assert "Retrieval[None, 50]:" in prompt and "Retrieval[genre, 50]:" in prompt
     final = backend.calls[5].constraint  # the final step merges the same way, the Rank list included
     assert len(final.options) == (50 if cap else 80)
+
+
+@pytest.mark.parametrize("bad", [{"finish": "first-list"}, {"temperature": -1.0}, {"rank_max_candidates": 0}])
+def test_agent_settings_out_of_range_are_user_errors(bad):
+    from toolrec_local.errors import ToolrecError
+
+    with pytest.raises(ToolrecError, match=next(iter(bad))):
+        AgentConfig(**bad)

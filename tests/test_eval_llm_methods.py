@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -174,13 +175,25 @@ def test_chatrec_has_its_own_prompt_and_single_the_rank_tools(walk, tmp_path):
     assert {m[0]["content"] for m in sent["chatrec"]} != {m[0]["content"] for m in sent["single"]}
 
 
+def slow_final_step(messages, constraint):
+    """The scripted reply, 0.1 s slower on the final step (so its time shows in wall_s)."""
+    if "final recommendation" in messages[-1]["content"]:
+        time.sleep(0.1)
+    return scripted_reply(messages, constraint)
+
+
 def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path):
     holder = {}
     out = tmp_path / "run"
+
+    def factory(names, ds, tools, **kw):
+        holder["backend"] = ScriptedBackend([slow_final_step] * 100_000)
+        return build_llm_methods(names, ds, tools, **kw, backend_obj=holder["backend"])
+
     summary, folder = evaluate(
-        EvalOptions(dataset="walk", methods="sasrec,toolrec,plan", llm="tiny", users=4, seeds=1, concurrency=2, out=out,
+        EvalOptions(dataset="walk", methods="sasrec,toolrec,plan", llm="tiny", users=4, seeds=1, concurrency=1, out=out,
                     finish="both", temperature=0.5),
-        tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+        tool_loader=rule_loader, llm_factory=factory)
     calls = len(holder["backend"].calls)
     assert calls == 2 * 4 * 6  # toolrec and plan: 4 turns (plans), Rank, the final step; no second run per variant
     assert all(c.temperature == 0.5 for c in holder["backend"].calls)
@@ -194,6 +207,7 @@ def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path):
         assert main_traj["rounds"] == last_traj["rounds"]  # one trajectory, two answers
         assert last["final"] == main_traj["last_list"]["final"] == last_traj["final"]
         assert r["llm_calls"] == last["llm_calls"] + 1 and last["tokens_in"] < r["tokens_in"]
+        assert r["wall_s"] - last["wall_s"] >= 0.09  # without the final step's time
         assert last["rounds"] == r["rounds"] == 4
     assert summary["methods"]["toolrec/last-list"]["llm"]["llm_calls_per_user"] == 5
     run = json.loads((folder / "run.json").read_text())

@@ -75,8 +75,10 @@ def _agent_outcome(traj, variants: bool) -> Outcome:
     out = Outcome(final=list(traj.final_items), stats={k: totals.get(k, 0) for k in AGENT_STATS}, trajectory=traj.to_dict())
     if variants:  # the last-list answer of the same trajectory, without the final step's LLM call
         last = traj.totals(with_finish=False)
+        step = traj.finish
         out.variants[LAST_LIST] = Outcome(final=list(traj.last_list_items), stats={k: last.get(k, 0) for k in AGENT_STATS},
-                                          trajectory=traj.to_dict(variant="last-list"))
+                                          trajectory=traj.to_dict(variant="last-list"),
+                                          saved_s=step.usage.latency_s + step.overhead_s if step else 0.0)
     return out
 
 

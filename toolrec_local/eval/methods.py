@@ -79,6 +79,7 @@ class Outcome:
     # Further records from the same run, by method name (e.g. "toolrec/last-list" with
     # --finish both); the runner writes each as its own row.
     variants: dict[str, "Outcome"] = field(default_factory=dict)
+    saved_s: float = 0.0  # a variant: wall time of the run it did not need (e.g. the final LLM step)
 
 
 class ScoreMethod:

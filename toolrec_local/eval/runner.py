@@ -199,7 +199,7 @@ class Runner:
                 _, target = self.ds.split(user, self.part)
                 for v, variant in out.variants.items():  # written first: a kill in between redoes the user
                     if v in variants and not self._done(v, seed, user):
-                        self._write_ok(v, seed, user, variant, target, time.perf_counter() - t0)
+                        self._write_ok(v, seed, user, variant, target, time.perf_counter() - t0 - variant.saved_s)
                 if self._done(method.name, seed, user):  # only a variant was missing
                     self.on_update(method.name, tally)
                     return
