@@ -28,7 +28,8 @@ def item_table(ds, items: list[int], target: int, limit: int | None = None) -> T
 
 
 def round_panel(ds, r: Round, target: int, limit: int, title: str | None = None) -> Panel:
-    parts = [Text.assemble(("Thought: ", "bold"), r.thought or "-"), Text.assemble(("Action: ", "bold"), (r.action, "cyan"))]
+    parts = [Text.assemble(("Thought: ", "bold"), r.thought or "-")] if r.n else []  # n=0: the final step, no turn
+    parts.append(Text.assemble(("Action: ", "bold"), (r.action, "cyan")))
     if r.note:
         parts.append(Text(r.note, style="yellow"))
     if r.items:
