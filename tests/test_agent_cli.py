@@ -83,6 +83,10 @@ def test_full_run_with_the_tiny_model_in_process(rule_home, tiny_model_dir):
     for r in d["rounds"]:
         assert {"thought", "action", "observation", "tokens_in", "tokens_out", "latency_s", "retries", "repairs"} <= set(r)
         assert r["grammar_violations"] == 0 and r["tokens_in"] > 0
+    # the final step: the LLM ranked what was gathered, under the item-list grammar
+    assert d["finish_mode"] == "llm" and d["finish"]["llm_calls"] >= 1 and d["finish"]["grammar_violations"] == 0
+    assert d["finish"]["observation"] == d["final"] and len(d["last_list"]["final"]) == 10
     p = cli(rule_home, *common)
     assert p.returncode == 0, p.stderr
     assert "Round 1" in p.stdout and "Top 10" in p.stdout and "Target" in p.stdout
+    assert "Final step: the LLM ranks every gathered list" in p.stdout

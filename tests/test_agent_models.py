@@ -112,7 +112,10 @@ def rank_end_to_end(ds, tool, real, config, users) -> list:
         assert rank.action == "Rank[None, 10]" and rank.usage.calls >= 1
         assert len(rank.items) == 10 and set(rank.items) <= gathered
         assert rank.grammar_violations == rank.invalid_items == rank.repairs == 0
-        assert t.final_items == rank.items
+        # the final step: the real model ranks both retrievals and the Rank list into the top 10
+        assert t.finish.usage.calls >= 1 and t.finish.grammar_violations == t.finish.invalid_items == 0
+        assert t.final_items == t.finish.items and len(set(t.final_items)) == 10 and set(t.final_items) <= gathered
+        assert t.last_list_items == rank.items
     return trajs
 
 

@@ -1,16 +1,23 @@
-"""Prompt files: they load, render, and their demonstrations are real ML-100K trajectories
-whose every turn is in the action grammar."""
+"""Prompt files: they load, render, and every domain's demonstrations are whole trajectories
+of the authors' shape whose every turn is in the action grammar (the movie ones on real
+ML-100K items); a demonstration item is never a candidate."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import re
+from types import SimpleNamespace
 
 import pytest
 from test_agent_support import CooccurrenceRetrieval
 
-from toolrec_local.agent.actions import Finish, ParseFailure, parse_turn
+from toolrec_local.agent.actions import Finish, ParseFailure, Rank, Retrieval, parse_turn
 from toolrec_local.agent.context import AgentConfig, AgentContext
-from toolrec_local.agent.prompts import load_prompts, prompts_dir
+from toolrec_local.agent.loop import run_agent
+from toolrec_local.agent.prompts import Renderer, load_prompts, prompts_dir
+from toolrec_local.data.sources import KNOWN
+from toolrec_local.llm.backends.scripted import ScriptedBackend
 from toolrec_local.errors import ToolrecError
 from toolrec_local.llm.grammar import conforms
 from toolrec_local.llm.protocol import ActionGrammar
@@ -93,3 +100,85 @@ def test_other_domains_render_for_a_dataset_without_profile(ml100k, domain):
 def test_missing_prompt_file_is_a_user_error(tmp_path):
     with pytest.raises(ToolrecError, match="no prompts for domain"):
         load_prompts("movies", str(tmp_path))
+
+
+@pytest.mark.parametrize("dataset", ["ml-100k", "ml-1m", "amazon-books", "yelp2018"])
+def test_every_domains_demonstrations_render_and_parse_under_the_action_grammar(dataset):
+    """The system prompt of each known dataset (its real attribute names) holds every
+    demonstration, each Retrieval[None] -> Retrieval[attribute] -> Rank -> Finish, each turn
+    in the real action grammar."""
+    spec = KNOWN[dataset]
+    attrs = tuple(spec.attributes)
+    prompts = load_prompts(spec.domain)
+    stub = SimpleNamespace(attributes=dict.fromkeys(attrs), domain=spec.domain)
+    renderer = Renderer(stub, prompts, attrs, top_n=10, max_k=50, history_len=10, n_demos=len(prompts.demos),
+                        show_items=10)
+    grammar = ActionGrammar(retrieval_attributes=attrs, max_k=50)
+    assert len(prompts.demos) >= 2
+    for n, demo in enumerate(prompts.demos, 1):
+        text = renderer.demo(demo)
+        assert text and f"Example {n}:\n{text}" in renderer.system  # none left out for these attributes
+        turns = re.findall(r"^Thought: .*\nAction: .*$", text, re.M)
+        assert len(turns) == len(demo["steps"]) == 4
+        actions = []
+        for turn in turns:
+            assert conforms(grammar, turn), turn
+            thought, action = parse_turn(turn, attrs, strict=True)
+            assert thought and not isinstance(action, ParseFailure)
+            actions.append(action)
+        first, second, rank, finish = actions
+        assert first == Retrieval(None, first.k) and isinstance(second, Retrieval) and second.attribute in attrs
+        assert isinstance(rank, Rank) and isinstance(finish, Finish)
+        history = {row[0] for row in demo["history"]}
+        retrieved = {row[0] for step in demo["steps"][:2] for row in step["items"]}
+        assert all(row[0] not in history for step in demo["steps"][:3] for row in step["items"])
+        assert {row[0] for row in demo["steps"][2]["items"]} <= retrieved  # Rank reorders what was gathered
+        for row in demo["history"]:  # history lines carry the domain's attributes, as a live prompt does
+            assert set(row[3]) == set(renderer.history_attributes)
+
+
+@pytest.mark.parametrize("domain", ["books", "businesses"])
+def test_placeholder_demo_ids_are_declared(domain):
+    prompts = load_prompts(domain)
+    ids = {row[0] for demo in prompts.demos for row in demo["history"]} | \
+          {row[0] for demo in prompts.demos for step in demo["steps"] for row in step.get("items", [])}
+    assert all(re.fullmatch(r"D\d{3}", i) for i in ids)
+    header = prompts.path.read_text().split("\nitem:")[0]
+    assert "placeholders" in header and "never" in header and "candidates" in header
+
+
+class AsBooks:
+    """The real retrieval tool under the book domain's attribute names (price, sales_rank)."""
+
+    def __init__(self, tool):
+        self.tool, self.attributes = tool, ["price", "sales_rank"]
+
+    def retrieve(self, user, attribute, k, exclude=(), part="test"):
+        return self.tool.retrieve(user, None if attribute is None else "genre", k, exclude, part)
+
+
+def test_a_demo_item_is_never_a_candidate(ml100k):
+    """The book demonstrations are in the prompt; a free-text final answer that names one of
+    their items is refused (not a candidate), and every list the LLM may rank holds only items
+    the tools returned for this user."""
+    ds = dataclasses.replace(ml100k, domain="books", profile={})
+    tool = AsBooks(CooccurrenceRetrieval(ml100k))
+    demo_line = "D111, Klara and the Sun: A novel"
+
+    def answer(messages, constraint, demo=True):
+        lines = [line.rsplit(", ", 1)[0] for line in messages[-1]["content"].splitlines()
+                 if re.fullmatch(r"\d+, .+, -?\d+\.\d{3}", line)]
+        return "\n".join([demo_line] * demo + list(dict.fromkeys(lines))[:10])
+
+    turns = ["Thought: a.\nAction: Retrieval[None, 20]", "Thought: b.\nAction: Retrieval[price, 20]",
+             "Thought: c.\nAction: Finish", answer, lambda m, c: answer(m, c, demo=False)]
+    backend = ScriptedBackend(turns)
+    ctx = AgentContext(ds, tool, backend, AgentConfig(grammar=False))
+    assert demo_line in ctx.renderer.system
+    traj = asyncio.run(run_agent(ctx, 0))
+    first, retry = backend.calls[-2].messages[-1]["content"], backend.calls[-1].messages[-1]["content"]
+    assert "D111" not in first  # not offered
+    assert f"'{demo_line}' is not in the catalogue" in retry  # named as wrong, then answered again
+    assert traj.finish.invalid_items == 1 and traj.finish.retries == 1 and traj.finish.repairs == 0
+    gathered = set(traj.rounds[0].items) | set(traj.rounds[1].items)
+    assert len(traj.final_items) == 10 and set(traj.final_items) <= gathered

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from fixtures_eval import RuleTool, prepare_walk, rule_loader
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.llm_methods import build_llm_methods, multi_candidates, shares
-from toolrec_local.eval.results import read_jsonl
+from toolrec_local.eval.llm_methods import build_llm_methods, multi_candidates
+from toolrec_local.agent.memory import interleave
+from toolrec_local.eval.results import load_trajectory, read_jsonl
 from toolrec_local.eval.session import EvalOptions, evaluate
 from toolrec_local.llm.backends.scripted import ScriptedBackend
 from toolrec_local.llm.protocol import ActionGrammar, ItemListGrammar
@@ -53,7 +55,7 @@ def test_every_llm_method_runs_through_the_runner(walk, tmp_path):
     assert holder["backend"].closed
     by = lambda m: [r for r in recs if r["method"] == m]  # noqa: E731
     for r in by("toolrec"):
-        assert r["rounds"] == 4 and len(r["final"]) == 10 and r["llm_calls"] == 5  # 4 turns + 1 Rank call
+        assert r["rounds"] == 4 and len(r["final"]) == 10 and r["llm_calls"] == 6  # 4 turns, Rank, the final step
         with open(folder / r["trajectory"]["file"], "rb") as fh:
             fh.seek(r["trajectory"]["offset"])
             traj = json.loads(fh.readline())["trajectory"]
@@ -84,18 +86,21 @@ def test_llmrank_leaves_out_the_profile_and_chatrec_uses_it(walk, tmp_path):
     assert all(len(c.constraint.options) == 30 for c in holder["backend"].calls)
 
 
-def test_multi_takes_an_equal_share_from_each_tool_30_distinct(walk):
+def test_multi_takes_from_each_tool_in_turn_30_distinct(walk):
     tool = RuleTool(walk)
     u = int(walk.sample_users(1, 0)[0])
-    groups = multi_candidates(tool, u, ["genre", "release_year"], "test")
-    assert [m for m, _ in groups] == ["Retrieval[None, 10]", "Retrieval[genre, 10]", "Retrieval[release_year, 10]"]
-    items = [i for _, xs in groups for i in xs]
-    assert len(items) == 30 == len(set(items))
+    lists = multi_candidates(tool, u, ["genre", "release_year"], "test")
+    assert [lst.mark for lst in lists] == ["Retrieval[None, 30]", "Retrieval[genre, 30]", "Retrieval[release_year, 30]"]
+    items = interleave(lst.items for lst in lists)
+    assert len(items) == 30 == len(set().union(*(lst.items for lst in lists)))
     hist, _ = walk.split(u, "test")
     assert not set(items) & set(hist.tolist())
-    # SASRec's share is its own top 10, in order
-    assert groups[0][1] == [i for i, _ in tool.retrieve(u, None, 10)]
-    assert shares(30, 4) == [8, 8, 7, 7] and sum(shares(30, 3)) == 30
+    # the same merge Rank and the final step use: each tool's top items, taken in turn
+    full = {attr: [i for i, _ in tool.retrieve(u, attr, 30)] for attr in (None, "genre", "release_year")}
+    assert items == interleave(full.values(), 30)
+    for lst, attr in zip(lists, full):
+        assert full[attr][:10] == [i for i in full[attr] if i in set(lst.items)][:10]  # each tool's top 10 are in
+        assert lst.scores == [s for i, s in tool.retrieve(u, attr, 30) if i in set(lst.items)]
 
 
 def test_agent_methods_need_attribute_tools(walk, tmp_path):
@@ -150,9 +155,9 @@ def test_with_several_servers_each_user_sticks_to_one(walk, tmp_path):
 
 
 def last_history_line(ds, user: int) -> str:
-    """How the prompt starts the user's most recent history item: "<id>, <name> (<year>)"."""
+    """How every prompt names the user's most recent history item: "<name> (<year>)"."""
     item = int(ds.split(user, "test")[0][-1])
-    return f"{ds.item_ids[item]}, {ds.item_names[item]} ({ds.item_years[item]})"
+    return f"{ds.item_names[item]} ({ds.item_years[item]})"
 
 
 def test_chatrec_has_its_own_prompt_and_single_the_rank_tools(walk, tmp_path):
@@ -166,5 +171,108 @@ def test_chatrec_has_its_own_prompt_and_single_the_rank_tools(walk, tmp_path):
     chat = [m[-1]["content"] for m in sent["chatrec"]]
     single = [m[-1]["content"] for m in sent["single"]]
     assert all("A recommender suggested these candidates" in p and "years old" in p for p in chat)
-    assert all("A recommender suggested" not in p and "Please rank the candidate" in p for p in single)
+    assert all("A recommender suggested" not in p and "Please rank the 30 candidate movies" in p for p in single)
     assert {m[0]["content"] for m in sent["chatrec"]} != {m[0]["content"] for m in sent["single"]}
+
+
+def slow_final_step(messages, constraint):
+    """The scripted reply, 0.1 s slower on the final step (so its time shows in wall_s)."""
+    if "final recommendation" in messages[-1]["content"]:
+        time.sleep(0.1)
+    return scripted_reply(messages, constraint)
+
+
+def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path):
+    holder = {}
+    out = tmp_path / "run"
+
+    def factory(names, ds, tools, **kw):
+        holder["backend"] = ScriptedBackend([slow_final_step] * 100_000)
+        return build_llm_methods(names, ds, tools, **kw, backend_obj=holder["backend"])
+
+    summary, folder = evaluate(
+        EvalOptions(dataset="walk", methods="sasrec,toolrec,plan", llm="tiny", users=4, seeds=1, concurrency=1, out=out,
+                    finish="both", temperature=0.5),
+        tool_loader=rule_loader, llm_factory=factory)
+    calls = len(holder["backend"].calls)
+    assert calls == 2 * 4 * 6  # toolrec and plan: 4 turns (plans), Rank, the final step; no second run per variant
+    assert all(c.temperature == 0.5 for c in holder["backend"].calls)
+    recs = {(r["method"], r["user"]): r for r in read_jsonl(folder / "results.jsonl").records}
+    assert list(summary["methods"]) == ["sasrec", "toolrec", "toolrec/last-list", "plan", "plan/last-list"]
+    for (method, user), r in recs.items():
+        if method not in ("toolrec", "plan"):
+            continue
+        last = recs[(method + "/last-list", user)]
+        main_traj, last_traj = load_trajectory(folder, r["trajectory"]), load_trajectory(folder, last["trajectory"])
+        assert main_traj["rounds"] == last_traj["rounds"]  # one trajectory, two answers
+        assert last["final"] == main_traj["last_list"]["final"] == last_traj["final"]
+        assert r["llm_calls"] == last["llm_calls"] + 1 and last["tokens_in"] < r["tokens_in"]
+        assert r["wall_s"] - last["wall_s"] >= 0.09  # without the final step's time
+        assert last["rounds"] == r["rounds"] == 4
+    assert summary["methods"]["toolrec/last-list"]["llm"]["llm_calls_per_user"] == 5
+    run = json.loads((folder / "run.json").read_text())
+    assert run["finish"] == "both" and run["temperature"] == 0.5
+    assert run["methods"] == ["sasrec", "toolrec", "toolrec/last-list", "plan", "plan/last-list"]
+    # both rows side by side in the report
+    from toolrec_local.eval.report import summary_table, write_report
+
+    md = write_report([folder])[0].read_text()
+    rows = [line.split(" |")[0] for line in md.splitlines() if line.startswith("| toolrec")]
+    assert rows[:2] == ["| toolrec", "| toolrec/last-list"]
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(summary_table(summary))
+    assert "toolrec/last-list" in console.export_text()
+    # the temperature is part of the run's identity
+    with pytest.raises(ToolrecError, match="temperature"):
+        evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=out, finish="both"),
+                 tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+
+
+def test_finish_last_list_rows_make_no_final_call(walk, tmp_path):
+    holder = {}
+    summary, folder = evaluate(
+        EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=3, seeds=1, out=tmp_path / "run",
+                    finish="last-list"),
+        tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    recs = read_jsonl(folder / "results.jsonl").records
+    assert {r["method"] for r in recs} == {"toolrec/last-list"} and len(recs) == 3
+    assert all(r["llm_calls"] == 5 for r in recs)  # 4 turns + Rank
+    for r in recs:  # today's answer: the Rank list (the last one stored), exactly
+        traj = load_trajectory(folder, r["trajectory"])
+        assert traj["finish_mode"] == "last-list" and traj["final"] == traj["rounds"][2]["observation"][:10]
+    assert json.loads((folder / "run.json").read_text())["finish"] == "last-list"
+    with pytest.raises(ToolrecError, match="--finish"):
+        evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=3, seeds=1, out=tmp_path / "x",
+                             finish="last"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+
+
+def test_a_variant_missing_from_a_resumed_run_is_filled_in(walk, tmp_path):
+    """A folder where toolrec finished with --finish llm gets its last-list rows with --finish
+    both; the toolrec rows already there are kept as they are."""
+    holder = {}
+    out = tmp_path / "run"
+    opts = dict(dataset="walk", methods="toolrec", llm="tiny", users=3, seeds=1, out=out)
+    evaluate(EvalOptions(**opts), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    before = [r for r in read_jsonl(out / "results.jsonl").records]
+    summary, _ = evaluate(EvalOptions(**opts, finish="both"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    after = read_jsonl(out / "results.jsonl").records
+    assert after[:3] == before and [r["method"] for r in after[3:]] == ["toolrec/last-list"] * 3
+    assert summary["methods"]["toolrec"]["users"]["ok"] == summary["methods"]["toolrec/last-list"]["users"]["ok"] == 3
+
+
+def test_llmrank_has_its_own_recency_prompt(walk, tmp_path):
+    holder = {}
+    evaluate(EvalOptions(dataset="walk", methods="llmrank", llm="tiny", users=2, seeds=1, out=tmp_path / "a"),
+             tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    for call in holder["backend"].calls:
+        prompt = call.messages[-1]["content"]
+        user = next(u for u in walk.sample_users(2, 0) if last_history_line(walk, int(u)) in prompt)
+        history, _ = walk.split(int(user), "test")
+        names = [walk.item_names[int(i)] for i in history[-10:]]
+        assert prompt.startswith("I have watched these movies, in this order:\n1. " + names[0])
+        assert f"Note that my most recently watched movie is {names[-1]}:" in prompt
+        assert "Rank these 30 movies" in prompt and "Retrieval[" not in prompt and "The user:" not in prompt
+        assert call.messages[0]["content"].startswith("You are a movie recommender.")
+        assert len(call.constraint.options) == 30

@@ -25,21 +25,26 @@ def test_llm_methods_against_a_real_server_then_resume(ml100k, ml100k_tools, ses
     out = tmp_path / "run"
     args = ["eval", "--dataset", "ml-100k", "--llm", "tiny-random", "--method", "pop,toolrec,llmrank,multi,plan",
             "--users", "4", "--seeds", "1", "--server", vllm_server.base_url, "--concurrency", "4",
-            "--out", str(out), "--json"]
+            "--finish", "both", "--out", str(out), "--json"]
     p = cli(session_home, *args)
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     recs = read_jsonl(out / "results.jsonl").records
-    assert len(recs) == 5 * 4 and all(r["status"] == "ok" for r in recs), [r["error"] for r in recs]
+    assert len(recs) == 7 * 4 and all(r["status"] == "ok" for r in recs), [r["error"] for r in recs]  # + 2 last-list rows
     for r in recs:
         if r["method"] == "pop":
             continue
         assert r["llm_calls"] >= 1 and r["tokens_in"] > 0 and r["grammar_violations"] == 0
         assert len(r["final"]) == 10 and len(set(r["final"])) == 10
         assert load_trajectory(out, r["trajectory"]) is not None
+    by_key = {(r["method"], r["user"]): r for r in recs}
     for r in (r for r in recs if r["method"] == "toolrec"):
         traj = load_trajectory(out, r["trajectory"])
         assert 1 <= r["rounds"] == len(traj["rounds"]) <= 8 and traj["final"] == r["final"]
+        # the final step ranked the gathered lists on the server, under the grammar
+        assert traj["finish"]["llm_calls"] >= 1 and traj["finish"]["grammar_violations"] == 0
+        last = by_key[("toolrec/last-list", r["user"])]
+        assert last["final"] == traj["last_list"]["final"] and last["llm_calls"] == r["llm_calls"] - traj["finish"]["llm_calls"]
     rounds = data["methods"]["toolrec"]["rounds"]
     assert sum(rounds["all"].values()) == 4
     assert data["methods"]["llmrank"]["llm"]["llm_calls_per_user"] >= 1
@@ -53,3 +58,4 @@ def test_llm_methods_against_a_real_server_then_resume(ml100k, ml100k_tools, ses
     assert p.returncode == 0, p.stderr
     md = (out / "report" / "report.md").read_text()
     assert "| toolrec | all |" in md and "### LLM cost per user" in md
+    assert "| toolrec/last-list |" in md and "| plan/last-list |" in md

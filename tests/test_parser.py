@@ -141,10 +141,15 @@ def test_grammar_answers_read_exactly():
     ("50", 2),
     ("7, Twelve Monkeys", 5),  # in the catalogue but not a candidate: kept, memory rejects it
     ("999, Nothing", 0),  # an item line naming nothing: kept as unknown
+    ("B00X4WHP5E, Some Book", 0),  # an id with letters (ASIN, Yelp, a demonstration's D111): kept as unknown
 ])
 def test_tolerant_item_lines(line, item):
     entries = reader().read("Here are the movies:\n" + line)
     assert [e.item for e in entries] == [item]
+
+
+def test_chatter_with_commas_is_not_an_item_line():
+    assert reader().read("Note, these are sorted:\nSure, here you go") == []
 
 
 def test_normalised_names():

@@ -10,8 +10,9 @@ import typer
 from toolrec_local.console import console, print_json
 
 HELP = """Run ToolRec for one user: the LLM, as a surrogate user, calls the retrieval tools and
-the rank tool round by round, then finishes with a top-N list. Shows every round (thought,
-action, items, the held-out target highlighted) or, with --json, the trajectory as JSON
+the rank tool round by round; at Finish (or the round cap) it ranks every gathered list into
+the top N (--finish last-list: the last list is the answer). Shows every round and the final
+step (thought, action, items, cost, the held-out target highlighted) or, with --json, the trajectory as JSON
 (item ids are the dataset's own). Needs the dataset prepared, the retrieval tools trained,
 and the LLM served (--backend vllm, --server URL) or loadable in process (--backend local)."""
 
@@ -36,6 +37,8 @@ def recommend(
     context: Optional[int] = typer.Option(None, "--context", min=0, help="The model's context in tokens, prompts are fitted into it (default: from the model card; 0: no limit)."),
     part: str = typer.Option("test", "--part", help="Split: test (predict the last item) or valid."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed passed to the LLM."),
+    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
+    finish: str = typer.Option("llm", "--finish", help="The final step: llm (the LLM ranks every gathered list) or last-list (the last list, cut or padded; no LLM call)."),
     no_grammar: bool = typer.Option(False, "--no-grammar", help="Free text and a tolerant parser instead of grammar-constrained output."),
     plan: bool = typer.Option(False, "--plan", help="The 'w/ Plan' variant: write the whole plan, then execute it."),
     json_out: bool = typer.Option(False, "--json", help="Print the trajectory as JSON."),
@@ -56,7 +59,7 @@ def recommend(
     uid = ds.user(user)
     tool = RetrievalTool.load(ds, backbone=backbone)
     config = AgentConfig(top_n=top_n, max_rounds=max_rounds, history_len=history_len, n_demos=demos,
-                         grammar=not no_grammar, context_tokens=context)
+                         grammar=not no_grammar, context_tokens=context, temperature=temperature, finish=finish)
     llm_backend = make_backend(llm, backend, base_url=server, api_key=api_key, model_path=model_path)
     ctx = AgentContext(ds, tool, llm_backend, config)
 

@@ -12,6 +12,10 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.llm.protocol import ActionGrammar, Backend, Completion, Constraint
 
 
+FINISH_MODES = ("llm", "last-list")
+LIST_DENSITY = 0.7  # item-list prompts start at this share of chars_per_token
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     top_n: int = 10  # N of the final list
@@ -22,20 +26,28 @@ class AgentConfig:
     observation_window: int | None = None  # rounds whose observations stay in full (None: all)
     max_k: int = 50  # K allowed in an action (grammar bound; free text is clamped to it)
     default_k: int = 20  # free text only: K when the model wrote Retrieval[genre]
-    rank_max_candidates: int = 50  # Rank sees at most this many gathered items (memory order)
+    # Rank and Finish see every gathered list (the authors' prompt has no cap); a number caps
+    # the distinct candidates, taken from the lists in turn (memory.interleave).
+    rank_max_candidates: int | None = None
     rank_with_names: bool = True  # Rank options are "<id>, <name>" (False: "<id>")
     max_retries: int = 3  # tool re-runs after memory rejects items, before the repair
+    # What Finish (and the round cap) does: "llm" - the authors' final step, the LLM ranks
+    # every gathered list into the top N; "last-list" - the ablation: the last stored list,
+    # cut or padded by retrieval score, no LLM call.
+    finish: str = "llm"
     grammar: bool = True  # False: free text, tolerant parser ("--no-grammar")
     action_max_tokens: int = 128
-    temperature: float = 0.0
+    temperature: float = 0.0  # 0: greedy (the paper ran ChatGPT at its default, 1)
     prompts_dir: str | None = None  # default: the repository's prompts/
     # The model's context (e.g. vLLM --max-model-len); None: the backend's model card says it
     # (see `model_context`); 0: no limit. With a limit, every prompt is fitted into it
     # with room for the reply and `context_margin`: older observations are shortened first,
-    # then demonstrations dropped, then older thoughts omitted; a run whose prompt cannot fit
-    # any more finishes ("context"). Rank keeps the first candidates that fit. Sizes are
-    # estimated from characters (chars_per_token, lowered to what the backend's per-request
-    # prompt token counts show when they are smaller).
+    # then demonstrations dropped, then older thoughts omitted, each for good (so the prompt's
+    # leading bytes stay cached: agent/conversation.py); a run whose prompt cannot fit any
+    # more finishes ("context"). Rank and the final step cut their candidates, taking
+    # from each list in turn. Sizes are estimated from characters (chars_per_token; item-list
+    # prompts from a lower density; each lowered to what the backend's per-request prompt
+    # token counts show when they are smaller).
     context_tokens: int | None = None
     chars_per_token: float = 2.5
     context_margin: int = 64
@@ -44,7 +56,9 @@ class AgentConfig:
         checks = {
             "top_n": self.top_n >= 1, "max_rounds": self.max_rounds >= 1, "history_len": self.history_len >= 0,
             "n_demos": self.n_demos >= 0, "show_items": self.show_items >= 1, "max_k": self.max_k >= 1,
-            "default_k": 1 <= self.default_k <= self.max_k, "rank_max_candidates": self.rank_max_candidates >= 1,
+            "default_k": 1 <= self.default_k <= self.max_k,
+            "rank_max_candidates": self.rank_max_candidates is None or self.rank_max_candidates >= 1,
+            "finish": self.finish in FINISH_MODES, "temperature": 0.0 <= self.temperature <= 2.0,
             "max_retries": self.max_retries >= 0,
             "observation_window": self.observation_window is None or self.observation_window >= 1,
             "context_tokens": self.context_tokens is None or self.context_tokens == 0 or self.context_tokens >= 256,
@@ -52,8 +66,9 @@ class AgentConfig:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ToolrecError(f"agent settings out of range: {', '.join(f'{k}={getattr(self, k)}' for k in bad)}",
-                               "use positive values (default_k within 1..max_k)")
+            raise ToolrecError(f"agent settings out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}",
+                               "use positive values (default_k within 1..max_k, temperature 0..2, "
+                               f"finish one of {', '.join(FINISH_MODES)})")
 
     def with_(self, **changes) -> "AgentConfig":
         return replace(self, **changes)
@@ -74,10 +89,13 @@ class AgentContext:
         self.renderer = Renderer(
             self.dataset, load_prompts(self.dataset.domain, self.config.prompts_dir), attrs,
             top_n=self.config.top_n, max_k=self.config.max_k, history_len=self.config.history_len,
-            n_demos=self.config.n_demos, show_items=self.config.show_items,
+            n_demos=self.config.n_demos, show_items=self.config.show_items, finish=self.config.finish,
         )
 
-        self.chars_per_token = self.config.chars_per_token
+        # Prompt density, per kind: item lists (ids, names, scores) tokenise denser than the
+        # agent's prose (tiny-random's tokenizer: 1.9 vs 2.6-3.0 characters per token), so
+        # they start lower; both only ever go down, to what the backend's counts show.
+        self.density = {"action": self.config.chars_per_token, "list": self.config.chars_per_token * LIST_DENSITY}
         limit = self.config.context_tokens
         self.context_tokens = model_context(self.backend) if limit is None else (limit or None)
 
@@ -85,16 +103,20 @@ class AgentContext:
     def attributes(self) -> tuple[str, ...]:
         return tuple(self.tool.attributes)
 
-    def estimate_tokens(self, messages: list[dict]) -> int:
+    @property
+    def chars_per_token(self) -> float:  # the agent's prompts (kept for callers that read it)
+        return self.density["action"]
+
+    def estimate_tokens(self, messages: list[dict], kind: str = "action") -> int:
         """A prompt's size in tokens, estimated from its characters (+8 per message for the
-        chat template's markers)."""
+        chat template's markers); kind "list" for Rank and final-step prompts."""
         chars = sum(len(m["content"]) for m in messages)
-        return int(chars / self.chars_per_token) + 8 * len(messages) + 8
+        return int(chars / self.density[kind]) + 8 * len(messages) + 8
 
     def list_reply_tokens(self, options: tuple[str, ...], k: int) -> int:
         """max_tokens for a k-line answer over `options`: the k longest lines, estimated."""
         longest = sorted((len(o) for o in options), reverse=True)[:k]
-        return int(sum(n / self.chars_per_token + 2 for n in longest)) + 8
+        return int(sum(n / self.density["list"] + 2 for n in longest)) + 8
 
     def fits(self, messages: list[dict], reply_tokens: int) -> bool:
         limit = self.context_tokens
@@ -115,7 +137,8 @@ class AgentContext:
         if c.tokens_in > 0:  # learn the tokenizer's density when it is denser than assumed
             chars = sum(len(m["content"]) for m in messages)
             per_request = c.tokens_in / max(1, c.calls)  # a stepwise answer re-sends the prompt per step
-            self.chars_per_token = min(self.chars_per_token, chars / per_request)
+            kind = "action" if isinstance(constraint, ActionGrammar) else "list"
+            self.density[kind] = min(self.density[kind], chars / per_request)
         return c, wall
 
 

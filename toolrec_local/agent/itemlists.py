@@ -98,6 +98,8 @@ def _variants(line: str) -> list[str]:
 
 
 def _looks_like_item(line: str) -> bool:
-    """A line that tried to name an item (starts with an id, a number or a bullet), as opposed
-    to chatter such as "Here are the movies:"."""
-    return bool(_BULLET.match(line) or re.match(r"^\s*(?:id\s*)?\d", line, re.I))
+    """A line that tried to name an item (starts with a number, a bullet, or an id-like word
+    with a digit before a comma, as "B00X4WHP5E, Some Title"), as opposed to chatter such as
+    "Here are the movies:"."""
+    return bool(_BULLET.match(line) or re.match(r"^\s*(?:id\s*)?\d", line, re.I)
+                or re.match(r"^\s*[A-Za-z_-]*\d[A-Za-z0-9_-]*\s*,", line))

@@ -4,8 +4,25 @@ output goes through, and the valid lists stored with their tool marks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 from toolrec_local.agent.actions import Action, format_action
+
+
+def interleave(lists: Iterable[Sequence[int]], cap: int | None = None) -> list[int]:
+    """The items of several lists taken from each list in turn (round-robin: every list's
+    first item, then every list's second...), each item once, at most `cap` of them. Every
+    candidate set a prompt shows is built this way (Rank, Finish, the "w/ multi" ablation), so
+    a cut never drops one list's tail while another list is shown whole."""
+    lists = [list(x) for x in lists]
+    out: dict[int, None] = {}
+    for depth in range(max((len(x) for x in lists), default=0)):
+        for items in lists:
+            if depth < len(items):
+                out.setdefault(int(items[depth]))
+                if cap is not None and len(out) >= cap:
+                    return list(out)
+    return list(out)
 
 
 @dataclass
@@ -19,6 +36,11 @@ class ToolList:
     @property
     def mark(self) -> str:
         return format_action(self.action)
+
+    def only(self, keep: set[int]) -> "ToolList":
+        """The same list (same mark) with only the items in `keep`, in order."""
+        pairs = [(i, s) for i, s in zip(self.items, self.scores) if i in keep]
+        return ToolList(self.action, [i for i, _ in pairs], [s for _, s in pairs])
 
 
 @dataclass(frozen=True)
@@ -78,8 +100,13 @@ class Memory:
                 self._best_score[item] = score
         return entry
 
-    def candidates(self) -> list[int]:
-        """Every item gathered so far, deduplicated, in memory order."""
+    def candidates(self, cap: int | None = None) -> list[int]:
+        """Every item gathered so far, once each, taken from the stored lists in turn
+        (`interleave`), at most `cap` of them."""
+        return interleave((lst.items for lst in self.lists), cap)
+
+    def gathered(self) -> list[int]:
+        """Every item gathered so far, once each, in the order they were first stored."""
         return list(dict.fromkeys(i for lst in self.lists for i in lst.items))
 
     def current(self) -> ToolList | None:
@@ -91,8 +118,8 @@ class Memory:
         return self._best_score.get(item, float("-inf"))
 
     def by_score(self, exclude=()) -> list[int]:
-        """Gathered items, best retrieval score first (ties: memory order)."""
+        """Gathered items, best retrieval score first (ties: the order they were stored)."""
         skip = set(exclude)
-        order = self.candidates()
+        order = self.gathered()
         pos = {item: n for n, item in enumerate(order)}
         return sorted((i for i in order if i not in skip), key=lambda i: (-self.score(i), pos[i]))

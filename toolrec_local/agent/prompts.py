@@ -19,11 +19,12 @@ from toolrec_local.errors import ToolrecError
 
 TEMPLATE_KEYS = (
     "system", "profile", "history_line", "head", "task", "item_line", "observation",
-    "observation_short", "observation_finish", "invalid_action", "rank_system", "rank_user",
+    "observation_short", "invalid_action", "rank_system", "rank_user",
     "candidate_line", "problem", "rank_nothing", "plan_note", "plan_step",
 )
-# Optional: a prompt style for the Chat-REC baseline; a domain without them uses the Rank prompt.
-OPTIONAL_KEYS = ("chatrec_system", "chatrec_user")
+# Optional: prompt styles of the Chat-REC and LLMRank baselines; a domain without them uses the
+# Rank prompt.
+OPTIONAL_KEYS = ("chatrec_system", "chatrec_user", "llmrank_system", "llmrank_user")
 
 
 def prompts_dir() -> Path:
@@ -82,9 +83,10 @@ class Renderer:
     its demonstrations) is rendered once and reused."""
 
     def __init__(self, dataset, prompts: PromptSet, attributes: tuple[str, ...], *, top_n: int,
-                 max_k: int, history_len: int, n_demos: int, show_items: int):
+                 max_k: int, history_len: int, n_demos: int, show_items: int, finish: str = "llm"):
         self.ds, self.p = dataset, prompts
         self.attributes = attributes
+        self.finish = finish
         self.top_n, self.max_k, self.history_len, self.show_items = top_n, max_k, history_len, show_items
         self.history_attributes = tuple(a for a in prompts.history_attributes if a in dataset.attributes)
         self._systems: dict[int, str] = {}
@@ -128,27 +130,38 @@ class Renderer:
     def observation_short(self, lst: ToolList) -> str:
         return self.p.render("observation_short", mark=lst.mark, k=len(lst.items))
 
-    def observation_finish(self, items, scores) -> str:
-        return self.p.render("observation_finish", final=self.item_lines(items, scores))
-
     def invalid(self, message: str) -> str:
         return self.p.render("invalid_action", message=message)
 
-    # ---- the Rank tool ---------------------------------------------------------------------
-    def rank_messages(self, head: str, groups: list[tuple[str, list[int]]], attribute: str | None, k: int,
-                      with_names: bool, problems: list[str], style: str = "rank") -> list[dict]:
-        """The Rank tool's prompt; `style="chatrec"` uses the domain's Chat-REC templates when
-        it has them (same variables, same answer format)."""
+    # ---- the Rank tool and the final step ------------------------------------------------------
+    def rank_messages(self, head: str, lists: list[ToolList], attribute: str | None, k: int, with_names: bool,
+                      problems: list[str], *, style: str = "rank", final: bool = False, history=(),
+                      recent: str = "") -> list[dict]:
+        """The prompt of Rank (`final=False`) or of the final step (`final=True`): a system
+        message that is the same for every call, then the user (head), every list under its tool
+        mark with its scores in the order gathered, and the call's own instruction last, so
+        that calls of one user share their leading bytes. `style` "chatrec"/"llmrank" picks a
+        baseline's own templates when the domain has them (same answer format); those also
+        get the user's history lines (`history`, oldest first) and the most recent item's
+        name (`recent`)."""
         if style != "rank" and f"{style}_user" not in self.p.templates:
             style = "rank"
-        rendered = [
-            {"mark": mark, "lines": [self.p.render("candidate_line", id=self.ds.item_ids[i], name=self.ds.item_names[i])
-                                     for i in items]}
-            for mark, items in groups
-        ]
-        user = self.p.render(f"{style}_user", head=head, groups=rendered, attribute=attribute, k=k,
-                             with_names=with_names, problems=problems)
+        groups = [self._group(lst) for lst in lists if lst.items]
+        user = self.p.render(f"{style}_user", head=head, groups=groups, attribute=attribute, k=k,
+                             with_names=with_names, problems=problems, final=final,
+                             n_candidates=len({i for lst in lists for i in lst.items}),
+                             history=list(history), recent=recent)
         return [{"role": "system", "content": self.p.render(f"{style}_system")}, {"role": "user", "content": user}]
+
+    def _group(self, lst: ToolList) -> dict:
+        ids, names = self.ds.item_ids, self.ds.item_names
+        return {
+            "mark": lst.mark, "tool": type(lst.action).__name__, "attribute": lst.action.attribute,
+            "k": lst.action.k, "shown": len(lst.items),
+            "lines": [self.p.render("candidate_line", id=ids[i], name=names[i], score=float(s))
+                      for i, s in zip(lst.items, lst.scores)],
+            "plain": [self.p.render("candidate_line", id=ids[i], name=names[i], score=None) for i in lst.items],
+        }
 
     def problem(self, kind: str, label: str, n: int = 0, k: int = 0) -> str:
         """One thing wrong with a Rank answer, as the re-run prompt names it."""
@@ -174,7 +187,8 @@ class Renderer:
         attributes = [{"name": a} for a in self.attributes]
         rendered = [text for text in map(self.demo, demos) if text]
         text = "\n\n".join(f"Example {n}:\n{t}" for n, t in enumerate(rendered, 1))
-        return self.p.render("system", attributes=attributes, max_k=self.max_k, n=self.top_n, demos=text)
+        return self.p.render("system", attributes=attributes, max_k=self.max_k, n=self.top_n, demos=text,
+                             finish=self.finish)
 
     def demo(self, demo: dict) -> str:
         """A whole demonstration trajectory, rendered with the same templates as a live run;

@@ -1,5 +1,7 @@
 """The tools an action runs: Retrieval (the recommender, in process), Rank (the LLM, under an
-item-list grammar built from exactly the gathered candidates), and Finish (the final list).
+item-list grammar built from exactly the gathered candidates), and Finish (the final step:
+the LLM ranks every gathered list into the top N, or, as the "last-list" ablation, the last
+list cut or padded).
 
 Every list goes through memory's check. A rejected list is re-run with the wrong items named
 (Rank: in the prompt; Retrieval: excluded from the next call), at most `max_retries` times,
@@ -18,7 +20,7 @@ import numpy as np
 from toolrec_local.agent.actions import Rank, Retrieval
 from toolrec_local.agent.context import AgentContext
 from toolrec_local.agent.itemlists import ItemReader, option
-from toolrec_local.agent.memory import Memory, ToolList
+from toolrec_local.agent.memory import Memory, ToolList, interleave
 from toolrec_local.agent.trajectory import Round
 from toolrec_local.llm.protocol import ItemListGrammar
 
@@ -83,23 +85,34 @@ def run_retrieval(state: RunState, action: Retrieval, rnd: Round) -> ToolList:
 async def run_rank(state: RunState, action: Rank, rnd: Round) -> ToolList | None:
     """None when nothing has been gathered yet (the loop observes that as an invalid action)."""
     cfg = state.ctx.config
-    candidates = state.memory.candidates()[: cfg.rank_max_candidates]
-    if not candidates:
+    if not state.memory.candidates():
         return None
-    k, note = clamp(action.k, min(cfg.max_k, len(candidates)))
+    k, note = clamp(action.k, min(cfg.max_k, len(state.memory.candidates(cfg.rank_max_candidates))))
     rnd.note = _join(rnd.note, note)
-    items = await rank_lists(state, candidates, _groups(state.memory, candidates), action.attribute, k, rnd)
+    items = await rank_lists(state, list(state.memory.lists), action.attribute, k, rnd)
     return state.memory.store(Rank(action.attribute, len(items)), items, [state.memory.score(i) for i in items])
 
 
-async def rank_lists(state: RunState, candidates: list[int], groups: list[tuple[str, list[int]]],
-                     attribute: str | None, k: int, rnd: Round, head: str | None = None,
-                     style: str = "rank") -> list[int]:
-    """Ask the LLM for the top k of `candidates` (grouped under their tool marks), check the
-    answer, re-run with the problems named, repair when the retries are spent."""
+async def rank_lists(state: RunState, lists: list[ToolList], attribute: str | None, k: int, rnd: Round, *,
+                     head: str | None = None, style: str = "rank", final: bool = False) -> list[int] | None:
+    """Ask the LLM for the top k of the items in `lists` (each list shown under its tool mark
+    with its scores), check the answer, re-run with the problems named, repair when the
+    retries are spent. The candidates are every listed item, or, when the context (or
+    `rank_max_candidates`) forces a cut, items taken from each list in turn. Rank shrinks k
+    when even k candidates cannot fit; the final step (`final`) keeps k and returns None."""
     ctx, cfg, memory = state.ctx, state.ctx.config, state.memory
+    head = head or state.head
+    extra = _user_lines(state)
     asked = k
-    candidates, groups, k = _fit_candidates(state, candidates, groups, attribute, k, head or state.head)
+    fitted = _fit_candidates(state, lists, attribute, k, head, style, final, extra)
+    if fitted is None:
+        return None
+    candidates, shown, k, once = fitted
+    everything = len(interleave(lst.items for lst in lists))
+    if len(candidates) < everything:
+        rnd.note = _join(rnd.note, f"{len(candidates)} of {everything} candidates shown (taken from each list in turn)")
+    if once:
+        rnd.note = _join(rnd.note, "each candidate shown once, under the first list that brought it")
     if k < asked:
         rnd.note = _join(rnd.note, f"K={asked} reduced to {k} to fit the context")
     reader = ItemReader(candidates, ctx.dataset.item_ids, ctx.dataset.item_names, ctx.dataset.item_index)
@@ -109,8 +122,8 @@ async def rank_lists(state: RunState, candidates: list[int], groups: list[tuple[
     problems: list[str] = []
     valid: list[int] = []
     for attempt in range(cfg.max_retries + 1):
-        messages = ctx.renderer.rank_messages(head or state.head, groups, attribute, k, cfg.rank_with_names, problems,
-                                              style)
+        messages = ctx.renderer.rank_messages(head, shown, attribute, k, cfg.rank_with_names, problems, style=style,
+                                              final=final, **extra)
         reply, wall = await ctx.ask(messages, constraint, ctx.list_reply_tokens(options, k), state.next_seed())
         state.llm_s += wall
         rnd.usage.add(reply)
@@ -129,58 +142,80 @@ async def rank_lists(state: RunState, candidates: list[int], groups: list[tuple[
             rnd.retries += 1
     rnd.repairs += 1
     fill = [i for i in memory.by_score(exclude=valid) if i in allowed]
-    fill += [i for i in candidates if i not in set(valid) and i not in set(fill)]  # never retrieved: memory order
+    fill += [i for i in candidates if i not in set(valid) and i not in set(fill)]  # never retrieved: list order
     rnd.note = _join(rnd.note, f"repaired: kept {min(len(valid), k)} valid, filled {max(0, k - len(valid))} by score")
     return (valid + fill)[:k]
+
+
+def _user_lines(state: RunState) -> dict:
+    """What the baselines' own templates show besides the head: the shown history (oldest
+    first; each item's id, name, year and rendered line) and the most recent item's name."""
+    ds = state.ctx.dataset
+    lines = state.ctx.renderer.history_lines(state.user, state.history)
+    shown = [int(i) for i in state.history[len(state.history) - len(lines):]]
+    history = [{"id": ds.item_ids[i], "name": ds.item_names[i], "year": ds.item_years[i], "line": line}
+               for i, line in zip(shown, lines)]
+    return {"history": history, "recent": ds.item_names[shown[-1]] if shown else ""}
 
 
 RETRY_ROOM = 96  # tokens kept free in a Rank prompt for the problems a re-run names
 
 
-def _fit_candidates(state: RunState, candidates: list[int], groups, attribute, k: int, head: str):
-    """Keep the first candidates (memory order) whose Rank prompt and answer fit
-    the context; never fewer than k, unless k itself cannot fit (then k shrinks).
-    Without a context limit, all of them."""
+def _fit_candidates(state: RunState, lists: list[ToolList], attribute, k: int, head: str, style: str, final: bool,
+                    extra: dict):
+    """(candidates, lists as shown, k, once): every item of `lists` (at most
+    rank_max_candidates, taken from the lists in turn), cut further, again in turn, until the
+    prompt and its answer fit the context; never fewer candidates than k. If k candidates do
+    not fit while an item shown in several lists is repeated under each, they are shown once
+    (`once`: under the first list that brought them). If even that does not fit, Rank shrinks
+    k (down to 1) and the final step gives up (None)."""
     ctx, cfg = state.ctx, state.ctx.config
     names = ctx.dataset.item_names
 
-    def size(cands, groups_, kk):
-        messages = ctx.renderer.rank_messages(head, groups_, attribute, kk, cfg.rank_with_names, [])
-        options = tuple(option(ctx.dataset.item_ids[i], names[i], cfg.rank_with_names) for i in cands)
-        return ctx.estimate_tokens(messages) + ctx.list_reply_tokens(options, kk) + RETRY_ROOM
+    def shown_for(cands, once):
+        keep, seen, out = set(cands), set(), []
+        for lst in lists:
+            part = lst.only(keep - seen)
+            if part.items:
+                out.append(part)
+            if once:
+                seen.update(part.items)
+        return out
 
+    def size(cands, shown_, kk):
+        messages = ctx.renderer.rank_messages(head, shown_, attribute, kk, cfg.rank_with_names, [], style=style,
+                                              final=final, **extra)
+        options = tuple(option(ctx.dataset.item_ids[i], names[i], cfg.rank_with_names) for i in cands)
+        return ctx.estimate_tokens(messages, "list") + ctx.list_reply_tokens(options, kk) + RETRY_ROOM
+
+    candidates = interleave((lst.items for lst in lists), cfg.rank_max_candidates)
     if ctx.context_tokens is None:
-        return candidates, groups, k
+        return candidates, shown_for(candidates, False), k, False
+    once = False
     while True:
-        over = size(candidates, groups, k) + cfg.context_margin - ctx.context_tokens
-        if over <= 0 or (len(candidates) <= k and k == 1):
-            return candidates, groups, k
+        shown = shown_for(candidates, once)
+        over = size(candidates, shown, k) + cfg.context_margin - ctx.context_tokens
+        if over <= 0:
+            return candidates, shown, k, once
         if len(candidates) > k:
-            per_item = max(1, size(candidates, groups, k) // (len(candidates) + 10))
+            per_item = max(1, size(candidates, shown, k) // (len(candidates) + 10))
             keep = max(k, len(candidates) - max(1, over // per_item))
+        elif not once:
+            once, keep = True, len(interleave((lst.items for lst in lists), cfg.rank_max_candidates))
+        elif final:
+            return None
+        elif k == 1:
+            return candidates, shown, k, once
         else:
             k = keep = k - 1
-        candidates = candidates[:keep]
-        kept = set(candidates)
-        groups = [(mark, [i for i in items if i in kept]) for mark, items in groups]
-        groups = [(mark, items) for mark, items in groups if items]
-
-
-def _groups(memory: Memory, candidates: list[int]) -> list[tuple[str, list[int]]]:
-    """Candidates under the mark of the first list that brought them (deduplicated)."""
-    keep, seen, groups = set(candidates), set(), []
-    for lst in memory.lists:
-        items = [i for i in lst.items if i in keep and i not in seen]
-        seen.update(items)
-        if items:
-            groups.append((lst.mark, items))
-    return groups
+        candidates = interleave((lst.items for lst in lists), keep)
 
 
 # ---- Finish -------------------------------------------------------------------------------
 def final_list(state: RunState) -> tuple[list[int], str]:
-    """The most recent valid list cut or padded to N: padding by retrieval score from the
-    gathered candidates, then (only if those run out) from the plain backbone."""
+    """The "last-list" answer: the most recent valid list cut or padded to N, padding by
+    retrieval score from the gathered candidates, then (only if those run out) from the
+    plain backbone. No LLM call."""
     n = state.ctx.config.top_n
     current = state.memory.current()
     items = list(current.items[:n]) if current else []
@@ -189,6 +224,11 @@ def final_list(state: RunState) -> tuple[list[int], str]:
         notes.append("no list gathered")
     elif len(current.items) > n:
         notes.append(f"cut {current.mark} to {n}")
+    return _pad(state, items, notes)
+
+
+def _pad(state: RunState, items: list[int], notes: list[str]) -> tuple[list[int], str]:
+    n = state.ctx.config.top_n
     if len(items) < n:
         pad = state.memory.by_score(exclude=items)[: n - len(items)]
         if pad:
@@ -201,6 +241,41 @@ def final_list(state: RunState) -> tuple[list[int], str]:
             notes.append(f"padded {len(pad)} from the backbone")
         items += pad
     return items, "; ".join(notes)
+
+
+async def conclude(state: RunState, step: Round, fallback: tuple[list[int], str]) -> tuple[list[int], str]:
+    """The final step (the authors' `conclude_step`): the LLM sees the user and every list
+    gathered (retrievals and earlier ranks, each under its tool mark with its scores) and
+    writes the top N, N distinct gathered items, none from the history; that list is the
+    answer. Fewer than N gathered items: the plain backbone's next best items are added first
+    as a list of their own, marked Retrieval[None, m] (nothing gathered: the backbone's top N
+    alone), so the LLM can still write N. If even N candidates cannot fit the context, the
+    last-list answer (`fallback`, made before any top-up) is used, and said. The LLM call's
+    cost goes to `step`."""
+    n, memory = state.ctx.config.top_n, state.memory
+    notes = []
+    missing = n - len(memory.candidates())
+    if missing > 0:
+        gathered = memory.gathered()
+        pairs = state.ctx.tool.retrieve(state.user, None, missing, exclude=tuple(gathered), part=state.part)
+        score = dict((int(i), float(s)) for i, s in pairs)
+        extra = [i for i in memory.check(list(score)).valid if i not in set(gathered)][:missing]
+        if extra:
+            memory.store(Retrieval(None, len(extra)), extra, [score[i] for i in extra])
+            notes.append(f"{'nothing gathered' if not gathered else f'{len(gathered)} gathered'}: added the backbone's "
+                         f"top {len(extra)} as Retrieval[None, {len(extra)}]")
+    items, note = fallback
+    if not memory.candidates():  # not even the backbone had an item to offer
+        return list(items), "; ".join(x for x in notes + [note] if x)
+    ranked = await rank_lists(state, list(memory.lists), None, n, step, final=True)
+    if ranked is None:
+        skipped = "final ranking skipped: its prompt does not fit the context"
+        return list(items), "; ".join(x for x in notes + [skipped, note] if x)
+    items = ranked
+    lists = sum(1 for lst in memory.lists if lst.items)
+    notes.append(f"the LLM's top {len(items)} of the {len(memory.candidates())} candidates in {lists} "
+                 f"list{'s' * (lists != 1)}")
+    return _pad(state, list(items), notes)
 
 
 def _join(a: str, b: str) -> str:

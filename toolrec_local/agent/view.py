@@ -27,8 +27,9 @@ def item_table(ds, items: list[int], target: int, limit: int | None = None) -> T
     return t
 
 
-def round_panel(ds, r: Round, target: int, limit: int) -> Panel:
-    parts = [Text.assemble(("Thought: ", "bold"), r.thought or "-"), Text.assemble(("Action: ", "bold"), (r.action, "cyan"))]
+def round_panel(ds, r: Round, target: int, limit: int, title: str | None = None) -> Panel:
+    parts = [Text.assemble(("Thought: ", "bold"), r.thought or "-")] if r.n else []  # n=0: the final step, no turn
+    parts.append(Text.assemble(("Action: ", "bold"), (r.action, "cyan")))
     if r.note:
         parts.append(Text(r.note, style="yellow"))
     if r.items:
@@ -39,7 +40,7 @@ def round_panel(ds, r: Round, target: int, limit: int) -> Panel:
                                               ("grammar violations", r.grammar_violations),
                                               ("invalid items", r.invalid_items)) if v]
     parts.append(Text(cost + ("; " + ", ".join(counters) if counters else ""), style="dim"))
-    return Panel(Group(*parts), title=f"Round {r.n}", title_align="left")
+    return Panel(Group(*parts), title=title or f"Round {r.n}", title_align="left")
 
 
 def show(console, ds, traj: Trajectory, limit: int = 10) -> None:
@@ -54,10 +55,16 @@ def show(console, ds, traj: Trajectory, limit: int = 10) -> None:
     console.print(Panel(head, title="ToolRec", title_align="left"))
     for r in traj.rounds:
         console.print(round_panel(ds, r, target, limit))
+    if traj.finish is not None:  # the final step: an LLM call like any other (none for last-list)
+        how = "the LLM ranks every gathered list" if traj.finish_mode == "llm" else "the last list (no LLM call)"
+        console.print(round_panel(ds, traj.finish, target, limit, title=f"Final step: {how}"))
     hit = traj.final_items.index(target) + 1 if target in traj.final_items else None
     verdict = Text(f"target at #{hit}", style="bold green") if hit else Text("target not in the list", style="dim")
     ended = "Finish" if traj.finished_by == "finish" else f"the {traj.finished_by}"
-    note = Text(f"ended by {ended}" + (f"; {traj.final_note}" if traj.final_note else ""), style="dim")
+    note = Text(f"ended by {ended}", style="dim")
+    if traj.finish_mode == "llm" and traj.last_list_items:
+        same = "the same" if traj.last_list_items == traj.final_items else "different"
+        note.append(f"; the last-list ablation's answer would be {same}")
     console.print(Panel(Group(item_table(ds, traj.final_items, target), note, verdict),
                         title=f"Top {len(traj.final_items)}", title_align="left"))
     totals = traj.totals()

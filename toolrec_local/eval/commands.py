@@ -12,7 +12,8 @@ from toolrec_local.console import console, err_console, print_json
 EVAL_HELP = """Evaluate methods on a dataset: leave-one-out, full ranking, Recall/NDCG @5/@10/@20.
 
 Methods: pop, sasrec, bert4rec, tool:<attr> (no LLM); toolrec, toolrec-b, llmrank, chatrec,
-single, multi, plan (need --llm). Results go to --out (default runs/DATASET-LLM): results.jsonl
+single, multi, plan (need --llm). --finish last-list (or both) adds the rows toolrec/last-list etc.:
+the agent's answer without the final LLM ranking. Results go to --out (default runs/DATASET-LLM): results.jsonl
 (one line per method, seed and user, flushed as each user finishes), trajectories.jsonl,
 run.json and summary.json. Re-running the same command resumes: finished users are skipped,
 failed ones retried. Into an existing folder only methods may be added; other options must match.
@@ -54,6 +55,8 @@ def eval_cmd(
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Users scored per batch by the non-LLM methods."),
     no_grammar: bool = typer.Option(False, "--no-grammar", help="Let the LLM write free text (the paper's setting) instead of grammar-constrained output."),
     history: str = typer.Option("exclude", "--history", help="exclude: rank among items outside the user's history; keep: score methods rank history items too (RecBole's protocol)."),
+    finish: str = typer.Option("llm", "--finish", help="The agent methods' final step: llm (the LLM ranks every gathered list, as the authors' code), last-list (the ablation: the last list cut or padded, no LLM call; rows named e.g. toolrec/last-list), or both (both rows from one run)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="LLM sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     from toolrec_local.eval.progress import EvalProgress
@@ -65,6 +68,7 @@ def eval_cmd(
         concurrency=concurrency, out=out, backend=backend, servers=list(server), api_key=api_key,
         shard=parse_shard(shard), top_n=top_n, batch_size=batch_size, grammar=not no_grammar,
         history=history,
+        finish=finish, temperature=temperature,
     )
     with EvalProgress(err_console) as progress:
         summary, folder = evaluate(opts, on_update=progress.update)

@@ -2,14 +2,20 @@
 
 * toolrec / toolrec-b: the surrogate-user loop (`run_agent`) with SASRec / BERT4Rec tools.
 * plan: the "w/ Plan" ablation (`run_plan`): the whole plan first, then its execution.
-* llmrank: the Rank tool on SASRec's top 30, prompted with the history only (LLMRank).
+  These three end with the final step that `finish` names: "llm" (the LLM ranks every
+  gathered list), "last-list" (recorded as `toolrec/last-list` etc.: the last list cut or
+  padded, no LLM call), or "both" (the "llm" record plus the `/last-list` one, computed from
+  the same trajectory: `Outcome.variants`).
+* llmrank: SASRec's top 30 ranked under LLMRank's own prompt (`llmrank_*` templates: the
+  history in order, the most recent item named, no profile).
 * chatrec: SASRec's top 30 re-ranked under Chat-REC's own prompt (`chatrec_*` templates:
   the user described by profile and rated history, asked conversationally which candidates
   they would like), not ToolRec's Rank instruction.
 * single: the "w/ single" ablation: ToolRec's Rank tool (profile + history, as the agent sees
   it) on SASRec's 30 candidates.
 * multi: the "w/ multi" ablation: the Rank tool on SASRec's + every attribute tool's
-  candidates, 30 in all (an equal share per tool, duplicates skipped), under their tool marks.
+  candidates, 30 in all, taken from the tools' lists in turn (the merge Rank and the final
+  step use), each list under its tool mark with its scores.
 
 One AgentContext per (backbone, server) serves every concurrent user. With several --server
 URLs each user sticks to one server (internal user id modulo the number of servers): the
@@ -22,7 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.methods import CANDIDATES, LLMMethod, Outcome, ToolBox, backbone_of
+from toolrec_local.eval.methods import (CANDIDATES, FINISH_CHOICES, FINISH_METHODS, LAST_LIST, LLMMethod, Outcome,
+                                        ToolBox, backbone_of)
 
 AGENT_STATS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "retries", "repairs", "grammar_violations",
                "invalid_items", "overhead_s", "rounds")
@@ -47,43 +54,47 @@ class LLMSuite:
             await backend.aclose()
 
 
-def shares(total: int, parts: int) -> list[int]:
-    """`total` split into `parts` near-equal integers, larger shares first."""
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+def multi_candidates(tool, user: int, attributes: list[str], part: str, total: int = CANDIDATES) -> list:
+    """The "w/ multi" candidates: SASRec's and each attribute tool's top `total`, merged by
+    taking from each list in turn until `total` distinct items (`memory.interleave`, as Rank
+    and the final step do); each list is returned with only those items, under its tool mark
+    with its scores (ToolLists)."""
+    from toolrec_local.agent.actions import Retrieval
+    from toolrec_local.agent.memory import ToolList, interleave
+
+    lists = []
+    for attr in (None, *attributes):
+        pairs = tool.retrieve(user, attr, min(tool.dataset.n_items, total), part=part)
+        lists.append(ToolList(Retrieval(attr, len(pairs)), [int(i) for i, _ in pairs], [float(s) for _, s in pairs]))
+    keep = set(interleave((lst.items for lst in lists), total))
+    return [lst.only(keep) for lst in lists]
 
 
-def multi_candidates(tool, user: int, attributes: list[str], part: str, total: int = CANDIDATES) -> list[tuple[str, list[int]]]:
-    """SASRec's and each attribute tool's top items, `total` distinct in all, grouped under
-    their tool marks (the "w/ multi" ablation). A tool whose items were already taken by an
-    earlier tool gives its next ones instead."""
-    from toolrec_local.agent.actions import Retrieval, format_action
-
-    sources = [None, *attributes]
-    taken: set[int] = set()
-    groups = []
-    for attr, quota in zip(sources, shares(total, len(sources))):
-        ranked = [i for i, _ in tool.retrieve(user, attr, min(tool.dataset.n_items, total + len(taken)), part=part)]
-        items = [i for i in ranked if i not in taken][:quota]
-        taken.update(items)
-        groups.append((format_action(Retrieval(attr, len(items))), items))
-    return groups
-
-
-def _agent_outcome(traj) -> Outcome:
+def _agent_outcome(traj, variants: bool) -> Outcome:
     totals = traj.totals()
-    return Outcome(final=list(traj.final_items), stats={k: totals.get(k, 0) for k in AGENT_STATS}, trajectory=traj.to_dict())
+    out = Outcome(final=list(traj.final_items), stats={k: totals.get(k, 0) for k in AGENT_STATS}, trajectory=traj.to_dict())
+    if variants:  # the last-list answer of the same trajectory, without the final step's LLM call
+        last = traj.totals(with_finish=False)
+        step = traj.finish
+        out.variants[LAST_LIST] = Outcome(final=list(traj.last_list_items), stats={k: last.get(k, 0) for k in AGENT_STATS},
+                                          trajectory=traj.to_dict(variant="last-list"),
+                                          saved_s=step.usage.latency_s + step.overhead_s if step else 0.0)
+    return out
 
 
-def _rank_outcome(ds, items: list[int], stats: dict, groups: list[tuple[str, list[int]]], method: str) -> Outcome:
+def _rank_outcome(ds, items: list[int], stats: dict, lists: list, method: str) -> Outcome:
     raw = lambda xs: [ds.item_ids[i] for i in xs]  # noqa: E731
     record_stats = {k: stats.get(k, 0) for k in AGENT_STATS if k != "rounds"}
-    trajectory = {"method": method, "groups": [{"mark": m, "items": raw(xs)} for m, xs in groups], "final": raw(items),
-                  "note": stats.get("note", ""), "totals": record_stats}
+    trajectory = {"method": method, "groups": [{"mark": lst.mark, "items": raw(lst.items)} for lst in lists],
+                  "final": raw(items), "note": stats.get("note", ""), "totals": record_stats}
     return Outcome(final=list(items), stats=record_stats, trajectory=trajectory)
 
 
 def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend: str, servers: list[str] | None = None,
-                      api_key: str | None = None, top_n: int = 10, grammar: bool = True, backend_obj=None) -> LLMSuite:
+                      api_key: str | None = None, top_n: int = 10, grammar: bool = True, backend_obj=None,
+                      finish: str = "llm", temperature: float = 0.0) -> LLMSuite:
+    """The LLM methods by name (suite.methods[name]); an agent method's records are named
+    after `finish` (LLMMethod.name, LLMMethod.variants)."""
     from toolrec_local.agent.loop import AgentConfig, AgentContext, llm_rank, run_agent, run_plan
 
     contexts: dict[tuple[str, int], AgentContext] = {}
@@ -100,7 +111,10 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         else:
             backend_obj = make_backend(llm, backend, base_url=list(servers) if servers else None, api_key=api_key)
     backends = list(backend_obj) if isinstance(backend_obj, (list, tuple)) else [backend_obj]
-    config = AgentConfig(top_n=top_n, grammar=grammar)
+    if finish not in FINISH_CHOICES:
+        raise ToolrecError(f"unknown finish {finish!r}", f"use one of: {', '.join(FINISH_CHOICES)}")
+    config = AgentConfig(top_n=top_n, grammar=grammar, temperature=temperature,
+                         finish="last-list" if finish == "last-list" else "llm")
 
     def ctx(backbone: str, user: int) -> AgentContext:
         key = (backbone, user % len(backends))
@@ -112,7 +126,9 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         ctx(backbone_of(name), 0)  # built now: a prompt or tool problem shows before any user runs
 
         async def run(user: int, seed: int, part: str) -> Outcome:
-            return _agent_outcome(await fn(ctx(backbone_of(name), user), user, part=part, seed=seed))
+            out = _agent_outcome(await fn(ctx(backbone_of(name), user), user, part=part, seed=seed), finish == "both")
+            out.variants = {name + key: o for key, o in out.variants.items()}
+            return out
 
         return run
 
@@ -122,16 +138,16 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         async def run(user: int, seed: int, part: str) -> Outcome:
             c = ctx("sasrec", user)
             if multi:
-                groups = multi_candidates(c.tool, user, list(c.tool.attributes), part)
+                lists = multi_candidates(c.tool, user, list(c.tool.attributes), part)
             else:
-                from toolrec_local.agent.actions import Retrieval, format_action
+                from toolrec_local.agent.actions import Retrieval
+                from toolrec_local.agent.memory import ToolList
 
-                items = [i for i, _ in c.tool.retrieve(user, None, CANDIDATES, part=part)]
-                groups = [(format_action(Retrieval(None, len(items))), items)]
-            candidates = [i for _, xs in groups for i in xs]
-            items, stats = await llm_rank(c, user, candidates, top_n, None, include_profile=include_profile,
-                                          part=part, seed=seed, groups=groups, style=style)
-            return _rank_outcome(ds, items, stats, groups, name)
+                pairs = c.tool.retrieve(user, None, CANDIDATES, part=part)
+                lists = [ToolList(Retrieval(None, len(pairs)), [int(i) for i, _ in pairs], [float(s) for _, s in pairs])]
+            items, stats = await llm_rank(c, user, lists, top_n, None, include_profile=include_profile,
+                                          part=part, seed=seed, style=style)
+            return _rank_outcome(ds, items, stats, lists, name)
 
         return run
 
@@ -139,9 +155,16 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         "toolrec": lambda: agent("toolrec", run_agent),
         "toolrec-b": lambda: agent("toolrec-b", run_agent),
         "plan": lambda: agent("plan", run_plan),
-        "llmrank": lambda: ranker("llmrank", include_profile=False),
+        "llmrank": lambda: ranker("llmrank", include_profile=False, style="llmrank"),
         "chatrec": lambda: ranker("chatrec", include_profile=True, style="chatrec"),
         "single": lambda: ranker("single", include_profile=True),
         "multi": lambda: ranker("multi", include_profile=True, multi=True),
     }
-    return LLMSuite({n: LLMMethod(n, builders[n]()) for n in names}, backends)
+    def method(n: str) -> LLMMethod:
+        if n not in FINISH_METHODS:
+            return LLMMethod(n, builders[n]())
+        if finish == "last-list":
+            return LLMMethod(n + LAST_LIST, builders[n]())
+        return LLMMethod(n, builders[n](), variants=(n + LAST_LIST,) if finish == "both" else ())
+
+    return LLMSuite({n: method(n) for n in names}, backends)

@@ -30,6 +30,11 @@ HISTORY_PROTOCOLS = {
     "exclude": "all items except the user's history",
     "keep": "all items, the user's history included (RecBole's sequential full ranking)",
 }
+# The agent methods end with a final step (`eval --finish`): "llm" (the authors' final ranking),
+# "last-list" (the ablation, recorded as e.g. "toolrec/last-list"), or "both" from one trajectory.
+FINISH_METHODS = ("toolrec", "toolrec-b", "plan")
+FINISH_CHOICES = ("llm", "last-list", "both")
+LAST_LIST = "/last-list"
 
 DESCRIPTIONS = {
     "pop": "most popular items in the training data",
@@ -64,7 +69,7 @@ def parse_method_names(text: str, attributes: list[str]) -> list[str]:
 
 
 def needs_llm(name: str) -> bool:
-    return name in LLM_METHODS
+    return name.split("/")[0] in LLM_METHODS  # "toolrec/last-list" is toolrec's variant
 
 
 def backbone_of(name: str) -> str:
@@ -78,6 +83,10 @@ class Outcome:
     final: list[int]  # internal item ids, best first
     stats: dict = field(default_factory=dict)  # llm_calls, tokens_in/out, latency_s, retries, repairs, grammar_violations, rounds
     trajectory: dict | None = None
+    # Further records from the same run, by method name (e.g. "toolrec/last-list" with
+    # --finish both); the runner writes each as its own row.
+    variants: dict[str, "Outcome"] = field(default_factory=dict)
+    saved_s: float = 0.0  # a variant: wall time of the run it did not need (e.g. the final LLM step)
 
 
 class ScoreMethod:
@@ -98,9 +107,10 @@ class ScoreMethod:
 class LLMMethod:
     kind = "llm"
 
-    def __init__(self, name: str, run: Callable):
+    def __init__(self, name: str, run: Callable, variants: tuple[str, ...] = ()):
         self.name = name
         self._run = run
+        self.variants = tuple(variants)  # the names of the Outcome.variants its runs return
 
     async def run(self, user: int, seed: int, part: str) -> Outcome:
         return await self._run(user, seed, part)

@@ -8,7 +8,8 @@ shards may also live in separate folders (one per node) and `report` merges them
 
 Re-running into a folder: everything that changes the results (dataset and its fingerprint,
 split part, top-N, the user sample, the seeds, the history protocol, the shard, and the LLM,
-backend and grammar mode once an LLM method is in the run) must match run.json, or the command is refused. What may differ:
+backend, grammar mode and temperature once an LLM method is in the run) must match run.json,
+or the command is refused. What may differ:
 the methods (new ones are added to the run), --concurrency and --server (they change speed,
 not results).
 """
@@ -28,7 +29,7 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.results import latest_by_key, read_jsonl
 
 IDENTITY = ("dataset", "dataset_fingerprint", "part", "top_n", "users", "seeds", "history")
-LLM_IDENTITY = ("llm", "backend", "grammar")
+LLM_IDENTITY = ("llm", "backend", "grammar", "temperature")
 
 
 @dataclass
@@ -50,6 +51,10 @@ class RunConfig:
     grammar: bool = True  # LLM output grammar-constrained (False: --no-grammar, free text)
     expected: dict[str, int] = field(default_factory=dict)  # seed -> users this run (shard) evaluates
     history: str = "exclude"  # --history: "keep" = score methods rank history items too (older runs: exclude)
+    # The agent methods' final step of the latest invocation (llm | last-list | both); the
+    # record names say which one each row used (toolrec vs toolrec/last-list).
+    finish: str | None = None
+    temperature: float = 0.0  # LLM sampling temperature (0: greedy); part of an LLM run's identity
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -134,6 +139,7 @@ def merge_config(old: RunConfig, new: RunConfig) -> RunConfig:
     merged.methods = list(dict.fromkeys(old.methods + new.methods))
     if old.uses_llm and not new.uses_llm:
         merged.llm, merged.backend, merged.grammar, merged.uses_llm = old.llm, old.backend, old.grammar, True
+        merged.finish, merged.temperature = old.finish, old.temperature
     return merged
 
 
@@ -211,12 +217,13 @@ class RunView:
         keep = " · history kept" if cfg.history == "keep" else ""  # the default protocol goes unnamed here
         if not cfg.uses_llm:
             return f"{cfg.dataset} · no LLM{keep}"
-        return f"{cfg.dataset} · {cfg.llm}" + ("" if cfg.grammar else " (free text)") + keep
+        return f"{cfg.dataset} · {cfg.llm}" + ("" if cfg.grammar else " (free text)") + \
+            (f" (T={cfg.temperature:g})" if cfg.temperature else "") + keep
 
 
 def _group_key(cfg: RunConfig) -> tuple:
     return tuple(getattr(cfg, f) if not isinstance(getattr(cfg, f), list) else tuple(getattr(cfg, f)) for f in IDENTITY) + (
-        (cfg.llm, cfg.backend, cfg.grammar) if cfg.uses_llm else (None, None, None),
+        (cfg.llm, cfg.backend, cfg.grammar, cfg.temperature) if cfg.uses_llm else (None, None, None, None),
     )
 
 

@@ -118,9 +118,11 @@ class Runner:
         self.max_failures_in_a_row = max_failures_in_a_row or max(10, 2 * self.concurrency)
         self.tallies: dict[str, Tally] = {}
 
-    def todo(self, method: str, plan: dict[int, list[int]]) -> list[tuple[int, int]]:
+    def todo(self, method: str, plan: dict[int, list[int]], also: tuple[str, ...] = ()) -> list[tuple[int, int]]:
+        """(seed, user) pairs whose record of `method` (or of any name in `also`) is missing."""
         done = self.writer.done()
-        return [(s, u) for s, users in plan.items() for u in users if (method, s, self.ds.user_ids[u]) not in done]
+        return [(s, u) for s, users in plan.items() for u in users
+                if any((m, s, self.ds.user_ids[u]) not in done for m in (method, *also))]
 
     def _tally(self, method: str, plan: dict[int, list[int]]) -> Tally:
         """The method's tally, its running metrics started from the users done before."""
@@ -163,8 +165,11 @@ class Runner:
 
     # ---- LLM methods ------------------------------------------------------
     async def run_llm(self, method: LLMMethod, plan: dict[int, list[int]]) -> Tally:
-        todo = self.todo(method.name, plan)
+        variants = getattr(method, "variants", ())
+        todo = self.todo(method.name, plan, also=variants)
         tally = self._tally(method.name, plan)
+        for v in variants:
+            self._tally(v, plan)
         work = iter(todo)
         state = {"in_a_row": 0, "ok": 0, "stop": False}
 
@@ -181,6 +186,10 @@ class Runner:
                 rec = make_record(self.ds, method.name, seed, user, self.part, final=[], rank=MISSING,
                                   status=FAILED, error=error, wall_s=time.perf_counter() - t0)
                 rec["traceback"] = traceback.format_exc(limit=6)
+                for v in variants:  # a variant has no answer without its method's run
+                    if not self._done(v, seed, user):
+                        self.writer.write({**rec, "method": v})
+                        self.tallies[v].failed += 1
                 self.writer.write(rec)
                 tally.failed += 1
                 tally.last_error = error
@@ -189,6 +198,12 @@ class Runner:
                     state["stop"] = True
             else:
                 _, target = self.ds.split(user, self.part)
+                for v, variant in out.variants.items():  # written first: a kill in between redoes the user
+                    if v in variants and not self._done(v, seed, user):
+                        self._write_ok(v, seed, user, variant, target, time.perf_counter() - t0 - variant.saved_s)
+                if self._done(method.name, seed, user):  # only a variant was missing
+                    self.on_update(method.name, tally)
+                    return
                 rank = rank_in_list(out.final, target)
                 rec = make_record(self.ds, method.name, seed, user, self.part, final=out.final[: self.top_n],
                                   rank=rank if rank < self.top_n else MISSING, stats=out.stats,
@@ -215,6 +230,19 @@ class Runner:
                 "finished users are kept, failed ones are retried",
             )
         return tally
+
+    def _done(self, method: str, seed: int, user: int) -> bool:
+        rec = self.writer.index.get((method, seed, self.ds.user_ids[user]))
+        return rec is not None and rec["status"] == OK
+
+    def _write_ok(self, method: str, seed: int, user: int, out: Outcome, target: int, wall_s: float) -> None:
+        """The record of a variant (e.g. toolrec/last-list) of a finished run."""
+        rank = rank_in_list(out.final, target)
+        rank = rank if rank < self.top_n else MISSING
+        self.writer.write(make_record(self.ds, method, seed, user, self.part, final=out.final[: self.top_n], rank=rank,
+                                      stats=out.stats, wall_s=wall_s), out.trajectory)
+        self.tallies[method].add(rank, int(out.stats.get("tokens_out", 0)))
+        self.on_update(method, self.tallies[method])
 
     async def run(self, methods: list, plan: dict[int, list[int]]) -> dict[str, Tally]:
         for m in methods:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.methods import HISTORY_PROTOCOLS, ToolBox, build_score_method, needs_llm, parse_method_names
+from toolrec_local.eval.methods import (FINISH_CHOICES, HISTORY_PROTOCOLS, ToolBox, build_score_method, needs_llm,
+                                       parse_method_names)
 from toolrec_local.eval.results import ResultsWriter
 from toolrec_local.eval.rundir import RunConfig, RunFolder, command_line, load_runs
 from toolrec_local.eval.runner import Runner, Tally, plan_users
@@ -39,6 +40,8 @@ class EvalOptions:
     batch_size: int = 256
     grammar: bool = True
     history: str = "exclude"  # or "keep": score methods rank history items too (HISTORY_PROTOCOLS)
+    finish: str = "llm"  # the agent methods' final step: llm | last-list | both (methods.FINISH_CHOICES)
+    temperature: float = 0.0  # LLM sampling temperature (0: greedy)
 
 
 def default_out(opts: EvalOptions) -> Path:
@@ -65,6 +68,10 @@ def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
         raise ToolrecError(f"unknown split part {opts.part!r}", "use test or valid")
     if opts.servers and opts.backend == "local":
         raise ToolrecError("--server is for the vllm and openai backends", "drop --server, or pass --backend vllm")
+    if opts.finish not in FINISH_CHOICES:
+        raise ToolrecError(f"unknown --finish {opts.finish!r}", f"use one of: {', '.join(FINISH_CHOICES)}")
+    if not 0.0 <= opts.temperature <= 2.0:
+        raise ToolrecError(f"--temperature {opts.temperature} is out of range", "use 0 (greedy) up to 2; the paper ran at 1")
     return names
 
 
@@ -93,16 +100,19 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
         suite = factory(
             [n for n in names if needs_llm(n)], ds, tools, llm=opts.llm, backend=opts.backend,
             servers=opts.servers, api_key=opts.api_key, top_n=opts.top_n, grammar=opts.grammar,
+            finish=opts.finish, temperature=opts.temperature,
         )
     for n in names:
         methods.append(suite.methods[n] if needs_llm(n) else build_score_method(n, ds, tools))
 
+    recorded = [n for m in methods for n in (m.name, *getattr(m, "variants", ()))]  # e.g. toolrec/last-list
     config = RunConfig(
-        dataset=ds.name, dataset_fingerprint=ds.fingerprint, methods=names, seeds=seeds, users=users,
+        dataset=ds.name, dataset_fingerprint=ds.fingerprint, methods=recorded, seeds=seeds, users=users,
         llm=opts.llm if uses_llm else None, backend=opts.backend if uses_llm else None, part=opts.part,
         top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency,
         command=command_line(), uses_llm=uses_llm, grammar=opts.grammar if uses_llm else True,
         expected={str(s): len(u) for s, u in plan.items()}, history=opts.history,
+        finish=opts.finish if uses_llm else None, temperature=opts.temperature if uses_llm else 0.0,
     )
     out = Path(opts.out or default_out(opts))
 
