@@ -1,8 +1,9 @@
-"""Model and training settings, with two presets.
+"""Model and training settings, with three presets.
 
 `default` follows the ML-1M settings of SASRec (length 200, hidden 64, 2 layers, dropout 0.2);
 `fast` is what the tests and a quick ML-100K run use (length 50, fewer epochs), and gives the
-same figures on ML-100K, whose users are shorter anyway.
+same figures on ML-100K, whose users are shorter anyway; `paper` is the ToolRec authors'
+RecBole setting (their SASRec.yaml and SAS_ml1m.yaml).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class BackboneConfig:
     heads: int = 2
     dropout: float = 0.2
     mask_prob: float = 0.2  # BERT4Rec only: share of positions masked in training
+    mask_last: float = 0.0  # BERT4Rec only: share of training windows that mask only their last item
+    inner: int = 0  # feed-forward width; 0 = hidden (SASRec's own), RecBole uses 256 for hidden 64
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class ToolConfig:
     heads: int = 2
     dropout: float = 0.2
     word_dim: int = 0  # > 0 when value embeddings come from fixed word vectors
+    # How values are embedded: "words" (fixed word vectors, text values), "numeric" (bucket +
+    # scalar, numeric values) or "learned" (one vector per value); see attribute.py
+    encoding: str = "learned"
+    buckets: int = 10  # numeric: quantile buckets
+    fusion_init: str = "identity"  # Dense over [a_u ⊕ H]: "random" (paper) or the identity on H
 
 
 @dataclass(frozen=True)
@@ -50,12 +58,20 @@ class TrainConfig:
     # BPR: sampled negatives per positive, losses averaged. 128 brings BPR within ~10% of full
     # cross-entropy on ML-100K at a thirtieth of its cost on an ML-1M-sized catalogue.
     negatives: int = 128
-    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
+    # BPR: one set of negatives for the whole batch (cheap), or `negatives` per positive
+    # (RecBole's one uniform negative per positive)
+    shared_negatives: bool = True
+    # Epochs without a better (smoothed) validation score before stopping; never less than a
+    # tenth of `epochs` (see stopping.py).
+    patience: int = 5
     eval_every: int = 1
     seed: int = 0
-    # Validation ranks items outside the history, as the tools are used. Only data where users
-    # repeat items (e.g. the synthetic rule walk in the tests) needs False.
+    # Validation ranks items outside the history, as the tools are used; False ranks the whole
+    # catalogue as RecBole does (and as data where users repeat items, e.g. the tests' rule walk,
+    # needs). The best epoch is the one with the best `valid_metric` ("ndcg@10" or "mrr@10").
     exclude_history: bool = True
+    valid_metric: str = "ndcg@10"
+    device: str = "auto"  # auto = cuda when torch sees a GPU, else cpu
 
 
 PRESETS: dict[str, dict] = {
@@ -66,7 +82,15 @@ PRESETS: dict[str, dict] = {
     # at ML-1M size the full softmax costs about twice the epoch time and ~2 GB more memory.
     "fast": {"max_len": 50, "batch_size": 64, "lr": 2e-3, "epochs": 50, "patience": 5, "loss": "ce",
              "tool_epochs": 10, "tool_patience": 3},
+    # The authors' RecBole setting. RecBole's batch of 2048 is 2048 (prefix, next item) pairs;
+    # one of our training windows holds up to 50 such pairs, so 40 windows carry about as many.
+    # RecBole stops after 20 epochs without a better validation MRR@10 over the whole catalogue.
+    "paper": {"max_len": 50, "layers": 2, "heads": 4, "hidden": 64, "inner": 256, "dropout": 0.5,
+              "batch_size": 40, "lr": 1e-3, "loss": "bpr", "negatives": 1, "shared_negatives": False,
+              "epochs": 300, "patience": 20, "valid_metric": "mrr@10", "exclude_history": False,
+              "tool_epochs": 50},
 }
+VALID_METRICS = ("ndcg@10", "mrr@10")
 
 
 def settings(preset: str, model: str, n_items: int, **overrides) -> tuple[BackboneConfig, TrainConfig, TrainConfig]:
@@ -74,7 +98,8 @@ def settings(preset: str, model: str, n_items: int, **overrides) -> tuple[Backbo
     override that is not None."""
     check_choice(preset, tuple(PRESETS), "preset")
     check_choice(model, BACKBONES, "backbone")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    base = {k: v for k, v in PRESETS[preset].items() if k not in BACKBONES}
+    values = {**base, **PRESETS[preset].get(model, {}), **{k: v for k, v in overrides.items() if v is not None}}
     tool_epochs = values.pop("tool_epochs", None)
     tool_patience = values.pop("tool_patience", None)
     unknown = set(values) - {f.name for f in fields(BackboneConfig)} - {f.name for f in fields(TrainConfig)}
@@ -83,8 +108,8 @@ def settings(preset: str, model: str, n_items: int, **overrides) -> tuple[Backbo
     bnames = {f.name for f in fields(BackboneConfig)}
     bcfg = BackboneConfig(model=model, n_items=n_items, **{k: v for k, v in values.items() if k in bnames})
     tcfg = TrainConfig(**{k: v for k, v in values.items() if k not in bnames})
-    if tcfg.loss not in LOSSES:
-        check_choice(tcfg.loss, LOSSES, "loss")
+    check_choice(tcfg.loss, LOSSES, "loss")
+    check_choice(tcfg.valid_metric, VALID_METRICS, "validation metric")
     tool = replace(tcfg, epochs=tool_epochs or tcfg.epochs, patience=tool_patience or tcfg.patience)
     if "epochs" in overrides and overrides["epochs"] is not None:
         tool = replace(tool, epochs=overrides["epochs"])
@@ -114,4 +139,4 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
 
 
 __all__ = ["BackboneConfig", "ToolConfig", "TrainConfig", "PRESETS", "BACKBONES", "LOSSES", "as_dict", "from_dict",
-           "check_choice", "replace", "settings"]
+           "check_choice", "replace", "settings", "VALID_METRICS"]

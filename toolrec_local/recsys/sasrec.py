@@ -22,7 +22,7 @@ class SASRec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.items = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
-        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=True)
+        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=True, inner=cfg.inner)
         nn.init.normal_(self.items.weight, std=cfg.hidden ** -0.5)
         with torch.no_grad():
             self.items.weight[0].zero_()

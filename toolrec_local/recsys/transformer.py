@@ -34,13 +34,15 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, hidden: int, heads: int, dropout: float):
+    def __init__(self, hidden: int, heads: int, dropout: float, inner: int = 0):
         super().__init__()
         self.ln1 = nn.LayerNorm(hidden)
         self.attn = SelfAttention(hidden, heads, dropout)
         self.ln2 = nn.LayerNorm(hidden)
-        # SASRec's point-wise feed-forward keeps the width (hidden -> hidden), unlike GPT's 4x.
-        self.ff = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
+        # SASRec's point-wise feed-forward keeps the width (inner = 0: hidden -> hidden), unlike
+        # GPT's 4x; RecBole's SASRec widens it (inner_size 256 for hidden 64).
+        inner = inner or hidden
+        self.ff = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner, hidden))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, query_last: bool = False) -> torch.Tensor:
@@ -55,12 +57,13 @@ class Encoder(nn.Module):
     """Positions + blocks + final norm over a (B, L, d) input; padding rows are zeroed after
     every block so they never leak into the representation."""
 
-    def __init__(self, hidden: int, layers: int, heads: int, dropout: float, max_len: int, causal: bool):
+    def __init__(self, hidden: int, layers: int, heads: int, dropout: float, max_len: int, causal: bool,
+                 inner: int = 0):
         super().__init__()
         self.causal = causal
         self.pos = nn.Embedding(max_len, hidden)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(hidden, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(hidden, heads, dropout, inner) for _ in range(layers))
         self.ln = nn.LayerNorm(hidden)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor, last_only: bool = False) -> torch.Tensor:
