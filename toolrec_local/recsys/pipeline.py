@@ -35,7 +35,7 @@ def run_tools(ds: Dataset, backbone: str, attributes: list[str] | None, train: T
 
 def ensure_trained(ds: Dataset, backbone: str = "sasrec", attributes: list[str] | None = None,
                    preset: str = "fast", show: bool = False, word_vectors: str | None = GLOVE_PACKAGE,
-                   **overrides) -> RetrievalTool:
+                   fusion_init: str = "random", **overrides) -> RetrievalTool:
     """The retrieval tool with `attributes` (default: all of the dataset's), training only what
     has no valid checkpoint: a backbone that is missing or trained on other data is retrained
     (and with it every tool); a missing or stale tool is retrained alone."""
@@ -52,7 +52,7 @@ def ensure_trained(ds: Dataset, backbone: str = "sasrec", attributes: list[str] 
         except ToolrecError:
             missing.append(name)
     if missing:
-        run_tools(ds, backbone, missing, tool_train, word_vectors=word_vectors, show=show)
+        run_tools(ds, backbone, missing, tool_train, word_vectors=word_vectors, fusion_init=fusion_init, show=show)
     return RetrievalTool.load(ds, backbone, attributes=names)
 
 
