@@ -632,3 +632,23 @@ def test_parquet_reader_refuses_other_files(tmp_path):
     path.write_bytes(b"not parquet at all")
     with pytest.raises(ParquetError, match="not a Parquet file"):
         read_string_column(path)
+
+
+def test_presets_paper_and_per_backbone(tmp_home, tmp_path):
+    """The paper preset is the authors' RecBole setting; a preset may differ per backbone."""
+    from toolrec_local.recsys.config import PRESETS, settings
+    from toolrec_local.recsys.train import train_backbone
+
+    b, t, _ = settings("paper", "sasrec", 100)
+    assert (b.max_len, b.layers, b.heads, b.hidden, b.inner, b.dropout) == (50, 2, 4, 64, 256, 0.5)
+    assert (t.loss, t.negatives, t.shared_negatives, t.lr, t.patience, t.valid_metric, t.exclude_history) == \
+        ("bpr", 1, False, 1e-3, 20, "mrr@10", False)
+    for preset, entries in PRESETS.items():
+        if "bert4rec" in entries:
+            b4, t4, _ = settings(preset, "bert4rec", 100)
+            assert all(getattr(b4, k, getattr(t4, k, None)) == v for k, v in entries["bert4rec"].items())
+    ds = _prepare_rule(tmp_path)
+    b, t, _ = settings("paper", "sasrec", ds.n_items, max_len=12, epochs=2)
+    model, meta = train_backbone(ds, b, t, save=False)
+    assert meta["metrics"]["selected_by"] == "kept_mrr@10" and meta["metrics"]["epochs_run"] == 2
+    assert model.encoder.blocks[0].ff[0].out_features == 256
