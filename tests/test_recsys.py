@@ -610,6 +610,9 @@ def test_numeric_values_are_read_as_numbers():
     assert numeric_values(["[PAD]", "$12.99-$19.95", "$5-$12.99"])[1] == pytest.approx(16.47)
     assert numeric_values(["[PAD]", "Comedy", "1995"]) is None
     assert numeric_values(["[PAD]", "Las Vegas"]) is None
+    # ML-100K's years include "unkonwn" and "V": numbers still, those two as "not a number"
+    years = numeric_values(["[PAD]"] + [str(1950 + i) for i in range(70)] + ["unkonwn", "V"])
+    assert years is not None and np.isnan(years[-2:]).all() and years[1] == 1950.0
 
 
 def test_parquet_reader_pieces():

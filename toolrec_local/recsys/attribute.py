@@ -33,16 +33,17 @@ FUSION_INITS = ("random", "identity")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
-def numeric_values(vocab: list[str]) -> np.ndarray | None:
-    """The number each value stands for (a range "a-b" -> its midpoint), or None when some
-    value is not a number. vocab[0] (padding) gets NaN."""
+def numeric_values(vocab: list[str], min_share: float = 0.9) -> np.ndarray | None:
+    """The number each value stands for (a range "a-b" -> its midpoint; NaN for the odd value
+    that is not a number, e.g. ML-100K's "unkonwn" year), or None when fewer than `min_share`
+    of the values are numbers. vocab[0] (padding) is NaN."""
     out = np.full(len(vocab), np.nan)
     for i, value in enumerate(vocab[1:], start=1):
         numbers = _NUMBER.findall(value)
-        if not numbers or len(numbers) > 2 or _NUMBER.sub("", value).strip(" -$€£.,%") != "":
-            return None
-        out[i] = float(np.mean([float(n) for n in numbers]))
-    return out if len(vocab) > 1 else None
+        if numbers and len(numbers) <= 2 and _NUMBER.sub("", value).strip(" -$€£.,%") == "":
+            out[i] = float(np.mean([float(n) for n in numbers]))
+    known = int(np.isfinite(out).sum())
+    return out if len(vocab) > 1 and known >= min_share * (len(vocab) - 1) else None
 
 
 class AttributeEncoder(nn.Module):
@@ -69,13 +70,17 @@ class AttributeEncoder(nn.Module):
             if number is None:
                 raise ValueError(f"attribute {attribute.name!r} has values that are not numbers")
             per_item = number[np.asarray(attribute.values, dtype=np.int64)]
+            per_item = per_item[np.isfinite(per_item)]
             edges = np.unique(np.quantile(per_item, np.linspace(0, 1, cfg.buckets + 1)[1:-1])) if len(per_item) else []
-            bucket = np.where(np.isnan(number), 0, 1 + np.searchsorted(edges, np.nan_to_num(number), side="right"))
-            mean, std = float(np.nanmean(per_item)), float(np.nanstd(per_item)) or 1.0
+            # rows: 0 padding, 1..buckets the quantile buckets, buckets + 1 "not a number"
+            bucket = 1 + np.searchsorted(edges, np.nan_to_num(number), side="right")
+            bucket = np.where(np.isfinite(number), bucket, cfg.buckets + 1)
+            bucket[0] = 0
+            mean, std = (float(per_item.mean()), float(per_item.std()) or 1.0) if len(per_item) else (0.0, 1.0)
             self.register_buffer("value_bucket", torch.from_numpy(bucket.astype(np.int64)), persistent=False)
             self.register_buffer("value_number", torch.from_numpy(np.nan_to_num((number - mean) / std)).float(),
                                  persistent=False)
-            self.bucket_emb = nn.Embedding(cfg.buckets + 1, cfg.hidden, padding_idx=0)
+            self.bucket_emb = nn.Embedding(cfg.buckets + 2, cfg.hidden, padding_idx=0)
             self.number_proj = nn.Linear(1, cfg.hidden)
         self.mask_value = nn.Parameter(torch.zeros(cfg.hidden))  # BERT4Rec's [MASK] position
         self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, max_len, causal=causal)
