@@ -54,12 +54,15 @@ class EarlyStopping:
     best_at: int = -1  # index into scores of the last smoothed best
 
     def noise(self) -> float:
-        """The scores' epoch-to-epoch scatter (std of successive differences / sqrt 2): on a
-        plateau the running best of a noisy curve keeps creeping up by chance, so a new best
-        must beat the old by more than the smoothed curve's own noise."""
-        if len(self.scores) < 4:
+        """The scores' epoch-to-epoch scatter over the recent window (median absolute successive
+        difference, scaled to a standard deviation): on a plateau the running best of a noisy
+        curve keeps creeping up by chance, so a new best must beat the old by more than the
+        smoothed curve's own noise. Recent and robust, so the fast rise of the first epochs
+        does not count as noise later."""
+        recent = np.diff(self.scores[-2 * self.patience - 1:])
+        if len(recent) < 3:
             return 0.0
-        return float(np.std(np.diff(self.scores)) / math.sqrt(2))
+        return float(1.4826 * np.median(np.abs(recent - np.median(recent))) / math.sqrt(2))
 
     def update(self, score: float) -> bool:
         """Record one validation score; True when training should stop."""
