@@ -7,9 +7,9 @@ while it is still learning (the `default` preset stopped SASRec at epoch 54 of 2
 
 So this rule:
 - waits at least a tenth of the epoch budget, whatever `patience` says;
-- looks for new bests on a trailing mean of the last `smooth` evaluations, so one lucky
-  evaluation does not set a bar the rising curve then needs `patience` epochs to pass, and
-  counts a new best only when it beats the old one by more than that mean's noise;
+- counts as progress a new best evaluation, or a new best of the trailing mean of the last
+  `smooth` evaluations that beats the old one by more than that mean's noise (so one lucky
+  evaluation does not set a bar the rising curve then needs `patience` epochs to pass);
 - and even after `patience` evaluations without a smoothed best, goes on while a straight
   line fitted to the last 2 x `patience` evaluations still rises significantly (slope over
   twice its standard error).
@@ -66,10 +66,11 @@ class EarlyStopping:
 
     def update(self, score: float) -> bool:
         """Record one validation score; True when training should stop."""
+        new_raw_best = not self.scores or score > max(self.scores)
         self.scores.append(float(score))
         smoothed = float(np.mean(self.scores[-self.smooth:]))
-        if smoothed > self.best_smoothed + self.noise() / math.sqrt(self.smooth):
-            self.best_smoothed, self.best_at = smoothed, len(self.scores) - 1
+        if smoothed > self.best_smoothed + self.noise() / math.sqrt(self.smooth) or new_raw_best:
+            self.best_smoothed, self.best_at = max(smoothed, self.best_smoothed), len(self.scores) - 1
             return False
         if len(self.scores) - 1 - self.best_at < self.patience or len(self.scores) < 2 * self.patience:
             return False
