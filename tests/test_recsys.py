@@ -460,8 +460,8 @@ def test_cli_train_all_and_bad_options(tmp_home, tmp_path, monkeypatch, capsys):
         assert code == 2 and needle in err.splitlines()[0], err
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_last_only_encoder_equals_the_full_pass_at_the_last_position(causal):
+@pytest.mark.parametrize("causal,postnorm", [(True, False), (False, False), (True, True)])
+def test_last_only_encoder_equals_the_full_pass_at_the_last_position(causal, postnorm):
     """Inference computes only the last position in the last block; it must give the numbers
     the full pass gives there (padding on the left, as inference inputs are)."""
     import torch
@@ -469,7 +469,8 @@ def test_last_only_encoder_equals_the_full_pass_at_the_last_position(causal):
     from toolrec_local.recsys.transformer import Encoder
 
     torch.manual_seed(0)
-    enc = Encoder(hidden=32, layers=2, heads=2, dropout=0.0, max_len=12, causal=causal).eval()
+    enc = Encoder(hidden=32, layers=2, heads=2, dropout=0.0, max_len=12, causal=causal, inner=48,
+                  postnorm=postnorm).eval()
     x = torch.randn(5, 12, 32)
     keep = torch.ones(5, 12, dtype=torch.bool)
     keep[0, :7] = False  # a short history, left-padded

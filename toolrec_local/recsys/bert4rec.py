@@ -28,7 +28,8 @@ class BERT4Rec(nn.Module):
         if not cfg.tied:
             self.item_inputs = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
         self.mask_vector = nn.Parameter(torch.randn(cfg.hidden) * cfg.hidden ** -0.5)
-        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=False, inner=cfg.inner)
+        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=False, inner=cfg.inner,
+                               postnorm=cfg.postnorm)
         for table in [self.items] + ([] if cfg.tied else [self.item_inputs]):
             nn.init.normal_(table.weight, std=cfg.hidden ** -0.5)
             with torch.no_grad():

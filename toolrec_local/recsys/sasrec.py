@@ -26,7 +26,8 @@ class SASRec(nn.Module):
         self.items = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
         if not cfg.tied:
             self.item_inputs = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
-        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=True, inner=cfg.inner)
+        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=True, inner=cfg.inner,
+                               postnorm=cfg.postnorm)
         for table in [self.items] + ([] if cfg.tied else [self.item_inputs]):
             nn.init.normal_(table.weight, std=cfg.hidden ** -0.5)
             with torch.no_grad():
