@@ -69,6 +69,9 @@ class TrainConfig:
     # BPR: one set of negatives for the whole batch (cheap), or `negatives` per positive
     # (RecBole's one uniform negative per positive)
     shared_negatives: bool = True
+    # SASRec only: also rank each position's next item above every item already read at that
+    # position (BPR against the history). Ranking the history is what RecBole's protocol scores.
+    history_negatives: bool = False
     # Epochs without a better (smoothed) validation score before stopping; never less than a
     # tenth of `epochs` (see stopping.py).
     patience: int = 5
