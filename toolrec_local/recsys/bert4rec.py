@@ -25,15 +25,11 @@ class BERT4Rec(nn.Module):
         # The item table stays n_items + 1 rows (scores are over real items); the mask token
         # has its own vector and the id n_items + 1 in input sequences.
         self.items = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
-        if not cfg.tied:
-            self.item_inputs = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
         self.mask_vector = nn.Parameter(torch.randn(cfg.hidden) * cfg.hidden ** -0.5)
-        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=False, inner=cfg.inner,
-                               postnorm=cfg.postnorm)
-        for table in [self.items] + ([] if cfg.tied else [self.item_inputs]):
-            nn.init.normal_(table.weight, std=cfg.hidden ** -0.5)
-            with torch.no_grad():
-                table.weight[0].zero_()
+        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=False, inner=cfg.inner)
+        nn.init.normal_(self.items.weight, std=cfg.hidden ** -0.5)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
 
     @property
     def mask_id(self) -> int:
@@ -43,13 +39,9 @@ class BERT4Rec(nn.Module):
     def window(self) -> int:
         return self.cfg.max_len
 
-    @property
-    def input_table(self) -> nn.Embedding:
-        return self.items if self.cfg.tied else self.item_inputs
-
     def embed(self, seqs: torch.Tensor) -> torch.Tensor:
         is_mask = (seqs == self.mask_id).unsqueeze(-1)
-        x = torch.where(is_mask, self.mask_vector, self.input_table(seqs.masked_fill(is_mask.squeeze(-1), 0)))
+        x = torch.where(is_mask, self.mask_vector, self.items(seqs.masked_fill(is_mask.squeeze(-1), 0)))
         return x * math.sqrt(self.cfg.hidden)
 
     def hidden_states(self, seqs: torch.Tensor, last_only: bool = False) -> torch.Tensor:

@@ -30,12 +30,6 @@ class BackboneConfig:
     # samples for the inference task; ML-100K validation NDCG@10 0.101 with 0.1, 0.099 without)
     mask_last: float = 0.1
     inner: int = 0  # feed-forward width; 0 = hidden (SASRec's own), RecBole uses 256 for hidden 64
-    # Input and output item embeddings shared (SASRec's choice) or separate. Shared, the residual
-    # stream carries each input item's own embedding to the output and the model ranks the item
-    # it just read first (SASRec on ML-100K: the last history item was in 83% of users' top 10
-    # with the history kept in the ranking); separate, it learns not to.
-    tied: bool = True
-    postnorm: bool = False  # LayerNorm after each residual sum (RecBole's SASRec) instead of before
 
 
 @dataclass(frozen=True)
@@ -69,9 +63,6 @@ class TrainConfig:
     # BPR: one set of negatives for the whole batch (cheap), or `negatives` per positive
     # (RecBole's one uniform negative per positive)
     shared_negatives: bool = True
-    # SASRec only: also rank each position's next item above every item already read at that
-    # position (BPR against the history). Ranking the history is what RecBole's protocol scores.
-    history_negatives: bool = False
     # Epochs without a better (smoothed) validation score before stopping; never less than a
     # tenth of `epochs` (see stopping.py).
     patience: int = 5

@@ -21,29 +21,19 @@ class SASRec(nn.Module):
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
         self.cfg = cfg
-        # `items` scores (the output side, what tools and retrieval rank against); `item_inputs`
-        # embeds the history when the two are not tied.
         self.items = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
-        if not cfg.tied:
-            self.item_inputs = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
-        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=True, inner=cfg.inner,
-                               postnorm=cfg.postnorm)
-        for table in [self.items] + ([] if cfg.tied else [self.item_inputs]):
-            nn.init.normal_(table.weight, std=cfg.hidden ** -0.5)
-            with torch.no_grad():
-                table.weight[0].zero_()
+        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=True, inner=cfg.inner)
+        nn.init.normal_(self.items.weight, std=cfg.hidden ** -0.5)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
 
     @property
     def window(self) -> int:
         """Training window: max_len inputs plus the one item the last input predicts."""
         return self.cfg.max_len + 1
 
-    @property
-    def input_table(self) -> nn.Embedding:
-        return self.items if self.cfg.tied else self.item_inputs
-
     def embed(self, seqs: torch.Tensor) -> torch.Tensor:
-        return self.input_table(seqs) * math.sqrt(self.cfg.hidden)
+        return self.items(seqs) * math.sqrt(self.cfg.hidden)
 
     def hidden_states(self, seqs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """(B, L) item ids, 0 = padding -> (B, L, d)."""

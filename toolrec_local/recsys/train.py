@@ -37,8 +37,7 @@ def train_backbone(ds: Dataset, config: BackboneConfig, train: TrainConfig, show
     model = build_backbone(config).to(device)
 
     def loss_fn(inputs, targets, gen):
-        return batch_loss(model.hidden_states(inputs), targets, model.items.weight, train, gen,
-                          inputs=inputs if model.causal else None)
+        return batch_loss(model.hidden_states(inputs), targets, model.items.weight, train, gen)
 
     result = fit(ds, model, model, loss_fn, lambda: validate(ds, model, None), train, f"{ds.name} {config.model}",
                  show, device)
@@ -102,33 +101,9 @@ def train_tool(ds: Dataset, attribute: str, backbone: nn.Module, backbone_meta: 
 
 
 def batch_loss(states: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, train: TrainConfig,
-               gen: torch.Generator, inputs: torch.Tensor | None = None) -> torch.Tensor:
+               gen: torch.Generator) -> torch.Tensor:
     """states (B, L, d) and targets (B, L), 0 = no target. BPR (eq. 4) against `negatives`
-    items sampled uniformly per batch, or cross-entropy over the whole catalogue; with
-    `history_negatives` and the causal `inputs` (B, L), plus BPR against the items read so far."""
-    loss = _target_loss(states, targets, weights, train, gen)
-    if train.history_negatives and inputs is not None:
-        loss = loss + history_loss(states, targets, weights, inputs)
-    return loss
-
-
-def history_loss(states: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                 inputs: torch.Tensor) -> torch.Tensor:
-    """Mean BPR of each position's target against each item at or before that position (a
-    repeat of the target excluded). Tied embeddings make a sequence model score the items it
-    has just read highly; this is the signal that teaches it not to."""
-    n = inputs.shape[1]
-    scores = torch.einsum("bld,bmd->blm", states, weights[inputs])  # position x item read
-    target_scores = (states * weights[targets]).sum(-1, keepdim=True)
-    seen = (torch.ones(n, n, dtype=torch.bool, device=inputs.device).tril()
-            & (inputs > 0)[:, None, :] & (targets > 0)[:, :, None] & (inputs[:, None, :] != targets[:, :, None]))
-    if not seen.any():
-        return states.sum() * 0.0
-    return -F.logsigmoid(target_scores - scores)[seen].mean()
-
-
-def _target_loss(states: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, train: TrainConfig,
-                 gen: torch.Generator) -> torch.Tensor:
+    items sampled uniformly per batch (or per positive), or cross-entropy over the whole catalogue."""
     sel = targets > 0
     h, t = states[sel], targets[sel]
     if train.loss == "ce":

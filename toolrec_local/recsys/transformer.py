@@ -34,9 +34,8 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, hidden: int, heads: int, dropout: float, inner: int = 0, postnorm: bool = False):
+    def __init__(self, hidden: int, heads: int, dropout: float, inner: int = 0):
         super().__init__()
-        self.postnorm = postnorm
         self.ln1 = nn.LayerNorm(hidden)
         self.attn = SelfAttention(hidden, heads, dropout)
         self.ln2 = nn.LayerNorm(hidden)
@@ -47,12 +46,6 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, query_last: bool = False) -> torch.Tensor:
-        if self.postnorm:  # BERT / RecBole: normalise after each residual sum
-            if query_last:
-                x = self.ln1(x[:, -1:] + self.drop(self.attn(x, mask[:, :, -1:], query_last=True)))
-            else:
-                x = self.ln1(x + self.drop(self.attn(x, mask)))
-            return self.ln2(x + self.drop(self.ff(x)))
         if query_last:  # the last position's output only: (B, 1, d)
             x = x[:, -1:] + self.drop(self.attn(self.ln1(x), mask[:, :, -1:], query_last=True))
         else:
@@ -65,13 +58,12 @@ class Encoder(nn.Module):
     every block so they never leak into the representation."""
 
     def __init__(self, hidden: int, layers: int, heads: int, dropout: float, max_len: int, causal: bool,
-                 inner: int = 0, postnorm: bool = False):
+                 inner: int = 0):
         super().__init__()
         self.causal = causal
-        self.postnorm = postnorm
         self.pos = nn.Embedding(max_len, hidden)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(hidden, heads, dropout, inner, postnorm) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(hidden, heads, dropout, inner) for _ in range(layers))
         self.ln = nn.LayerNorm(hidden)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor, last_only: bool = False) -> torch.Tensor:
@@ -80,10 +72,7 @@ class Encoder(nn.Module):
         at inference, computed without the other positions' outputs in the last block (the
         same numbers, a fraction of the last block's work)."""
         n = x.shape[1]
-        x = x + self.pos.weight[-n:]  # sequences are right-aligned: last slot = last position
-        # post-norm (RecBole's SASRec) normalises the input here and each block's output after;
-        # pre-norm normalises each block's input and the final output
-        x = self.drop(self.ln(x) if self.postnorm else x)
+        x = self.drop(x + self.pos.weight[-n:])  # sequences are right-aligned: last slot = last position
         mask = attention_mask(keep, self.causal)
         keepf = keep.unsqueeze(-1).to(x.dtype)
         x = x * keepf
@@ -94,7 +83,7 @@ class Encoder(nn.Module):
             x = block(x, mask) * keepf
         if last_only:
             x = final(x, mask, query_last=True) * keepf[:, -1:] if self.blocks else x[:, -1:]
-        return x if self.postnorm else self.ln(x)
+        return self.ln(x)
 
 
 def attention_mask(keep: torch.Tensor, causal: bool) -> torch.Tensor:
