@@ -108,17 +108,37 @@ def train_or_load(root: Path, name: str, backbone: str, preset: str, retrain: bo
     from toolrec_local.recsys.pipeline import ensure_trained
 
     home = _home(root, name)
-    if retrain:
-        shutil.rmtree(home / "checkpoints", ignore_errors=True)
-    if copy_backbone_from and not (home / "checkpoints").exists():
+    if retrain or not _matches_preset(home, backbone, preset):
+        shutil.rmtree(home / "checkpoints" / "ml-100k" / backbone, ignore_errors=True)
+    if copy_backbone_from:  # the tools go on the very backbone the preset part measured
         src = root / copy_backbone_from / "checkpoints" / "ml-100k" / backbone / "backbone"
-        shutil.copytree(src, home / "checkpoints" / "ml-100k" / backbone / "backbone")
+        dst = home / "checkpoints" / "ml-100k" / backbone / "backbone"
+        if not dst.is_dir() or json.loads((dst / "config.json").read_text())["weights_digest"] != \
+                json.loads((src / "config.json").read_text())["weights_digest"]:
+            shutil.rmtree(home / "checkpoints" / "ml-100k" / backbone, ignore_errors=True)
+            shutil.copytree(src, dst)
     ds = _dataset()
     t0 = time.perf_counter()
     tool = ensure_trained(ds, backbone, list(attributes), preset=preset, show=True, fusion_init=fusion_init)
     seconds = time.perf_counter() - t0
     meta = json.loads((checkpoint.backbone_dir(ds.name, backbone) / checkpoint.CONFIG).read_text())
     return ds, tool, meta, seconds
+
+
+def _matches_preset(home: Path, backbone: str, preset: str) -> bool:
+    """A backbone checkpoint trained with other settings than the preset's (an older preset
+    definition) is not reused: the figures must be the preset's."""
+    from dataclasses import asdict
+
+    from toolrec_local.recsys.config import settings
+
+    path = home / "checkpoints" / "ml-100k" / backbone / "backbone" / "config.json"
+    if not path.is_file():
+        return True
+    meta = json.loads(path.read_text())
+    bcfg, tcfg, _ = settings(preset, backbone, meta["config"]["n_items"])
+    train = {k: v for k, v in asdict(tcfg).items() if k != "device"}
+    return meta["config"] == asdict(bcfg) and {k: meta["train"].get(k) for k in train} == train
 
 
 def presets_part(root: Path, presets: list[str], retrain: bool) -> dict:
