@@ -93,8 +93,8 @@ def train_tool(ds: Dataset, attribute: str, backbone: nn.Module, backbone_meta: 
     result["device"] = str(device)
     meta = {"kind": "attribute-tool", "attribute": attribute, "backbone": bcfg.model, "dataset": ds.name,
             "fingerprint": ds.fingerprint, "backbone_digest": backbone_meta["weights_digest"],
-            "vocab": attr.vocab, "word_vectors": word_vectors if encoding == "words" else None, "config": as_dict(cfg), "train": as_dict(train),
-            "metrics": result}
+            "vocab": attr.vocab, "word_vectors": word_vectors if encoding == "words" else None,
+            "config": as_dict(cfg), "train": as_dict(train), "metrics": result}
     if save:
         checkpoint.save(checkpoint.tool_dir(ds.name, bcfg.model, attribute), tool.state_dict(), meta)
     return tool, meta
