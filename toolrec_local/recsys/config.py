@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from toolrec_local.errors import ToolrecError
 
 BACKBONES = ("sasrec", "bert4rec")
+INITS = ("sasrec", "recbole")
 LOSSES = ("bpr", "ce")
 
 
@@ -30,6 +31,11 @@ class BackboneConfig:
     # samples for the inference task; ML-100K validation NDCG@10 0.101 with 0.1, 0.099 without)
     mask_last: float = 0.1
     inner: int = 0  # feed-forward width; 0 = hidden (SASRec's own), RecBole uses 256 for hidden 64
+    # Embedding start: "sasrec" (N(0, 1/hidden), input scaled by sqrt(hidden), positions N(0, 1))
+    # or "recbole" (items and positions N(0, 0.02), unscaled). With RecBole's, the residual
+    # stream carries less of each input item, and the model ranks the item it has just read
+    # lower when the history is kept in the ranking.
+    init: str = "sasrec"
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ def settings(preset: str, model: str, n_items: int, **overrides) -> tuple[Backbo
     tcfg = TrainConfig(**{k: v for k, v in values.items() if k not in bnames})
     check_choice(tcfg.loss, LOSSES, "loss")
     check_choice(tcfg.valid_metric, VALID_METRICS, "validation metric")
+    check_choice(bcfg.init, INITS, "embedding init")
     tool = replace(tcfg, epochs=tool_epochs or tcfg.epochs, patience=tool_patience or tcfg.patience)
     if "epochs" in overrides and overrides["epochs"] is not None:
         tool = replace(tool, epochs=overrides["epochs"])
@@ -148,4 +155,4 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
 
 
 __all__ = ["BackboneConfig", "ToolConfig", "TrainConfig", "PRESETS", "BACKBONES", "LOSSES", "as_dict", "from_dict",
-           "check_choice", "replace", "settings", "VALID_METRICS"]
+           "check_choice", "replace", "settings", "VALID_METRICS", "INITS"]

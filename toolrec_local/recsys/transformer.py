@@ -6,6 +6,8 @@ which matters when a CPU run only affords a few dozen epochs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,6 +86,23 @@ class Encoder(nn.Module):
         if last_only:
             x = final(x, mask, query_last=True) * keepf[:, -1:] if self.blocks else x[:, -1:]
         return self.ln(x)
+
+
+def init_embeddings(model: nn.Module, cfg) -> None:
+    """Item (and position) embeddings of a backbone as `cfg.init` says (config.BackboneConfig)."""
+    if cfg.init == "recbole":
+        nn.init.normal_(model.items.weight, std=0.02)
+        nn.init.normal_(model.encoder.pos.weight, std=0.02)
+    elif cfg.init == "sasrec":
+        nn.init.normal_(model.items.weight, std=cfg.hidden ** -0.5)
+    else:
+        raise ValueError(f"unknown embedding init {cfg.init!r}")
+    with torch.no_grad():
+        model.items.weight[0].zero_()
+
+
+def embed_scale(cfg) -> float:
+    return math.sqrt(cfg.hidden) if cfg.init == "sasrec" else 1.0
 
 
 def attention_mask(keep: torch.Tensor, causal: bool) -> torch.Tensor:
