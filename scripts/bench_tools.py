@@ -35,7 +35,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = ("fast", "default", "paper")
+PRESETS = ("fast", "default", "paper", "fast-recbole")
+# Bench-only variants: a preset plus overrides. fast-recbole = the fast preset with RecBole's
+# embedding start, its best epoch picked with the history kept (RecBole's protocol).
+VARIANTS = {"fast-recbole": ("fast", {"init": "recbole", "exclude_history": False})}
 ATTRIBUTES = ("genre", "release_year")
 RECBOLE_SASREC_VALID_NDCG = 0.0638  # RecBole 1.2.1 SASRec, ML-100K, history kept (shared docs)
 
@@ -107,8 +110,9 @@ def train_or_load(root: Path, name: str, backbone: str, preset: str, retrain: bo
     from toolrec_local.recsys import checkpoint
     from toolrec_local.recsys.pipeline import ensure_trained
 
+    preset, overrides = VARIANTS.get(preset, (preset, {}))
     home = _home(root, name)
-    if retrain or not _matches_preset(home, backbone, preset):
+    if retrain or not _matches_preset(home, backbone, preset, overrides):
         shutil.rmtree(home / "checkpoints" / "ml-100k" / backbone, ignore_errors=True)
     if copy_backbone_from:  # the tools go on the very backbone the preset part measured
         src = root / copy_backbone_from / "checkpoints" / "ml-100k" / backbone / "backbone"
@@ -119,13 +123,14 @@ def train_or_load(root: Path, name: str, backbone: str, preset: str, retrain: bo
             shutil.copytree(src, dst)
     ds = _dataset()
     t0 = time.perf_counter()
-    tool = ensure_trained(ds, backbone, list(attributes), preset=preset, show=True, fusion_init=fusion_init)
+    tool = ensure_trained(ds, backbone, list(attributes), preset=preset, show=True, fusion_init=fusion_init,
+                          **overrides)
     seconds = time.perf_counter() - t0
     meta = json.loads((checkpoint.backbone_dir(ds.name, backbone) / checkpoint.CONFIG).read_text())
     return ds, tool, meta, seconds
 
 
-def _matches_preset(home: Path, backbone: str, preset: str) -> bool:
+def _matches_preset(home: Path, backbone: str, preset: str, overrides: dict) -> bool:
     """A backbone checkpoint trained with other settings than the preset's (an older preset
     definition) is not reused: the figures must be the preset's."""
     from dataclasses import asdict
@@ -136,7 +141,7 @@ def _matches_preset(home: Path, backbone: str, preset: str) -> bool:
     if not path.is_file():
         return True
     meta = json.loads(path.read_text())
-    bcfg, tcfg, _ = settings(preset, backbone, meta["config"]["n_items"])
+    bcfg, tcfg, _ = settings(preset, backbone, meta["config"]["n_items"], **overrides)
     train = {k: v for k, v in asdict(tcfg).items() if k != "device"}
     return meta["config"] == asdict(bcfg) and {k: meta["train"].get(k) for k in train} == train
 

