@@ -135,15 +135,21 @@ def _matches_preset(home: Path, backbone: str, preset: str, overrides: dict) -> 
     definition) is not reused: the figures must be the preset's."""
     from dataclasses import asdict
 
-    from toolrec_local.recsys.config import settings
+    from toolrec_local.errors import ToolrecError
+    from toolrec_local.recsys.config import BackboneConfig, TrainConfig, from_dict, settings
 
     path = home / "checkpoints" / "ml-100k" / backbone / "backbone" / "config.json"
     if not path.is_file():
         return True
     meta = json.loads(path.read_text())
     bcfg, tcfg, _ = settings(preset, backbone, meta["config"]["n_items"], **overrides)
-    train = {k: v for k, v in asdict(tcfg).items() if k != "device"}
-    return meta["config"] == asdict(bcfg) and {k: meta["train"].get(k) for k in train} == train
+    try:  # fields an older version did not write take their defaults
+        saved_b, saved_t = from_dict(BackboneConfig, meta["config"], str(path)), from_dict(TrainConfig, meta["train"], str(path))
+    except ToolrecError:
+        return False
+    ignore = {"mask_prob": 0, "mask_last": 0} if backbone == "sasrec" else {}  # BERT4Rec-only fields
+    return (asdict(saved_b) | ignore == asdict(bcfg) | ignore
+            and asdict(saved_t) | {"device": ""} == asdict(tcfg) | {"device": ""})
 
 
 def presets_part(root: Path, presets: list[str], retrain: bool) -> dict:
