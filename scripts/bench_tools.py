@@ -8,10 +8,12 @@ size, retrieval latency, and Figure 6's parameter/FLOP accounting.
     python scripts/bench_tools.py --only bert4rec                   # or tools, ml1m, accounting
 
 ML-100K parts (all 943 users, full ranking):
-- presets: SASRec trained with each preset (fast, default, paper), validation and test
-  NDCG@10 / Recall@10 with the history excluded (as the tools are used) and kept (RecBole's
-  protocol), against most-popular; the reference is RecBole 1.2.1's SASRec, validation NDCG@10
-  0.0638 with history kept (not re-run here: see --help of this section in the README);
+- presets: SASRec trained with each preset (fast, default, paper) and with fast-recbole (the
+  fast preset, RecBole's embedding start, best epoch picked with the history kept), validation
+  and test NDCG@10 / Recall@10 with the history excluded (as the tools are used) and kept
+  (RecBole's protocol), against most-popular; the reference is RecBole 1.2.1's SASRec,
+  validation NDCG@10 0.0638 with the history kept, measured once on this kind of machine
+  (258 s per epoch) and not re-run by this script;
 - bert4rec: BERT4Rec against SASRec, same preset;
 - tools: the genre and release_year tools with the fusion layer started at random (the paper)
   and as the identity on H, each tool's NDCG@10, top-10 overlap with SASRec, and the recall
