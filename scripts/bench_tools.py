@@ -1,14 +1,25 @@
 #!/usr/bin/env python
-"""Figures for the retrieval tools (issue 3): quality on ML-100K, training cost at ML-1M size,
-retrieval latency, and Figure 6's parameter/FLOP accounting.
+"""Figures for the retrieval tools (issues 3 and 11): quality on ML-100K, training cost at ML-1M
+size, retrieval latency, and Figure 6's parameter/FLOP accounting.
 
-    python scripts/bench_tools.py                 # everything, table on stdout
+    python scripts/bench_tools.py                 # everything, tables on stdout
     python scripts/bench_tools.py --json --out bench_tools.json
-    python scripts/bench_tools.py --only ml100k   # or ml1m, latency, accounting
+    python scripts/bench_tools.py --only presets --presets default   # one part, one preset
+    python scripts/bench_tools.py --only bert4rec                   # or tools, ml1m, accounting
 
-ML-100K checkpoints are kept in --home (default .toolrec-home/bench) and reused while valid;
---retrain trains them again. The ML-1M-size part runs in a child process so that its peak
-RSS is its own. The load average is printed: this machine is shared, so times vary with it.
+ML-100K parts (all 943 users, full ranking):
+- presets: SASRec trained with each preset (fast, default, paper) and with fast-recbole (the
+  fast preset, RecBole's embedding start, best epoch picked with the history kept), validation
+  and test NDCG@10 / Recall@10 with the history excluded (as the tools are used) and kept
+  (RecBole's protocol), against most-popular; the reference is RecBole 1.2.1's SASRec,
+  validation NDCG@10 0.0638 with the history kept, measured once on this kind of machine
+  (258 s per epoch) and not re-run by this script;
+- bert4rec: BERT4Rec against SASRec, same preset;
+- tools: the genre and release_year tools with the fusion layer started at random (the paper)
+  and as the identity on H, each tool's NDCG@10, top-10 overlap with SASRec, and the recall
+  of the `multi` method's 30-candidate pool against SASRec's Recall@30.
+Checkpoints are kept under --home (one folder per preset) and reused while valid; --retrain
+trains them again. The load average is printed: this machine is shared, so times vary with it.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,53 +37,172 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ML100K_METHODS = ["pop", "sasrec", "bert4rec", "tool:genre", "tool:release_year", "tool-b:genre", "tool-b:release_year"]
+PRESETS = ("fast", "default", "paper", "fast-recbole")
+# Bench-only variants: a preset plus overrides. fast-recbole = the fast preset with RecBole's
+# embedding start, its best epoch picked with the history kept (RecBole's protocol).
+VARIANTS = {"fast-recbole": ("fast", {"init": "recbole", "exclude_history": False})}
+ATTRIBUTES = ("genre", "release_year")
+RECBOLE_SASREC_VALID_NDCG = 0.0638  # RecBole 1.2.1 SASRec, ML-100K, history kept (shared docs)
 
 
-def ml100k(home: Path, preset: str, retrain: bool, threads: int, backbones: list[str]) -> dict:
-    import numpy as np
-    import torch
+def _home(root: Path, name: str) -> Path:
+    """A TOOLREC_HOME per run under `root`, all sharing one prepared ML-100K."""
+    data = root / "data"
+    if not (data / "datasets" / "ml-100k").is_dir():
+        os.environ["TOOLREC_HOME"] = str(data)
+        from toolrec_local.data import prepare
 
-    from toolrec_local.data import load_dataset, prepare, prepared
-    from toolrec_local.recsys import checkpoint
-    from toolrec_local.recsys.evaluate import evaluate_tools
-    from toolrec_local.recsys.pipeline import ensure_trained
-    from toolrec_local.recsys.retrieval import RetrievalTool
-
-    os.environ["TOOLREC_HOME"] = str(home)
-    torch.set_num_threads(threads)
-    if not prepared("ml-100k"):
         prepare("ml-100k")
-    ds = load_dataset("ml-100k")
-    if retrain:
-        import shutil
+    home = root / name
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "datasets").exists():
+        (home / "datasets").symlink_to(data / "datasets", target_is_directory=True)
+    os.environ["TOOLREC_HOME"] = str(home)
+    return home
 
-        shutil.rmtree(home / "checkpoints" / "ml-100k", ignore_errors=True)
-    t0 = time.perf_counter()
-    for backbone in backbones:
-        ensure_trained(ds, backbone, ["genre", "release_year"], preset=preset, show=True)
-    train_s = time.perf_counter() - t0
-    records = {}
-    for backbone in backbones:
-        b = json.loads((checkpoint.backbone_dir(ds.name, backbone) / checkpoint.CONFIG).read_text())
-        records[backbone] = b["metrics"]
-        for a in ("genre", "release_year"):
-            t = json.loads((checkpoint.tool_dir(ds.name, backbone, a) / checkpoint.CONFIG).read_text())
-            records[f"{backbone}+{a}"] = t["metrics"]
-    wanted = {"pop"} | {m for m in ML100K_METHODS if "sasrec" in backbones and m in ("sasrec", "tool:genre", "tool:release_year")}
-    wanted |= {m for m in ML100K_METHODS if "bert4rec" in backbones and (m == "bert4rec" or m.startswith("tool-b"))}
-    res = evaluate_tools(ds, [m for m in ML100K_METHODS if m in wanted])
-    # How different the attribute tools' lists are from SASRec's: a tool that returned SASRec's
-    # list again would add nothing for the agent.
+
+def _dataset():
+    from toolrec_local.data import load_dataset
+
+    return load_dataset("ml-100k")
+
+
+def protocol_metrics(ds, scores_fn) -> dict:
+    """{part: {"excluded": {...}, "kept": {...}}} for part in valid, test; scores_fn(users, part)
+    gives full-catalogue scores with the history NOT masked."""
+    import numpy as np
+
+    from toolrec_local.metrics import metric_means, ranks_from_scores
+    from toolrec_local.recsys.models import histories
+
     users = ds.eval_users
-    tool = RetrievalTool.load(ds, "sasrec")
-    base = tool.retrieve_batch(users, None, 10)
-    overlap = {a: float(np.mean([len({i for i, _ in x} & {i for i, _ in y}) / 10 for x, y in
-                                 zip(base, tool.retrieve_batch(users, a, 10))])) for a in ("genre", "release_year")}
-    return {"evaluation": res, "overlap@10_with_sasrec": overlap,
-            "training": {k: {m: v[m] for m in ("best_epoch", "epochs_run", "seconds", "epoch_train_s", "valid")}
-                         for k, v in records.items()},
-            "train_seconds_this_run": round(train_s, 1), "preset": preset}
+    out = {}
+    for part in ("valid", "test"):
+        hists = histories(ds, users, part)
+        targets = np.array([ds.split(int(u), part)[1] for u in users])
+        scores = scores_fn(users, part)
+        out[part] = {"excluded": metric_means(ranks_from_scores(scores, targets, hists), (10, 30)),
+                     "kept": metric_means(ranks_from_scores(scores, targets), (10, 30))}
+    return out
+
+
+def pop_metrics(ds) -> dict:
+    import numpy as np
+
+    pop = ds.train_popularity.astype(np.float32)
+    return protocol_metrics(ds, lambda users, part: np.broadcast_to(pop, (len(users), len(pop))))
+
+
+def backbone_metrics(ds, tool, attribute=None) -> dict:
+    from toolrec_local.recsys.models import histories, score_histories
+
+    model, enc = tool.model, (tool._tools[attribute] if attribute else None)
+    return protocol_metrics(ds, lambda users, part: score_histories(model, enc, histories(ds, users, part),
+                                                                     exclude_history=False))
+
+
+def _training(meta: dict) -> dict:
+    m = meta["metrics"]
+    return {k: m.get(k) for k in ("best_epoch", "epochs_run", "patience_evals", "selected_by", "seconds",
+                                  "epoch_train_s", "device")} | {"valid_at_best": m["valid"]}
+
+
+def train_or_load(root: Path, name: str, backbone: str, preset: str, retrain: bool, attributes=(),
+                  fusion_init: str = "random", copy_backbone_from: str | None = None):
+    from toolrec_local.recsys import checkpoint
+    from toolrec_local.recsys.pipeline import ensure_trained
+
+    preset, overrides = VARIANTS.get(preset, (preset, {}))
+    home = _home(root, name)
+    if retrain or not _matches_preset(home, backbone, preset, overrides):
+        shutil.rmtree(home / "checkpoints" / "ml-100k" / backbone, ignore_errors=True)
+    if copy_backbone_from:  # the tools go on the very backbone the preset part measured
+        src = root / copy_backbone_from / "checkpoints" / "ml-100k" / backbone / "backbone"
+        dst = home / "checkpoints" / "ml-100k" / backbone / "backbone"
+        if not dst.is_dir() or json.loads((dst / "config.json").read_text())["weights_digest"] != \
+                json.loads((src / "config.json").read_text())["weights_digest"]:
+            shutil.rmtree(home / "checkpoints" / "ml-100k" / backbone, ignore_errors=True)
+            shutil.copytree(src, dst)
+    ds = _dataset()
+    t0 = time.perf_counter()
+    tool = ensure_trained(ds, backbone, list(attributes), preset=preset, show=True, fusion_init=fusion_init,
+                          **overrides)
+    seconds = time.perf_counter() - t0
+    meta = json.loads((checkpoint.backbone_dir(ds.name, backbone) / checkpoint.CONFIG).read_text())
+    return ds, tool, meta, seconds
+
+
+def _matches_preset(home: Path, backbone: str, preset: str, overrides: dict) -> bool:
+    """A backbone checkpoint trained with other settings than the preset's (an older preset
+    definition) is not reused: the figures must be the preset's."""
+    from dataclasses import asdict
+
+    from toolrec_local.errors import ToolrecError
+    from toolrec_local.recsys.config import BackboneConfig, TrainConfig, from_dict, settings
+
+    path = home / "checkpoints" / "ml-100k" / backbone / "backbone" / "config.json"
+    if not path.is_file():
+        return True
+    meta = json.loads(path.read_text())
+    bcfg, tcfg, _ = settings(preset, backbone, meta["config"]["n_items"], **overrides)
+    try:  # fields an older version did not write take their defaults
+        saved_b, saved_t = from_dict(BackboneConfig, meta["config"], str(path)), from_dict(TrainConfig, meta["train"], str(path))
+    except ToolrecError:
+        return False
+    ignore = {"mask_prob": 0, "mask_last": 0} if backbone == "sasrec" else {}  # BERT4Rec-only fields
+    return (asdict(saved_b) | ignore == asdict(bcfg) | ignore
+            and asdict(saved_t) | {"device": ""} == asdict(tcfg) | {"device": ""})
+
+
+def presets_part(root: Path, presets: list[str], retrain: bool) -> dict:
+    out = {}
+    for preset in presets:
+        ds, tool, meta, seconds = train_or_load(root, preset, "sasrec", preset, retrain)
+        out[preset] = {"metrics": backbone_metrics(ds, tool), "training": _training(meta),
+                       "train_seconds_this_run": round(seconds, 1)}
+    out["pop"] = {"metrics": pop_metrics(_dataset())}
+    return out
+
+
+def bert4rec_part(root: Path, preset: str, retrain: bool) -> dict:
+    ds, b4r, meta, seconds = train_or_load(root, preset, "bert4rec", preset, retrain)
+    _, sas, sas_meta, _ = train_or_load(root, preset, "sasrec", preset, False)
+    return {"preset": preset, "bert4rec": {"metrics": backbone_metrics(ds, b4r), "training": _training(meta),
+                                           "train_seconds_this_run": round(seconds, 1)},
+            "sasrec": {"metrics": backbone_metrics(ds, sas), "training": _training(sas_meta)},
+            "pop": {"metrics": pop_metrics(ds)}}
+
+
+def tools_part(root: Path, preset: str, retrain: bool) -> dict:
+    """Both fusion starts on the same frozen SASRec; what each gives the agent."""
+    import numpy as np
+
+    from toolrec_local.eval.llm_methods import multi_candidates
+
+    _, base, _, _ = train_or_load(root, preset, "sasrec", preset, False)
+    out = {"preset": preset}
+    for init in ("random", "identity"):
+        ds, tool, _, seconds = train_or_load(root, f"{preset}-tools-{init}", "sasrec", preset, retrain, ATTRIBUTES,
+                                             fusion_init=init, copy_backbone_from=preset)
+        users = ds.eval_users
+        targets = np.array([ds.split(int(u), "test")[1] for u in users])
+        sas10 = tool.retrieve_batch(users, None, 10)
+        sas30 = tool.retrieve_batch(users, None, 30)
+        row = {"train_seconds_this_run": round(seconds, 1),
+               "sasrec_recall@30": float(np.mean([t in {i for i, _ in xs} for t, xs in zip(targets, sas30)]))}
+        for a in ATTRIBUTES:
+            meta = json.loads((Path(os.environ["TOOLREC_HOME"]) / "checkpoints" / "ml-100k" / "sasrec" / "tools" / a
+                               / "config.json").read_text())
+            top = tool.retrieve_batch(users, a, 10)
+            row[a] = {"test": backbone_metrics(ds, tool, a)["test"]["excluded"], "training": _training(meta),
+                      "encoding": meta["config"]["encoding"],
+                      "overlap@10_with_sasrec": float(np.mean([len({i for i, _ in x} & {i for i, _ in y}) / 10
+                                                               for x, y in zip(sas10, top)]))}
+        pools = [[i for _, xs in multi_candidates(tool, int(u), list(ATTRIBUTES), "test") for i in xs] for u in users]
+        row["multi_pool_recall@30"] = float(np.mean([t in set(p) for t, p in zip(targets, pools)]))
+        row["multi_pool_size"] = float(np.mean([len(set(p)) for p in pools]))
+        out[init] = row
+    return out
 
 
 def ml1m_child(threads: int, epoch_only: bool = False) -> dict:
@@ -144,32 +275,64 @@ def accounting() -> dict:
     return account(synthetic_ml1m(), "genre", max_len=200)
 
 
+def _f(m: dict, part: str, proto: str, metric: str) -> str:
+    return f"{m[part][proto][metric]:.4f}"
+
+
 def show(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    console.print(f"load average: {result['load_average']}")
-    if "ml100k" in result:
-        r = result["ml100k"]
-        t = Table(title=f"ML-100K, full ranking, {r['evaluation']['users']} test users (preset {r['preset']})")
-        for col in ("method", "NDCG@10", "Recall@10", "NDCG@20", "Recall@20", "× pop NDCG@10", "vs sasrec"):
+    console = Console(width=200)
+    console.print(f"load average: {result['load_average']} -> {result.get('load_average_end')}  ({result['cpus']} CPUs)")
+    if "presets" in result:
+        r = result["presets"]
+        pop = r["pop"]["metrics"]
+        t = Table(title="SASRec per preset, ML-100K, all 943 users, full ranking (valid / test)")
+        for col in ("model", "valid NDCG@10 excl", "valid Recall@10 excl", "valid NDCG@10 kept", "valid Recall@10 kept",
+                    "test NDCG@10 excl", "test Recall@10 excl", "test NDCG@10 kept", "test Recall@10 kept",
+                    "test excl × pop", "best / run epochs", "s/epoch"):
             t.add_column(col)
-        ms = r["evaluation"]["methods"]
-        pop, sas = ms["pop"]["ndcg@10"], ms["sasrec"]["ndcg@10"]
-        for name, m in ms.items():
-            ref = sas if not name.startswith("tool-b") else ms["bert4rec"]["ndcg@10"]
-            t.add_row(name, f"{m['ndcg@10']:.4f}", f"{m['recall@10']:.4f}", f"{m['ndcg@20']:.4f}",
-                      f"{m['recall@20']:.4f}", f"{m['ndcg@10'] / pop:.2f}",
-                      f"{100 * (m['ndcg@10'] / ref - 1):+.1f}%" if name.startswith("tool") else "")
+        for name, v in r.items():
+            m = v["metrics"]
+            tr = v.get("training", {})
+            t.add_row(f"sasrec ({name})" if name != "pop" else "pop",
+                      *(_f(m, p, pr, k) for p in ("valid", "test") for pr in ("excluded", "kept")
+                        for k in ("ndcg@10", "recall@10")),
+                      f"{m['test']['excluded']['ndcg@10'] / pop['test']['excluded']['ndcg@10']:.2f}",
+                      f"{tr.get('best_epoch', '')} / {tr.get('epochs_run', '')}" if tr else "",
+                      f"{tr['epoch_train_s']:.2f}" if tr else "")
+        t.add_row("RecBole 1.2.1 SASRec (CE, len 50; shared docs, not re-run)", "", "",
+                  f"{RECBOLE_SASREC_VALID_NDCG:.4f}", "", "", "", "", "", "", "best of 12", "258")
         console.print(t)
-        console.print(f"top-10 overlap with SASRec: {r['overlap@10_with_sasrec']}")
-        t = Table(title="ML-100K training")
-        for col in ("model", "best epoch", "epochs", "s/epoch (train)", "total s", "valid NDCG@10"):
+    if "bert4rec" in result:
+        r = result["bert4rec"]
+        t = Table(title=f"BERT4Rec vs SASRec ({r['preset']} preset), ML-100K, test, history excluded")
+        for col in ("model", "NDCG@10", "Recall@10", "NDCG@10 kept", "× SASRec NDCG@10", "× pop NDCG@10",
+                    "best / run epochs", "s/epoch"):
             t.add_column(col)
-        for name, m in r["training"].items():
-            t.add_row(name, str(m["best_epoch"]), str(m["epochs_run"]), f"{m['epoch_train_s']:.2f}",
-                      f"{m['seconds']:.0f}", f"{m['valid'].get('ndcg@10', 0):.4f}")
+        sas, pop = r["sasrec"]["metrics"]["test"]["excluded"]["ndcg@10"], r["pop"]["metrics"]["test"]["excluded"]["ndcg@10"]
+        for name in ("bert4rec", "sasrec", "pop"):
+            m, tr = r[name]["metrics"]["test"], r[name].get("training")
+            t.add_row(name, f"{m['excluded']['ndcg@10']:.4f}", f"{m['excluded']['recall@10']:.4f}",
+                      f"{m['kept']['ndcg@10']:.4f}", f"{m['excluded']['ndcg@10'] / sas:.2f}",
+                      f"{m['excluded']['ndcg@10'] / pop:.2f}",
+                      f"{tr['best_epoch']} / {tr['epochs_run']}" if tr else "", f"{tr['epoch_train_s']:.2f}" if tr else "")
+        console.print(t)
+    if "tools" in result:
+        r = result["tools"]
+        t = Table(title=f"Attribute tools on the frozen SASRec ({r['preset']} preset), ML-100K, test, history excluded")
+        for col in ("fusion start", "tool", "encoding", "NDCG@10", "Recall@10", "top-10 overlap with SASRec",
+                    "best / run epochs", "multi pool Recall@30", "SASRec Recall@30"):
+            t.add_column(col)
+        for init in ("random", "identity"):
+            row = r[init]
+            for a in ATTRIBUTES:
+                v = row[a]
+                t.add_row(init, a, v["encoding"], f"{v['test']['ndcg@10']:.4f}", f"{v['test']['recall@10']:.4f}",
+                          f"{100 * v['overlap@10_with_sasrec']:.0f}%",
+                          f"{v['training']['best_epoch']} / {v['training']['epochs_run']}",
+                          f"{row['multi_pool_recall@30']:.4f}", f"{row['sasrec_recall@30']:.4f}")
         console.print(t)
     if "ml1m" in result:
         e = result["ml1m"]["epoch"]
@@ -197,25 +360,34 @@ def show(result: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["ml100k", "ml1m", "accounting"], action="append")
+    ap.add_argument("--only", choices=["presets", "bert4rec", "tools", "ml1m", "accounting"], action="append")
     ap.add_argument("--home", type=Path, default=REPO / ".toolrec-home" / "bench")
-    ap.add_argument("--preset", default="fast", help="training preset for ML-100K (fast or default)")
+    ap.add_argument("--presets", default=",".join(PRESETS), help="SASRec presets to train and compare")
+    ap.add_argument("--preset", default="fast", help="preset of the bert4rec and tools parts")
     ap.add_argument("--retrain", action="store_true", help="train ML-100K models again even if checkpoints exist")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for ML-100K training (small batches: 1 is faster on a busy machine)")
     ap.add_argument("--ml1m-threads", type=int, default=2, help="torch threads for the ML-1M-size epoch")
     ap.add_argument("--json", action="store_true", help="write the JSON (to --out, default bench_tools.json)")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--backbones", default="sasrec,bert4rec", help="ML-100K backbones to train and evaluate")
     ap.add_argument("--epoch-only", action="store_true", help="ML-1M size: time the epoch, skip the latency part")
     ap.add_argument("--child-ml1m", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_ml1m:
         sys.stdout.write(json.dumps(ml1m_child(args.ml1m_threads, args.epoch_only)) + "\n")
         return
-    parts = args.only or ["ml100k", "ml1m", "accounting"]
+    parts = args.only or ["presets", "bert4rec", "tools", "ml1m", "accounting"]
     result: dict = {"load_average": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
-    if "ml100k" in parts:
-        result["ml100k"] = ml100k(args.home, args.preset, args.retrain, args.threads, args.backbones.split(","))
+    home = args.home.resolve()
+    if {"presets", "bert4rec", "tools"} & set(parts):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if "presets" in parts:
+        result["presets"] = presets_part(home, [p for p in args.presets.split(",") if p], args.retrain)
+    if "bert4rec" in parts:
+        result["bert4rec"] = bert4rec_part(home, args.preset, args.retrain)
+    if "tools" in parts:
+        result["tools"] = tools_part(home, args.preset, args.retrain)
     if "ml1m" in parts:
         child = subprocess.run([sys.executable, __file__, "--child-ml1m", "--ml1m-threads", str(args.ml1m_threads)]
                                + (["--epoch-only"] if args.epoch_only else []),

@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from toolrec_local.data.dataset import Dataset
-from toolrec_local.recsys.attribute import AttributeEncoder
+from toolrec_local.recsys.attribute import AttributeEncoder, numeric_values
 from toolrec_local.recsys.config import BackboneConfig, ToolConfig
 from toolrec_local.recsys.models import build_backbone, user_vectors
 
@@ -31,8 +31,12 @@ def account(ds: Dataset, attribute: str | None = None, max_len: int = 200, hidde
     attr = ds.attribute(attribute)
     backbone = build_backbone(BackboneConfig("sasrec", ds.n_items, max_len=max_len, hidden=hidden, layers=layers,
                                              heads=heads)).eval()
-    tool = AttributeEncoder(ToolConfig(attribute, len(attr.vocab), hidden=hidden, layers=attr_layers, heads=heads),
-                            attr, hidden, max_len, causal=True).eval()
+    # The tool as `train tools` builds it by default: numbers as numbers, text as GloVe 50-d
+    # vectors (a buffer, not a parameter: only their projection trains).
+    numeric = numeric_values(attr.vocab) is not None
+    cfg = ToolConfig(attribute, len(attr.vocab), hidden=hidden, layers=attr_layers, heads=heads,
+                     encoding="numeric" if numeric else "words", word_dim=0 if numeric else 50)
+    tool = AttributeEncoder(cfg, attr, hidden, max_len, causal=True).eval()
     base, extra = _count(backbone), _count(tool)
     flops_base, flops_tool = _flops(backbone, None, max_len), _flops(backbone, tool, max_len)
     return {
@@ -40,5 +44,5 @@ def account(ds: Dataset, attribute: str | None = None, max_len: int = 200, hidde
         "frozen+a1": {"trainable_params": extra, "stored_params": extra, "forward_flops": flops_tool},
         "full+a1": {"trainable_params": base + extra, "stored_params": base + extra, "forward_flops": flops_tool},
         "_setting": {"attribute": attribute, "n_items": ds.n_items, "max_len": max_len, "hidden": hidden,
-                     "layers": layers, "attr_layers": attr_layers},
+                     "layers": layers, "attr_layers": attr_layers, "encoding": cfg.encoding},
     }

@@ -4,7 +4,6 @@ the user, so the model predicts what comes after the last item."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,7 +12,7 @@ from torch import nn
 
 from toolrec_local.recsys.config import BackboneConfig
 from toolrec_local.recsys.sequences import left_pad
-from toolrec_local.recsys.transformer import Encoder
+from toolrec_local.recsys.transformer import Encoder, embed_scale, init_embeddings
 
 
 class BERT4Rec(nn.Module):
@@ -26,10 +25,8 @@ class BERT4Rec(nn.Module):
         # has its own vector and the id n_items + 1 in input sequences.
         self.items = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
         self.mask_vector = nn.Parameter(torch.randn(cfg.hidden) * cfg.hidden ** -0.5)
-        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=False)
-        nn.init.normal_(self.items.weight, std=cfg.hidden ** -0.5)
-        with torch.no_grad():
-            self.items.weight[0].zero_()
+        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=False, inner=cfg.inner)
+        init_embeddings(self, cfg)
 
     @property
     def mask_id(self) -> int:
@@ -42,17 +39,21 @@ class BERT4Rec(nn.Module):
     def embed(self, seqs: torch.Tensor) -> torch.Tensor:
         is_mask = (seqs == self.mask_id).unsqueeze(-1)
         x = torch.where(is_mask, self.mask_vector, self.items(seqs.masked_fill(is_mask.squeeze(-1), 0)))
-        return x * math.sqrt(self.cfg.hidden)
+        return x * embed_scale(self.cfg)
 
     def hidden_states(self, seqs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         return self.encoder(self.embed(seqs), seqs > 0, last_only=last_only)
 
     def train_batch(self, windows: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Mask each item with probability mask_prob; targets are the masked items (0 elsewhere).
-        A row with nothing masked gets its last item masked, which is also the inference task."""
+        """The Cloze task: mask each item with probability mask_prob; targets are the masked items
+        (0 elsewhere). A share `mask_last` of the windows masks only its last item instead, the
+        inference task (the BERT4Rec paper's extra samples); a row with nothing masked also
+        gets its last item masked."""
         inputs = left_pad(windows)
         real = inputs > 0
         masked = real & (rng.random(inputs.shape) < self.cfg.mask_prob)
+        last_only = rng.random(len(inputs)) < self.cfg.mask_last
+        masked[last_only] = False
         none = ~masked.any(axis=1)
         masked[none, -1] = real[none, -1]
         targets = np.where(masked, inputs, 0)

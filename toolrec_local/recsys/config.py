@@ -1,8 +1,9 @@
-"""Model and training settings, with two presets.
+"""Model and training settings, with three presets.
 
 `default` follows the ML-1M settings of SASRec (length 200, hidden 64, 2 layers, dropout 0.2);
 `fast` is what the tests and a quick ML-100K run use (length 50, fewer epochs), and gives the
-same figures on ML-100K, whose users are shorter anyway.
+same figures on ML-100K, whose users are shorter anyway; `paper` is the ToolRec authors'
+RecBole setting (their SASRec.yaml and SAS_ml1m.yaml).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from toolrec_local.errors import ToolrecError
 
 BACKBONES = ("sasrec", "bert4rec")
+INITS = ("sasrec", "recbole")
 LOSSES = ("bpr", "ce")
 
 
@@ -25,6 +27,15 @@ class BackboneConfig:
     heads: int = 2
     dropout: float = 0.2
     mask_prob: float = 0.2  # BERT4Rec only: share of positions masked in training
+    # BERT4Rec only: share of training windows that mask only their last item (the paper's extra
+    # samples for the inference task; ML-100K validation NDCG@10 0.101 with 0.1, 0.099 without)
+    mask_last: float = 0.1
+    inner: int = 0  # feed-forward width; 0 = hidden (SASRec's own), RecBole uses 256 for hidden 64
+    # Embedding start: "sasrec" (N(0, 1/hidden), input scaled by sqrt(hidden), positions N(0, 1))
+    # or "recbole" (items and positions N(0, 0.02), unscaled). With RecBole's, the residual
+    # stream carries less of each input item, and the model ranks the item it has just read
+    # lower when the history is kept in the ranking.
+    init: str = "sasrec"
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,11 @@ class ToolConfig:
     heads: int = 2
     dropout: float = 0.2
     word_dim: int = 0  # > 0 when value embeddings come from fixed word vectors
+    # How values are embedded: "words" (fixed word vectors, text values), "numeric" (bucket +
+    # scalar, numeric values) or "learned" (one vector per value); see attribute.py
+    encoding: str = "learned"
+    buckets: int = 10  # numeric: quantile buckets
+    fusion_init: str = "identity"  # Dense over [a_u ⊕ H]: "random" (paper) or the identity on H
 
 
 @dataclass(frozen=True)
@@ -50,23 +66,47 @@ class TrainConfig:
     # BPR: sampled negatives per positive, losses averaged. 128 brings BPR within ~10% of full
     # cross-entropy on ML-100K at a thirtieth of its cost on an ML-1M-sized catalogue.
     negatives: int = 128
-    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
+    # BPR: one set of negatives for the whole batch (cheap), or `negatives` per positive
+    # (RecBole's one uniform negative per positive)
+    shared_negatives: bool = True
+    # Epochs without a better (smoothed) validation score before stopping; never less than a
+    # tenth of `epochs` (see stopping.py).
+    patience: int = 5
     eval_every: int = 1
     seed: int = 0
-    # Validation ranks items outside the history, as the tools are used. Only data where users
-    # repeat items (e.g. the synthetic rule walk in the tests) needs False.
+    # Validation ranks items outside the history, as the tools are used; False ranks the whole
+    # catalogue as RecBole does (and as data where users repeat items, e.g. the tests' rule walk,
+    # needs). The best epoch is the one with the best `valid_metric` ("ndcg@10" or "mrr@10").
     exclude_history: bool = True
+    valid_metric: str = "ndcg@10"
+    device: str = "auto"  # auto = cuda when torch sees a GPU, else cpu
 
 
 PRESETS: dict[str, dict] = {
-    "default": {"tool_epochs": 50},
+    # SASRec's ML-1M setting (length 200, batch 128, lr 1e-3, 200 epochs; patience scales to 20,
+    # stopping.py) with the full softmax, picked by validation on ML-100K: BPR (128 shared
+    # negatives) reached validation NDCG@10 0.080 (test 0.057) at batch 128 and stopped below
+    # popularity at batch 256, CE 0.099 (test 0.094, 2.2x popularity). CE costs about
+    # twice BPR's epoch time at ML-1M size on a CPU and ~2 GB more memory; --loss bpr keeps eq. 4.
+    "default": {"batch_size": 128, "loss": "ce", "tool_epochs": 50},
     # ML-100K-sized data: few users, so smaller batches give enough optimizer steps per epoch;
     # a small catalogue makes the full softmax (ce) affordable, and it trains SASRec better
-    # than BPR (valid NDCG@10 0.111 vs 0.100 on ML-100K). The default preset keeps BPR (eq. 4):
-    # at ML-1M size the full softmax costs about twice the epoch time and ~2 GB more memory.
+    # than BPR (valid NDCG@10 0.111 vs 0.100 on ML-100K).
     "fast": {"max_len": 50, "batch_size": 64, "lr": 2e-3, "epochs": 50, "patience": 5, "loss": "ce",
-             "tool_epochs": 10, "tool_patience": 3},
+             "tool_epochs": 10, "tool_patience": 3,
+             # BERT4Rec learns from the ~20% masked positions only, a fifth of SASRec's targets per
+             # epoch: it needs about four times the epochs (on ML-100K its validation NDCG@10
+             # peaked at epoch 111-135 of 200).
+             "bert4rec": {"epochs": 200}},
+    # The authors' RecBole setting. RecBole's batch of 2048 is 2048 (prefix, next item) pairs;
+    # one of our training windows holds up to 50 such pairs, so 40 windows carry about as many.
+    # RecBole stops after 20 epochs without a better validation MRR@10 over the whole catalogue.
+    "paper": {"max_len": 50, "layers": 2, "heads": 4, "hidden": 64, "inner": 256, "dropout": 0.5,
+              "batch_size": 40, "lr": 1e-3, "loss": "bpr", "negatives": 1, "shared_negatives": False,
+              "epochs": 300, "patience": 20, "valid_metric": "mrr@10", "exclude_history": False,
+              "tool_epochs": 50},
 }
+VALID_METRICS = ("ndcg@10", "mrr@10")
 
 
 def settings(preset: str, model: str, n_items: int, **overrides) -> tuple[BackboneConfig, TrainConfig, TrainConfig]:
@@ -74,7 +114,8 @@ def settings(preset: str, model: str, n_items: int, **overrides) -> tuple[Backbo
     override that is not None."""
     check_choice(preset, tuple(PRESETS), "preset")
     check_choice(model, BACKBONES, "backbone")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    base = {k: v for k, v in PRESETS[preset].items() if k not in BACKBONES}
+    values = {**base, **PRESETS[preset].get(model, {}), **{k: v for k, v in overrides.items() if v is not None}}
     tool_epochs = values.pop("tool_epochs", None)
     tool_patience = values.pop("tool_patience", None)
     unknown = set(values) - {f.name for f in fields(BackboneConfig)} - {f.name for f in fields(TrainConfig)}
@@ -83,8 +124,9 @@ def settings(preset: str, model: str, n_items: int, **overrides) -> tuple[Backbo
     bnames = {f.name for f in fields(BackboneConfig)}
     bcfg = BackboneConfig(model=model, n_items=n_items, **{k: v for k, v in values.items() if k in bnames})
     tcfg = TrainConfig(**{k: v for k, v in values.items() if k not in bnames})
-    if tcfg.loss not in LOSSES:
-        check_choice(tcfg.loss, LOSSES, "loss")
+    check_choice(tcfg.loss, LOSSES, "loss")
+    check_choice(tcfg.valid_metric, VALID_METRICS, "validation metric")
+    check_choice(bcfg.init, INITS, "embedding init")
     tool = replace(tcfg, epochs=tool_epochs or tcfg.epochs, patience=tool_patience or tcfg.patience)
     if "epochs" in overrides and overrides["epochs"] is not None:
         tool = replace(tool, epochs=overrides["epochs"])
@@ -114,4 +156,4 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
 
 
 __all__ = ["BackboneConfig", "ToolConfig", "TrainConfig", "PRESETS", "BACKBONES", "LOSSES", "as_dict", "from_dict",
-           "check_choice", "replace", "settings"]
+           "check_choice", "replace", "settings", "VALID_METRICS", "INITS"]

@@ -41,8 +41,8 @@ def score_histories(backbone: nn.Module, tool: nn.Module | None, hists: list[np.
     order = np.argsort([min(len(h), backbone.cfg.max_len) for h in hists], kind="stable")
     for start in range(0, len(hists), batch_size):
         rows = order[start:start + batch_size]
-        inputs = torch.from_numpy(backbone.inference_inputs([hists[r] for r in rows]))
-        out[rows] = (user_vectors(backbone, tool, inputs) @ weights.T).numpy()
+        inputs = torch.from_numpy(backbone.inference_inputs([hists[r] for r in rows])).to(weights.device)
+        out[rows] = (user_vectors(backbone, tool, inputs) @ weights.T).float().cpu().numpy()
     out[:, 0] = -np.inf
     if exclude_history:
         for row, h in enumerate(hists):

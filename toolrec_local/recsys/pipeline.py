@@ -9,6 +9,7 @@ from toolrec_local.recsys import checkpoint
 from toolrec_local.recsys.config import TrainConfig, settings
 from toolrec_local.recsys.retrieval import RetrievalTool
 from toolrec_local.recsys.train import train_backbone, train_tool
+from toolrec_local.recsys.word_vectors import GLOVE_PACKAGE
 
 
 def run_backbone(ds: Dataset, model: str, preset: str = "default", show: bool = False, **overrides) -> dict:
@@ -17,8 +18,10 @@ def run_backbone(ds: Dataset, model: str, preset: str = "default", show: bool = 
 
 
 def run_tools(ds: Dataset, backbone: str, attributes: list[str] | None, train: TrainConfig, layers: int = 1,
-              heads: int = 2, word_vectors: str | None = None, show: bool = False) -> dict[str, dict]:
-    """Train one tool per attribute (all of the dataset's when None) on the saved backbone."""
+              heads: int = 2, word_vectors: str | None = GLOVE_PACKAGE, fusion_init: str = "random",
+              show: bool = False) -> dict[str, dict]:
+    """Train one tool per attribute (all of the dataset's when None) on the saved backbone.
+    Text values are embedded with `word_vectors` (GloVe 6B 50-d by default; "none" = learned)."""
     names = list(ds.attributes) if attributes is None else attributes
     for name in names:
         ds.attribute(name)  # unknown names fail before any training
@@ -26,12 +29,13 @@ def run_tools(ds: Dataset, backbone: str, attributes: list[str] | None, train: T
     out = {}
     for name in names:
         out[name] = train_tool(ds, name, base.model, base.meta, train, layers=layers, heads=heads,
-                               word_vectors=word_vectors, show=show)[1]
+                               word_vectors=word_vectors, fusion_init=fusion_init, show=show)[1]
     return out
 
 
 def ensure_trained(ds: Dataset, backbone: str = "sasrec", attributes: list[str] | None = None,
-                   preset: str = "fast", show: bool = False, **overrides) -> RetrievalTool:
+                   preset: str = "fast", show: bool = False, word_vectors: str | None = GLOVE_PACKAGE,
+                   fusion_init: str = "random", **overrides) -> RetrievalTool:
     """The retrieval tool with `attributes` (default: all of the dataset's), training only what
     has no valid checkpoint: a backbone that is missing or trained on other data is retrained
     (and with it every tool); a missing or stale tool is retrained alone."""
@@ -48,7 +52,7 @@ def ensure_trained(ds: Dataset, backbone: str = "sasrec", attributes: list[str] 
         except ToolrecError:
             missing.append(name)
     if missing:
-        run_tools(ds, backbone, missing, tool_train, show=show)
+        run_tools(ds, backbone, missing, tool_train, word_vectors=word_vectors, fusion_init=fusion_init, show=show)
     return RetrievalTool.load(ds, backbone, attributes=names)
 
 

@@ -3,7 +3,6 @@ state at position t scores the item at t+1, and the last position is the user.""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,7 +11,7 @@ from torch import nn
 
 from toolrec_local.recsys.config import BackboneConfig
 from toolrec_local.recsys.sequences import left_pad
-from toolrec_local.recsys.transformer import Encoder
+from toolrec_local.recsys.transformer import Encoder, embed_scale, init_embeddings
 
 
 class SASRec(nn.Module):
@@ -22,10 +21,8 @@ class SASRec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.items = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
-        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=True)
-        nn.init.normal_(self.items.weight, std=cfg.hidden ** -0.5)
-        with torch.no_grad():
-            self.items.weight[0].zero_()
+        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=True, inner=cfg.inner)
+        init_embeddings(self, cfg)
 
     @property
     def window(self) -> int:
@@ -33,7 +30,7 @@ class SASRec(nn.Module):
         return self.cfg.max_len + 1
 
     def embed(self, seqs: torch.Tensor) -> torch.Tensor:
-        return self.items(seqs) * math.sqrt(self.cfg.hidden)
+        return self.items(seqs) * embed_scale(self.cfg)
 
     def hidden_states(self, seqs: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """(B, L) item ids, 0 = padding -> (B, L, d)."""

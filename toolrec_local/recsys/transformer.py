@@ -6,6 +6,8 @@ which matters when a CPU run only affords a few dozen epochs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,13 +36,15 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, hidden: int, heads: int, dropout: float):
+    def __init__(self, hidden: int, heads: int, dropout: float, inner: int = 0):
         super().__init__()
         self.ln1 = nn.LayerNorm(hidden)
         self.attn = SelfAttention(hidden, heads, dropout)
         self.ln2 = nn.LayerNorm(hidden)
-        # SASRec's point-wise feed-forward keeps the width (hidden -> hidden), unlike GPT's 4x.
-        self.ff = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
+        # SASRec's point-wise feed-forward keeps the width (inner = 0: hidden -> hidden), unlike
+        # GPT's 4x; RecBole's SASRec widens it (inner_size 256 for hidden 64).
+        inner = inner or hidden
+        self.ff = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner, hidden))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, query_last: bool = False) -> torch.Tensor:
@@ -55,12 +59,13 @@ class Encoder(nn.Module):
     """Positions + blocks + final norm over a (B, L, d) input; padding rows are zeroed after
     every block so they never leak into the representation."""
 
-    def __init__(self, hidden: int, layers: int, heads: int, dropout: float, max_len: int, causal: bool):
+    def __init__(self, hidden: int, layers: int, heads: int, dropout: float, max_len: int, causal: bool,
+                 inner: int = 0):
         super().__init__()
         self.causal = causal
         self.pos = nn.Embedding(max_len, hidden)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(hidden, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(hidden, heads, dropout, inner) for _ in range(layers))
         self.ln = nn.LayerNorm(hidden)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor, last_only: bool = False) -> torch.Tensor:
@@ -81,6 +86,23 @@ class Encoder(nn.Module):
         if last_only:
             x = final(x, mask, query_last=True) * keepf[:, -1:] if self.blocks else x[:, -1:]
         return self.ln(x)
+
+
+def init_embeddings(model: nn.Module, cfg) -> None:
+    """Item (and position) embeddings of a backbone as `cfg.init` says (config.BackboneConfig)."""
+    if cfg.init == "recbole":
+        nn.init.normal_(model.items.weight, std=0.02)
+        nn.init.normal_(model.encoder.pos.weight, std=0.02)
+    elif cfg.init == "sasrec":
+        nn.init.normal_(model.items.weight, std=cfg.hidden ** -0.5)
+    else:
+        raise ValueError(f"unknown embedding init {cfg.init!r}")
+    with torch.no_grad():
+        model.items.weight[0].zero_()
+
+
+def embed_scale(cfg) -> float:
+    return math.sqrt(cfg.hidden) if cfg.init == "sasrec" else 1.0
 
 
 def attention_mask(keep: torch.Tensor, causal: bool) -> torch.Tensor:
