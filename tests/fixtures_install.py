@@ -11,6 +11,7 @@ test asks for it, and runs while the rest of the suite does; the fixture waits f
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -53,7 +54,8 @@ class DryRun:
         self.cmd = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
                     *readme_pip_install(), "--dry-run", "--quiet", "--report", str(self.report)]
         self.log = open(self.dir / "pip.log", "w+")
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a fresh venv sees nothing else
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 900) -> dict:
         try:

@@ -124,26 +124,27 @@ def test_wheel_installed_non_editable_finds_cards_templates_and_prompts(tmp_path
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     pip = [sys.executable, "-m", "pip"]
+    # Away from the repository (cwd, PYTHONPATH): its toolrec_local.egg-info would count as installed.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TOOLREC_MODELS_DIR", "TOOLREC_PROMPTS")}
+    env["TOOLREC_HOME"] = str(tmp_path / "home")
     subprocess.run(pip + ["wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, cwd=tmp_path, env=env)
     wheel = next((tmp_path / "dist").glob("toolrec_local-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
+    subprocess.run(pip + ["--python", str(py), "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+                          str(wheel)], check=True, capture_output=True, cwd=tmp_path, env=env)
     # The dependencies (torch, typer, ...) from this environment, after the venv's own packages.
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run(pip + ["--python", str(py), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                   check=True, capture_output=True)
 
     import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {str(p.relative_to(REPO)) for p in (REPO / "toolrec_local").rglob("*.py")}
     assert modules <= names, sorted(modules - names)  # pyproject's package list misses none
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TOOLREC_MODELS_DIR", "TOOLREC_PROMPTS")}
-    env["TOOLREC_HOME"] = str(tmp_path / "home")
     listed = subprocess.run([str(venv / "bin" / "toolrec-local"), "models", "list", "--json"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
