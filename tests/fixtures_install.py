@@ -78,12 +78,15 @@ class DryRun:
 
 def pytest_collection_finish(session):
     if any(FIXTURE in getattr(item, "fixturenames", ()) for item in session.items):
-        _RUNS["gpu"] = DryRun()
+        try:
+            _RUNS["gpu"] = DryRun()
+        except Exception as exc:  # noqa: BLE001 - reported by the test that asked, not as a crash of pytest
+            _RUNS["gpu"] = exc
 
 
 def pytest_sessionfinish(session):
     run = _RUNS.pop("gpu", None)
-    if run is not None:
+    if isinstance(run, DryRun):
         run.close()
 
 
@@ -91,4 +94,7 @@ def pytest_sessionfinish(session):
 def gpu_install_report() -> dict:
     if "gpu" not in _RUNS:  # collected some other way: start it now
         _RUNS["gpu"] = DryRun()
-    return _RUNS["gpu"].wait()
+    run = _RUNS["gpu"]
+    if isinstance(run, Exception):
+        pytest.fail(f"the GPU dry run could not start: {run}")
+    return run.wait()

@@ -207,15 +207,3 @@ def test_declared_dependencies_are_the_imported_ones():
     allowed = names() | names("dev") | names("serve-cpu") | names("gpu")
     missing = {m for m in modules(REPO / "tests") - optional if not dist_of.get(m, {m}) & allowed}
     assert missing == set(), "the tests import packages the dev extra does not declare"
-
-
-def test_doctor_does_not_ask_for_packages_nothing_uses(monkeypatch):
-    """Outlines is vLLM's (a server-side backend), not ours: doctor is fine without it."""
-    from toolrec_local import doctor
-
-    real = doctor._version
-    monkeypatch.setattr(doctor, "_version", lambda d: None if d in ("outlines", "outlines-core") else real(d))
-    check = doctor.check_constrained_decoding()
-    assert check.status == doctor.OK and "llguidance" in check.detail
-    monkeypatch.setattr(doctor, "_version", lambda d: None if d == "llguidance" else real(d))
-    assert doctor.check_constrained_decoding().status == doctor.MISSING
