@@ -159,6 +159,11 @@ def test_vllm_command_line_for_cpu_and_gpu(tmp_path):
         assert " ".join(cmd).count("--generation-config vllm") == 1
     with pytest.raises(ToolrecError):
         build_command(tiny, tmp_path, structured_backend="regex-magic", executable="vllm")
+    from toolrec_local.llm.server import resolve_device
+
+    assert resolve_device("cuda") == "cuda" and resolve_device("cpu") == "cpu"  # said: not detected
+    with pytest.raises(ToolrecError, match="unknown device"):
+        resolve_device("tpu-v9")
 
 
 def test_missing_vllm_is_a_toolrec_error_with_both_install_commands(monkeypatch):

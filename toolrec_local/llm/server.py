@@ -12,6 +12,7 @@ stop is verified by checking that no process of that group survives.
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.util
 import os
 import shutil
@@ -60,29 +61,24 @@ def vllm_available() -> bool:
         return False
 
 
+@functools.cache
 def vllm_device() -> str:
     """The device vLLM's own platform detection (`vllm.platforms.current_platform`) picks on this
     machine: "cpu" for the CPU build or no accelerator, "cuda" for an NVIDIA (or ROCm) GPU, else
     vLLM's name for it. Asked in a child process: importing vLLM pulls in torch and most of vLLM
     (seconds, hundreds of MB) and this process only launches `vllm serve`. Cached per process."""
-    global _DEVICE
-    if _DEVICE is None:
-        probe = "from vllm.platforms import current_platform as p; print('device=' + p.device_type)"
-        try:
-            res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-        except subprocess.TimeoutExpired:
-            raise ToolrecError("vLLM's platform detection did not answer within 300 s",
-                               "pass the device yourself: --device cuda or --device cpu") from None
-        found = [line[len("device="):] for line in res.stdout.splitlines() if line.startswith("device=")]
-        if res.returncode != 0 or not found:
-            tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
-            raise ToolrecError(f"vLLM's platform detection failed (exit code {res.returncode}):\n{tail}",
-                               "check the vLLM install (toolrec-local doctor), or pass --device cuda or --device cpu")
-        _DEVICE = found[-1].strip() or "cpu"
-    return _DEVICE
-
-
-_DEVICE: str | None = None
+    probe = "from vllm.platforms import current_platform as p; print('device=' + p.device_type)"
+    try:
+        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise ToolrecError("vLLM's platform detection did not answer within 300 s",
+                           "pass the device yourself: --device cuda or --device cpu") from None
+    found = [line[len("device="):].strip() for line in res.stdout.splitlines() if line.startswith("device=")]
+    if res.returncode != 0 or not found or not found[-1]:
+        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
+        raise ToolrecError(f"vLLM's platform detection failed (exit code {res.returncode}):\n{tail}",
+                           "check the vLLM install (toolrec-local doctor), or pass --device cuda or --device cpu")
+    return found[-1]
 
 
 def resolve_device(device: str) -> str:
