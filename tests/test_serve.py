@@ -24,23 +24,6 @@ def _need_vllm():
         pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
 
 
-@pytest.mark.parametrize("vllm_server", ["xgrammar", "guidance", "outlines"], indirect=True)
-def test_tiny_server_obeys_a_choice_constraint(vllm_server):
-    from openai import OpenAI
-
-    assert vllm_server.base_url.endswith("/v1") and vllm_server.model == "tiny-random"
-    client = OpenAI(base_url=vllm_server.base_url, api_key="none")
-    seen = set()
-    for seed in range(4):
-        r = client.chat.completions.create(
-            model=vllm_server.model, messages=[{"role": "user", "content": "alpha or beta?"}],
-            max_tokens=8, temperature=1.0, seed=seed,
-            extra_body={"structured_outputs": {"choice": ["alpha", "beta"]}},
-        )
-        seen.add(r.choices[0].message.content)
-    assert seen <= {"alpha", "beta"}, f"{vllm_server.structured_backend} let through {seen}"
-
-
 def _wait_group_gone(pgid: int, seconds: float) -> list[int]:
     from toolrec_local.llm.server import _group_alive
 
@@ -153,6 +136,25 @@ def test_serve_cli_stops_the_whole_process_tree(request, tiny_model_dir, tmp_pat
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
     finally:
         _kill(cli, server_pid)
+
+
+# After the generation-config test, which needs the xgrammar server: servers of the three backends
+# in a row evict the first (fixtures_vllm keeps two), so this order starts none twice.
+@pytest.mark.parametrize("vllm_server", ["xgrammar", "guidance", "outlines"], indirect=True)
+def test_tiny_server_obeys_a_choice_constraint(vllm_server):
+    from openai import OpenAI
+
+    assert vllm_server.base_url.endswith("/v1") and vllm_server.model == "tiny-random"
+    client = OpenAI(base_url=vllm_server.base_url, api_key="none")
+    seen = set()
+    for seed in range(4):
+        r = client.chat.completions.create(
+            model=vllm_server.model, messages=[{"role": "user", "content": "alpha or beta?"}],
+            max_tokens=8, temperature=1.0, seed=seed,
+            extra_body={"structured_outputs": {"choice": ["alpha", "beta"]}},
+        )
+        seen.add(r.choices[0].message.content)
+    assert seen <= {"alpha", "beta"}, f"{vllm_server.structured_backend} let through {seen}"
 
 
 def test_serve_refuses_a_port_in_use(tiny_model_dir, tmp_path):
