@@ -46,13 +46,18 @@ class DryRun:
     """`pip install <README's arguments> --dry-run --report` for a fresh venv, in the background."""
 
     def __init__(self):
+        args = readme_pip_install()
         self.dir = Path(tempfile.mkdtemp(prefix="toolrec-gpu-dry-run-"))
         self.report = self.dir / "report.json"
         venv = self.dir / "venv"
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
         # This interpreter's pip, pointed at the fresh venv (--python): the venv has no pip of its own.
         self.cmd = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-                    *readme_pip_install(), "--dry-run", "--quiet", "--report", str(self.report)]
+                    *args, "--dry-run", "--quiet", "--report", str(self.report)]
         self.log = open(self.dir / "pip.log", "w+")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a fresh venv sees nothing else
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
