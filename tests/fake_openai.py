@@ -1,13 +1,16 @@
 """A tiny OpenAI-compatible HTTP server on 127.0.0.1 for backend tests.
 
-`FakeAPI(handler)` serves POST /v1/chat/completions by calling `handler(body) -> dict | (status, dict)`
-and GET /v1/models from `models`; it records every request body in `requests`.
+`FakeAPI(handler)` serves POST /v1/chat/completions by calling
+`handler(body) -> dict | (status, dict) | (status, dict, headers)` and GET /v1/models from
+`models` (ids, or dicts such as {"id": "m", "max_model_len": 1024}); it records every request
+body in `requests` (the Authorization header as "_auth") and when it arrived in `times`.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -27,6 +30,8 @@ class FakeAPI:
         self.handler = handler
         self.models = list(models)
         self.requests: list[dict] = []
+        self.times: list[float] = []  # time.monotonic() of each POST
+        self.model_auth: list[str | None] = []  # the Authorization header of each GET /v1/models
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,28 +40,33 @@ class FakeAPI:
             def log_message(self, *args):
                 pass
 
-            def _send(self, status, payload):
+            def _send(self, status, payload, headers=None):
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/v1/models"):
+                    fake.model_auth.append(self.headers.get("authorization"))
                     self._send(200, {"object": "list", "data": [
-                        {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in fake.models]})
+                        {"object": "model", "created": 0, "owned_by": "fake",
+                         **(m if isinstance(m, dict) else {"id": m})} for m in fake.models]})
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 body["_auth"] = self.headers.get("authorization")
+                fake.times.append(time.monotonic())
                 fake.requests.append(body)
                 out = fake.handler(body)
-                status, payload = out if isinstance(out, tuple) else (200, out)
-                self._send(status, payload)
+                status, payload, *headers = out if isinstance(out, tuple) else (200, out)
+                self._send(status, payload, *headers)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -314,3 +314,92 @@ def test_repeats_a_line_looks_at_finished_lines_only():
     assert not repeats_a_line("A\nB\nA")  # the last "A" may still grow into "Aliens"
     assert repeats_a_line("A\nB\nA\n")
     assert not repeats_a_line("A\nAliens\n")
+
+
+# --- OpenAI backend on the client's own retries -------------------------------------------
+
+QUOTA = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                   "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
+
+
+def test_openai_retries_429_and_5xx_honouring_retry_after():
+    """The client's backoff: a 429 asking `Retry-After` is waited out (0.7 s here, where the
+    configured backoff is 0.01 s), a 500 is retried after the short backoff, then it answers."""
+    replies = [(429, {"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}},
+                {"retry-after-ms": "700"}),
+               (500, {"error": {"message": "boom"}}),
+               chat_response("ok")]
+
+    with FakeAPI(lambda body: replies[len(api.requests) - 1]) as api:
+        assert run(openai_backend(api, retries=3).generate(MSGS, None)).text == "ok"
+    first, second = api.times[1] - api.times[0], api.times[2] - api.times[1]
+    assert len(api.requests) == 3 and first >= 0.7 and second < 0.5, (first, second)
+
+
+def test_openai_quota_error_is_fatal_at_once():
+    with FakeAPI(lambda body: (429, QUOTA)) as api:
+        t0 = time.perf_counter()
+        with pytest.raises(ToolrecError) as exc:
+            run(openai_backend(api, retries=5).generate(MSGS, ACTION))
+    assert len(api.requests) == 1 and time.perf_counter() - t0 < 5  # no retry: it cannot succeed
+    assert "quota" in exc.value.message and "OPENAI_API_KEY" in exc.value.hint
+
+
+def test_openai_rate_limit_that_persists_ends_after_the_retries():
+    with FakeAPI(lambda body: (429, {"error": {"message": "slow down", "code": "rate_limit_exceeded"}})) as api:
+        with pytest.raises(ToolrecError, match="rate limited after 2 retries"):
+            run(openai_backend(api, retries=2).generate(MSGS, None))
+    assert len(api.requests) == 3
+
+
+def test_openai_reply_cut_at_the_token_budget_is_reported_as_truncated():
+    cut = chat_response('{"thought": "I will look at the genre of the films the user', finish_reason="length")
+    with FakeAPI(lambda body: cut) as api:
+        with pytest.raises(ToolrecError) as exc:
+            run(openai_backend(api).generate(MSGS, ACTION, max_tokens=16))
+    assert "truncated at max_completion_tokens=16" in exc.value.message
+    assert "outside the requested schema" not in exc.value.message and len(api.requests) == 1
+
+
+# --- one API-key variable ---------------------------------------------------------------------
+
+def test_one_key_variable_for_vllm_and_openai_uses_its_own(monkeypatch):
+    """`serve` and the vLLM clients share TOOLREC_API_KEY; --backend openai sends OPENAI_API_KEY
+    (never the vLLM key) unless --api-key is given."""
+    import typer
+
+    from toolrec_local.cli import app
+    from toolrec_local.llm.factory import make_backend
+
+    monkeypatch.setenv("TOOLREC_API_KEY", "vllm-secret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    commands = typer.main.get_command(app).commands
+    envvar = {name: next(p.envvar for p in commands[name].params if p.name == "api_key")
+              for name in ("serve", "eval", "recommend", "doctor")}
+    assert envvar == {"serve": "TOOLREC_API_KEY", "doctor": "TOOLREC_API_KEY", "eval": None, "recommend": None}
+    with FakeAPI(lambda body: chat_response("ok")) as api:
+        run(make_backend("gpt-4o", "openai", base_url=api.base_url).generate(MSGS, None))
+        run(make_backend("gpt-4o", "openai", base_url=api.base_url, api_key="sk-given").generate(MSGS, None))
+    assert [r["_auth"] for r in api.requests] == ["Bearer sk-openai", "Bearer sk-given"]
+    with FakeAPI(obeying, models=["tiny-random"]) as api:
+        run(make_backend("tiny-random", "vllm", base_url=api.base_url).connect())
+    assert {r["_auth"] for r in api.requests} == {"Bearer vllm-secret"}
+
+
+# --- the context comes from the server ------------------------------------------------------
+
+def test_context_is_what_the_vllm_server_reports(monkeypatch):
+    """A server started with another --max-model-len than the card's (2048 for tiny-random):
+    the agent fits its prompts to what /v1/models reports."""
+    from toolrec_local.agent.context import model_context
+    from toolrec_local.llm.factory import make_backend
+
+    monkeypatch.setenv("TOOLREC_API_KEY", "k")
+    with FakeAPI(obeying, models=[{"id": "tiny-random", "max_model_len": 700}]) as api:
+        assert model_context(make_backend("tiny-random", "vllm", base_url=api.base_url)) == 700
+        assert api.model_auth == ["Bearer k"]
+    with FakeAPI(obeying, models=[{"id": "tiny-random", "max_model_len": 700}]) as a, \
+            FakeAPI(obeying, models=[{"id": "tiny-random", "max_model_len": 600}]) as b:
+        assert model_context(make_backend("tiny-random", "vllm", base_url=[a.base_url, b.base_url])) == 600
+    with FakeAPI(obeying, models=["tiny-random"]) as api:  # a server that does not say: the card
+        assert model_context(make_backend("tiny-random", "vllm", base_url=api.base_url)) == 2048

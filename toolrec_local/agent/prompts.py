@@ -28,9 +28,12 @@ OPTIONAL_KEYS = ("chatrec_system", "chatrec_user", "llmrank_system", "llmrank_us
 
 
 def prompts_dir() -> Path:
-    """$TOOLREC_PROMPTS, else the repository's `prompts/` folder."""
+    """$TOOLREC_PROMPTS, else the package's `prompts/` (a wheel's package data, or the
+    repository's folder in a source checkout: toolrec_local.resources)."""
+    from toolrec_local.resources import data_dir
+
     env = os.environ.get("TOOLREC_PROMPTS")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "prompts"
+    return Path(env).expanduser() if env else data_dir("prompts")
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/DATASET-LLM)."),
     backend: str = typer.Option("vllm", "--backend", help="vllm (OpenAI-compatible vLLM server), local (in process), openai."),
     server: List[str] = typer.Option([], "--server", help="Server base URL; repeat to spread users over replicas."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TOOLREC_API_KEY", help="API key for the server (or OPENAI_API_KEY for openai)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="API key (default: TOOLREC_API_KEY for a vLLM server, OPENAI_API_KEY for --backend openai)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Run slice i of n (e.g. 2/4) of the (seed, user) pairs."),
     top_n: int = typer.Option(10, "--top-n", help="Length of the recommended list (N)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Users scored per batch by the non-LLM methods."),

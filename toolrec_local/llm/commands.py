@@ -113,8 +113,10 @@ def serve(
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="Weights folder (default: the card's local_path or TOOLREC_HOME/models/NAME)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Keep 127.0.0.1 unless you set --api-key."),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TOOLREC_VLLM_API_KEY", help="Require this bearer key (passed to vLLM through its environment)."),
-    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", min=1, help="Shard the model over N GPUs."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TOOLREC_API_KEY", help="Require this bearer key (passed to vLLM through its environment; clients read the same TOOLREC_API_KEY)."),
+    device: str = typer.Option("auto", "--device", help="auto (what vLLM's platform detection finds) | cuda | cpu."),
+    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", min=1, help="Shard the model over N GPUs (default: the card's, 1)."),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization", min=0.01, max=1.0, help="Share of each GPU's memory vLLM may take (default: the card's, 0.9)."),
     structured_backend: str = typer.Option("xgrammar", "--structured-backend", help="xgrammar | guidance | outlines"),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len", min=64, help="Context length to serve (default: the card's)."),
     kv_cache_gb: Optional[int] = typer.Option(None, "--kv-cache-gb", min=1, help="CPU only: VLLM_CPU_KVCACHE_SPACE (default 1)."),
@@ -125,21 +127,26 @@ def serve(
 ):
     """Serve an open-weight model with vLLM (OpenAI-compatible API) until Ctrl-C.
     Arguments after `--` go to `vllm serve` unchanged."""
+    import os
+
     from toolrec_local.llm.registry import load_card
-    from toolrec_local.llm.server import cpu_warnings, has_gpu, log_tail, prepare_server
+    from toolrec_local.llm.server import cpu_warnings, log_tail, prepare_server
 
     card = load_card(llm)
     if card.kind != "open-weight":
         raise ToolrecError(f"{llm} is an API model; there is nothing to serve", "use it with --backend openai")
-    for w in cpu_warnings(card, has_gpu()):
-        err_console.print(f"[yellow]warning:[/] {w}")
+    if os.environ.get("TOOLREC_VLLM_API_KEY") and not api_key:
+        err_console.print("[yellow]warning:[/] TOOLREC_VLLM_API_KEY is no longer read: server and clients share TOOLREC_API_KEY")
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err_console.print(f"[yellow]warning:[/] binding {host} without --api-key: anyone who can reach it can use it")
     srv = prepare_server(card, model_path=model_path, host=host, port=port, structured_backend=structured_backend,
                          api_key=api_key, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                         extra_args=list(ctx.args), log_path=log_file, kv_cache_gb=kv_cache_gb)
+                         extra_args=list(ctx.args), log_path=log_file, kv_cache_gb=kv_cache_gb, device=device,
+                         gpu_memory_utilization=gpu_memory_utilization)
+    for w in cpu_warnings(card, srv.device != "cpu"):
+        err_console.print(f"[yellow]warning:[/] {w}")
     if print_command:
-        env = [f"{k}={srv.env[k]}" for k in ("VLLM_CPU_KVCACHE_SPACE",) if k in srv.env]
+        env = [f"{k}={srv.env[k]}" for k in ("VLLM_CPU_KVCACHE_SPACE",) if k in srv.env and srv.device == "cpu"]
         console.print(shlex.join(env + srv.command), soft_wrap=True, markup=False)
         return
     err_console.print(f"[dim]$ {escape(shlex.join(srv.command))}[/]", soft_wrap=True)
@@ -160,7 +167,7 @@ def serve(
 
             waited = srv.wait(timeout, on_tick=tick)
         console.print(f"[green]ready[/] in {waited:.0f} s  base URL [bold]{srv.base_url}[/]  model [bold]{srv.model}[/]"
-                      f"  structured outputs: {structured_backend}  pid {srv.pid}", soft_wrap=True)
+                      f"  device {srv.device}  structured outputs: {structured_backend}  pid {srv.pid}", soft_wrap=True)
         console.print("[dim]Ctrl-C stops the server.[/]")
         while srv.alive():
             if echo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from toolrec_local.errors import ToolrecError
@@ -10,6 +11,18 @@ from toolrec_local.llm.protocol import Backend
 BACKENDS = ("vllm", "local", "openai")
 DEFAULT_VLLM_URL = "http://127.0.0.1:8000/v1"
 STRUCTURED_BACKENDS = ("xgrammar", "guidance", "outlines")
+# The one key variable of this project: `toolrec-local serve` makes vLLM require it, and the
+# clients (agent, eval, doctor) send it to vLLM servers. The OpenAI API has its own.
+API_KEY_ENV = "TOOLREC_API_KEY"
+
+
+def api_key_for(backend: str, api_key: str | None = None) -> str | None:
+    """`api_key` (the --api-key option) when given; else the variable of the service that
+    `backend` talks to: OPENAI_API_KEY for the OpenAI API, TOOLREC_API_KEY for a vLLM server,
+    so a vLLM key is never sent to OpenAI."""
+    if api_key:
+        return api_key
+    return os.environ.get("OPENAI_API_KEY" if backend == "openai" else API_KEY_ENV) or None
 
 
 def make_backend(llm: str, backend: str, base_url: str | list[str] | None = None, api_key: str | None = None,
@@ -22,13 +35,17 @@ def make_backend(llm: str, backend: str, base_url: str | list[str] | None = None
               `--structured-outputs-config.backend` decides.
     * local:  transformers + llguidance in this process, weights from `model_path` or the card
               (`structured_backend` None or "guidance").
-    * openai: the OpenAI API (`api_key` or OPENAI_API_KEY; `base_url` for a compatible endpoint).
+    * openai: the OpenAI API (`base_url` for a compatible endpoint).
+
+    `api_key` is the --api-key option; without it the key comes from the environment
+    (`api_key_for`: TOOLREC_API_KEY for vllm, OPENAI_API_KEY for openai).
     """
     from toolrec_local.llm.registry import load_card
 
     if backend not in BACKENDS:
         raise ToolrecError(f"unknown backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
     card = load_card(llm)
+    api_key = api_key_for(backend, api_key)
     if backend == "openai":
         if card.kind != "openai":
             raise ToolrecError(f"model {llm!r} is an open-weight model, not an OpenAI API model",

@@ -4,8 +4,8 @@ A card says where a model's weights come from and how to serve it; it never trig
 download at run time. Weights live in `local_path` (default TOOLREC_HOME/models/<name>) or a
 folder given with `--model-path`.
 
-The folder of cards: $TOOLREC_MODELS_DIR, else `models/` next to the package (source checkout),
-else the copy installed as package data (`toolrec_local/_models`).
+The folder of cards: $TOOLREC_MODELS_DIR, else the package's `models/` (see
+toolrec_local.resources: a wheel's package data, or the repository's folder in a checkout).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import yaml
 
 from toolrec_local import paths
 from toolrec_local.errors import ToolrecError
+from toolrec_local.resources import data_dir
 
 KINDS = ("open-weight", "openai")
 SOURCES = ("user-path", "local-build", "api")  # plus "pypi:<requirement>"; "api" for kind openai
@@ -45,6 +46,9 @@ class ModelCard:
     served_name: str | None = None
     notes: str = ""
     params_b: float | None = None  # parameters, billions (for "too big for CPU" warnings)
+    # On a GPU (`serve --device cuda`; the flags of the same names override them):
+    tensor_parallel_size: int = 1  # GPUs the model is sharded over
+    gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take (vLLM's default)
     card_path: Path | None = None
 
     def __post_init__(self):
@@ -95,27 +99,13 @@ class ModelCard:
 
 
 # -- locating cards ------------------------------------------------------------------------
-def _repo_root() -> Path:
-    import toolrec_local
-
-    return Path(toolrec_local.__file__).resolve().parents[1]
-
-
 def models_dir() -> Path:
     env = os.environ.get("TOOLREC_MODELS_DIR")
-    if env:
-        return Path(env).expanduser()
-    for cand in (_repo_root() / "models", Path(__file__).resolve().parents[1] / "_models"):
-        if cand.is_dir():
-            return cand
-    return _repo_root() / "models"
+    return Path(env).expanduser() if env else data_dir("models")
 
 
 def serving_dir() -> Path:
-    for cand in (_repo_root() / "serving", Path(__file__).resolve().parents[1] / "_serving"):
-        if cand.is_dir():
-            return cand
-    return _repo_root() / "serving"
+    return data_dir("serving")
 
 
 def _parse(path: Path) -> ModelCard:
@@ -139,6 +129,10 @@ def _parse(path: Path) -> ModelCard:
         raise ToolrecError(f"model card {path}: source {source!r} is not one of {SOURCES} or pypi:<requirement>",
                            "fix the card")
     raw["vllm_args"] = [str(a) for a in (raw.get("vllm_args") or [])]
+    tp, util = raw.get("tensor_parallel_size", 1), raw.get("gpu_memory_utilization", 0.9)
+    if not isinstance(tp, int) or tp < 1 or not isinstance(util, (int, float)) or not 0 < util <= 1:
+        raise ToolrecError(f"model card {path}: tensor_parallel_size must be an integer >= 1 and "
+                           f"gpu_memory_utilization a share in (0, 1]; got {tp!r} and {util!r}", "fix the card")
     if raw["name"] != path.stem:
         raise ToolrecError(f"model card {path}: name {raw['name']!r} differs from the file name",
                            f"rename the file to {raw['name']}.yaml or fix the name")

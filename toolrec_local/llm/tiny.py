@@ -78,16 +78,12 @@ def default_dir() -> Path:
     return paths.models_dir() / NAME
 
 
-def _repo_root() -> Path:
-    import toolrec_local
-
-    return Path(toolrec_local.__file__).resolve().parents[1]
-
-
 def default_corpus() -> list[str]:
     """The built-in paragraph plus the repository's prompt files (sorted, so deterministic)."""
     texts = [BUILTIN_TEXT, BUILTIN_NUMBERS]
-    prompts = _repo_root() / "prompts"
+    from toolrec_local.resources import data_dir
+
+    prompts = data_dir("prompts")
     if prompts.is_dir():
         for f in sorted(prompts.rglob("*")):
             if f.is_file() and f.suffix in {".txt", ".md", ".yaml", ".yml", ".json", ".jinja"}:

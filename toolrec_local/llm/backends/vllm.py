@@ -56,6 +56,9 @@ class VLLMBackend(StepwiseBackend):
         if not urls:
             raise ToolrecError("no vLLM server URL given", SERVE_HINT)
         self.model = model
+        self._api_key = api_key
+        self._connect_timeout_s = connect_timeout_s
+        self._served_context: int | None = None
         # vLLM 0.32's CPU build kills its engine on a seeded request sampled at temperature > 0
         # ("RuntimeError: CPU Generator does not use offset" in _bookkeeping_sync), taking every
         # other user's request down with it. Per-request seeds are therefore opt-in
@@ -97,6 +100,27 @@ class VLLMBackend(StepwiseBackend):
                 + (", ".join(served) or "nothing"),
                 "pass the --llm that server serves, or point --server at a server of this model (toolrec-local serve --llm NAME)",
             )
+
+    def served_context(self) -> int | None:
+        """The context the servers serve this model with: the smallest `max_model_len` their
+        /v1/models report (it is what they enforce, whatever the card says). None when a server
+        cannot be asked or does not say. Synchronous and cached: asked once, when the agent's
+        context is built, before any request."""
+        if self._served_context is None:
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            lengths = []
+            for server in self._servers:
+                try:
+                    resp = httpx.get(server.url + "/models", headers=headers, timeout=self._connect_timeout_s + 5)
+                    resp.raise_for_status()
+                    entry = next((m for m in resp.json().get("data", []) if m.get("id") == self.model), {})
+                except (httpx.HTTPError, ValueError, AttributeError):
+                    return None  # connect() will say what is wrong with the server
+                if not isinstance(entry.get("max_model_len"), int):
+                    return None
+                lengths.append(entry["max_model_len"])
+            self._served_context = min(lengths)
+        return self._served_context
 
     async def _probe(self, server: _Server) -> None:
         token = f"zq{secrets.token_hex(3)}-{secrets.token_hex(3)}"
