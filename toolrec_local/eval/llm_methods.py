@@ -34,6 +34,11 @@ class LLMSuite:
     methods: dict[str, LLMMethod]
     backends: list
 
+    def backend_of(self, user: int) -> int:
+        """The backend (server) a user's calls go to: always the same one, so its prefix cache
+        holds the user's conversation (the runner sizes each server's users by this too)."""
+        return user % len(self.backends)
+
     async def start(self) -> None:
         """Reach the server(s) before any user runs: a dead server is one clear error, not
         hundreds of failed users."""
@@ -101,9 +106,10 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
             backend_obj = make_backend(llm, backend, base_url=list(servers) if servers else None, api_key=api_key)
     backends = list(backend_obj) if isinstance(backend_obj, (list, tuple)) else [backend_obj]
     config = AgentConfig(top_n=top_n, grammar=grammar)
+    suite = LLMSuite({}, backends)
 
     def ctx(backbone: str, user: int) -> AgentContext:
-        key = (backbone, user % len(backends))
+        key = (backbone, suite.backend_of(user))
         if key not in contexts:
             contexts[key] = AgentContext(ds, tools.get(backbone), backends[key[1]], config)
         return contexts[key]
@@ -144,4 +150,5 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         "single": lambda: ranker("single", include_profile=True),
         "multi": lambda: ranker("multi", include_profile=True, multi=True),
     }
-    return LLMSuite({n: LLMMethod(n, builders[n]()) for n in names}, backends)
+    suite.methods = {n: LLMMethod(n, builders[n]()) for n in names}
+    return suite

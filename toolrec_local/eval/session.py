@@ -28,7 +28,7 @@ class EvalOptions:
     users: int = 200
     seeds: int | None = None  # None: 3 for sampled users, 1 with all_users
     all_users: bool = False
-    concurrency: int = 32
+    concurrency: int | None = None  # None: auto, each server's KV cache decides (eval/capacity.py)
     out: Path | None = None
     backend: str = "vllm"
     servers: list[str] = field(default_factory=list)
@@ -65,9 +65,11 @@ def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
 
 
 def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | None = None,
-             tool_loader: Callable | None = None, llm_factory: Callable | None = None) -> tuple[dict, Path]:
+             tool_loader: Callable | None = None, llm_factory: Callable | None = None,
+             on_note: Callable[[str], None] | None = None) -> tuple[dict, Path]:
     """Run (or resume) an evaluation; return (summary, run folder). `tool_loader` and
-    `llm_factory` let tests put in small tools and scripted LLMs."""
+    `llm_factory` let tests put in small tools and scripted LLMs; `on_note` hears how many
+    users run at once and why."""
     from toolrec_local.data import load_dataset
 
     ds = load_dataset(opts.dataset)
@@ -75,7 +77,9 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
     uses_llm = any(needs_llm(n) for n in names)
     seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.all_users else 3)))
     users = None if opts.all_users else opts.users
-    concurrency = 1 if (uses_llm and opts.backend == "local") else max(1, opts.concurrency)
+    concurrency = 1 if (uses_llm and opts.backend == "local") else opts.concurrency
+    if concurrency is not None and concurrency < 1:
+        raise ToolrecError("--concurrency must be at least 1", "pass a number, or auto (the default)")
     plan = plan_users(ds, users, seeds, opts.shard)
 
     # Build every method before anything runs: a missing checkpoint fails now, not halfway.
@@ -96,7 +100,7 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
     config = RunConfig(
         dataset=ds.name, dataset_fingerprint=ds.fingerprint, methods=names, seeds=seeds, users=users,
         llm=opts.llm if uses_llm else None, backend=opts.backend if uses_llm else None, part=opts.part,
-        top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency,
+        top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency or "auto",
         command=command_line(), uses_llm=uses_llm, grammar=opts.grammar if uses_llm else True,
         expected={str(s): len(u) for s, u in plan.items()},
     )
@@ -104,38 +108,49 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
     try:
         with ResultsWriter(folder.paths["results"], folder.paths["trajectories"]) as writer:
             runner = Runner(ds, writer, part=opts.part, top_n=opts.top_n, batch_size=opts.batch_size,
-                            concurrency=concurrency, on_update=on_update)
+                            concurrency=concurrency or 1, on_update=on_update)
             try:
-                asyncio.run(_run(runner, methods, plan, suite))
+                asyncio.run(_run(runner, methods, plan, suite, concurrency, opts.api_key, on_note))
             except BaseException:
                 try:  # what finished is summarised; a summary that cannot be written hides nothing
                     write_summary(folder.folder)
                 except (OSError, ToolrecError):
                     pass
                 raise
-            summary = write_summary(folder.folder)
+            server = {n: t.server.as_dict() for n, t in runner.tallies.items() if t.server is not None}
+            summary = write_summary(folder.folder, {"llm_server": server} if server else None)
     finally:
         folder.close()
     return summary, folder.folder
 
 
-async def _run(runner: Runner, methods: list, plan: dict, suite) -> None:
+async def _run(runner: Runner, methods: list, plan: dict, suite, concurrency: int | None = None,
+               api_key: str | None = None, on_note: Callable[[str], None] | None = None) -> None:
     try:
         if suite is not None and hasattr(suite, "start"):
             await suite.start()
+        if suite is not None:
+            from toolrec_local.eval.capacity import plan_for_suite
+
+            cap = await plan_for_suite(suite, concurrency, api_key)
+            runner.slots, runner.route, runner.watch = cap.slots, cap.route, cap.watch
+            for note in cap.notes:
+                (on_note or (lambda text: None))(note)
         await runner.run(methods, plan)
     finally:
         if suite is not None:
             await suite.aclose()
 
 
-def write_summary(folder: Path) -> dict:
+def write_summary(folder: Path, extra: dict | None = None) -> dict:
     """Summarise what the folder holds (all its shards so far) into folder/summary.json,
-    atomically, so shards writing side by side never leave a half-written file."""
+    atomically, so shards writing side by side never leave a half-written file. `extra`:
+    fields of this invocation only (llm_server: what the servers' /metrics counted)."""
     view = load_runs([folder])[0]
     path = Path(folder) / "summary.json"
     summary = summarize(view.config, view.records, view.expected, view.missing_shards)
     summary["bad_lines"] = view.bad_lines
+    summary.update(extra or {})
     tmp = path.with_name(f".summary.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
