@@ -26,6 +26,7 @@ from toolrec_local.eval.results import FAILED, OK, ResultsWriter
 from toolrec_local.llm.meter import UserMeter, metering
 from toolrec_local.llm.server_metrics import CacheUse, ServerWatch
 
+TICK_S = 5.0  # the live figures (and the servers' /metrics) are refreshed at least this often
 STAT_FIELDS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "retries", "repairs", "grammar_violations",
                "invalid_items", "overhead_s", "rounds")
 
@@ -121,7 +122,7 @@ class Runner:
     def __init__(self, ds, writer: ResultsWriter, *, part: str = "test", top_n: int = 10, batch_size: int = 256,
                  concurrency: int = 1, on_update: Callable[[str, Tally], None] | None = None,
                  max_failures_in_a_row: int | None = None, slots: list[ServerSlots] | None = None,
-                 route: Callable[[int], int] | None = None, watch: ServerWatch | None = None, tick_s: float = 5.0):
+                 route: Callable[[int], int] | None = None, watch: ServerWatch | None = None, tick_s: float | None = None):
         self.ds = ds
         self.writer = writer
         self.part = part
@@ -133,7 +134,7 @@ class Runner:
         self.slots = slots  # one per server, in `route` order; None: `concurrency` users on one
         self.route = route or (lambda user: 0)
         self.watch = watch
-        self.tick_s = tick_s
+        self.tick_s = tick_s or TICK_S
         self.tallies: dict[str, Tally] = {}
 
     def todo(self, method: str, plan: dict[int, list[int]]) -> list[tuple[int, int]]:
