@@ -12,7 +12,8 @@
 # Steps already done (prepared data, trained tools, pulled weights, finished users) are
 # skipped or resumed, so running it again is quick. Settings (environment variables):
 #   DEMO_USERS (default 20), DEMO_SEEDS (2), DEMO_OUT (runs/demo-smollm2), DEMO_PORT (8765),
-#   DEMO_CONCURRENCY (16), TOOLREC_HOME (where data, checkpoints and models live).
+#   DEMO_CONCURRENCY (auto: as many users as the server's KV cache holds; or a number),
+#   TOOLREC_HOME (where data, checkpoints and models live).
 # SmolLM2-135M is a weak model: the demo shows the pipeline working, not ToolRec's gains.
 set -euo pipefail
 
@@ -20,7 +21,7 @@ USERS="${DEMO_USERS:-20}"
 SEEDS="${DEMO_SEEDS:-2}"
 OUT="${DEMO_OUT:-runs/demo-smollm2}"
 PORT="${DEMO_PORT:-8765}"
-CONCURRENCY="${DEMO_CONCURRENCY:-16}"
+CONCURRENCY="${DEMO_CONCURRENCY:-auto}"
 LLM="smollm2-135m"
 DATASET="ml-100k"
 METHODS="pop,sasrec,tool:genre,toolrec,llmrank,single"

@@ -196,7 +196,7 @@ class Runner:
         max_in_a_row = self.max_failures_in_a_row or max(10, 2 * sum(s.limit() or self.concurrency for s in slots))
 
         def on_call(meter: UserMeter, c, new_round: bool) -> None:
-            tally.calls += 1
+            tally.calls += max(1, c.calls)
             tally.rounds += new_round
             tally.tokens_in += c.tokens_in
             tally.tokens_out += c.tokens_out

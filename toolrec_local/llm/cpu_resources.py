@@ -1,4 +1,4 @@
-"""What a vLLM CPU server may take from this machine: the size of its KV cache, and its cores.
+"""What a vLLM CPU server may take from this machine: the size of its KV cache.
 
 KV cache. vLLM's CPU backend takes a fixed KV cache (VLLM_CPU_KVCACHE_SPACE, whole GiB).
 Too small, and concurrent conversations evict each other's prefixes, which are then computed
@@ -9,15 +9,17 @@ full-context conversations (max_model_len tokens each, at the model's bytes per 
 within half of the memory left after the weights and `RESERVE_GIB` for vLLM's own processes
 and the evaluation beside it; at least 1 GiB.
 
-Cores. vLLM binds its worker's OpenMP threads to all cores but `VLLM_CPU_NUM_OF_RESERVED_CPU`
-(default: one, for the engine's scheduler and the API server); on a 2-core machine the model
-then runs on one core. `cores_env` lets the worker take them all (reserved 0).
+Cores are left to vLLM. It binds its worker's OpenMP threads to all cores but
+`VLLM_CPU_NUM_OF_RESERVED_CPU` (default one, for its scheduler and API server), so on a 2-core
+machine the model computes on one core. Giving it both (reserved 0) was slower here in every
+figure of scripts/bench_serve_cores.py (SmolLM2-135M, 2 cores, load 6-8: prefill 316-428 vs
+363-464 tokens/s, 16 decode streams 57-94 vs 257-267 tokens/s): the worker's threads then
+fight the scheduler, the API server and the evaluation for the second core.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,11 +98,3 @@ def size_kv_cache(model_dir: Path, dtype: str, max_model_len: int) -> KVChoice:
     return choose_kv_cache_gib(available=memory_available_bytes(), weights=weights_bytes(model_dir, dtype),
                                per_token=kv_bytes_per_token(config, dtype), max_model_len=max_model_len)
 
-
-def cores_env(cores: int | None) -> dict[str, str]:
-    """Environment for vLLM's CPU worker to compute on `cores` cores (None: vLLM's default,
-    all but one). Only counts up to the machine's cores are meaningful."""
-    if cores is None:
-        return {}
-    total = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return {"VLLM_CPU_NUM_OF_RESERVED_CPU": str(max(0, total - max(1, min(cores, total))))}

@@ -19,7 +19,7 @@ from toolrec_local.llm.protocol import ActionGrammar, Completion, Constraint
 
 @dataclass
 class UserMeter:
-    calls: int = 0  # LLM calls (one Completion each)
+    calls: int = 0  # LLM requests (a Completion may take several: stepwise lists)
     rounds: int = 0  # agent turns (calls under the action grammar)
     tokens_in: int = 0
     tokens_out: int = 0
@@ -28,7 +28,7 @@ class UserMeter:
 
     def add(self, completion: Completion, max_tokens: int, constraint: Constraint) -> None:
         new_round = isinstance(constraint, ActionGrammar)
-        self.calls += 1
+        self.calls += max(1, completion.calls)
         self.rounds += new_round
         self.tokens_in += completion.tokens_in
         self.tokens_out += completion.tokens_out
