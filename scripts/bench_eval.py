@@ -54,8 +54,11 @@ def start_demo_server(llm: str, port: int, log: Path, extra: list[str]) -> tuple
 
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
     cmd = [sys.executable, "-m", "toolrec_local", "serve", "--llm", llm, "--port", str(port), *extra]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    from toolrec_local.llm.server import _die_with_parent
+
+    with open(log, "wb") as fh:  # the server goes down with this script, however it ends
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
     while time.monotonic() - t0 < 900:
@@ -96,6 +99,25 @@ async def reset_prefix_cache(url: str) -> bool:
         return False
 
 
+PHASES = ("e2e_request_latency", "request_queue_time", "request_prefill_time", "request_decode_time")
+
+
+async def phase_sums(urls: list[str]) -> dict[str, float]:
+    """Seconds the servers' requests spent per phase so far (histogram sums), and their count."""
+    import httpx
+
+    from toolrec_local.llm.server_metrics import metrics_url, parse_prometheus
+
+    sums: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        for url in urls:
+            m = parse_prometheus((await client.get(metrics_url(url))).text)
+            for p in PHASES:
+                sums[p] = sums.get(p, 0.0) + sum(v for _, v in m.get(f"vllm:{p}_seconds_sum", []))
+            sums["requests"] = sums.get("requests", 0.0) + sum(v for _, v in m.get("vllm:e2e_request_latency_seconds_count", []))
+    return sums
+
+
 async def sample_kv(watch, every_s: float, out: list[float]) -> None:
     while True:
         await watch.read()
@@ -115,6 +137,7 @@ async def measure(ds, suite, method, plan: dict[int, list[int]], level: str, fol
     watch = ServerWatch(cap.watch.urls if cap.watch else [])  # the runner reads its own
     await watch.read()
     mark = watch.mark()
+    phases_before = await phase_sums(watch.urls)
     kv: list[float] = []
     sampler = asyncio.create_task(sample_kv(watch, 2.0, kv))
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,6 +152,8 @@ async def measure(ds, suite, method, plan: dict[int, list[int]], level: str, fol
             sampler.cancel()
     await watch.read()
     use = watch.since(mark)
+    phases = {k: v - phases_before.get(k, 0.0) for k, v in (await phase_sums(watch.urls)).items()}
+    per_request = {f"{p}_s": round(phases[p] / phases["requests"], 3) for p in PHASES} if phases.get("requests") else None
     recs = read_jsonl(folder / "results.jsonl").records
     ok = [r for r in recs if r["status"] == "ok"]
     n = max(1, len(ok))
@@ -154,14 +179,17 @@ async def measure(ds, suite, method, plan: dict[int, list[int]], level: str, fol
         "limit_at_end": [s.limit() for s in cap.slots],
         "capacity_tokens": [s.capacity_tokens for s in cap.slots],
         "server": use.as_dict() if use is not None else None,
+        "server_request_mean": per_request,  # seconds per request: in all, queued, prefill, decode
         "kv_usage_mean": round(sum(kv) / len(kv), 3) if kv else None,
         "kv_usage_peak": round(max(kv), 3) if kv else None,
         "hits@10": sum(1 for r in ok if r["rank"] is not None),
     }
 
 
-async def bench(ds, suite, name: str, levels: list[str], plan: dict, warmup: dict, urls: list[str]) -> list[dict]:
-    """All levels in one event loop: the HTTP clients belong to the loop they were made in."""
+async def bench(ds, suite, name: str, levels: list[str], plan: dict, warmup: dict, urls: list[str],
+                save=lambda results: None) -> list[dict]:
+    """All levels in one event loop: the HTTP clients belong to the loop they were made in.
+    `save` gets the results after each level (a run cut short keeps the levels done)."""
     method = suite.methods[name]
     results = []
     try:
@@ -179,6 +207,7 @@ async def bench(ds, suite, name: str, levels: list[str], plan: dict, warmup: dic
                 r = await measure(ds, suite, method, plan, level, Path(tmp) / f"c{level}")
                 r["prefix_cache_reset"] = reset
                 results.append(r)
+                save(results)
                 srv = r["server"] or {}
                 print(f"  {r['users_per_min']} users/min, {r['wall_s']} s, {r['rounds_per_user']} rounds/user, "
                       f"hit rate {srv.get('prefix_cache_hit_rate')}, most in flight {r['most_in_flight']}",
@@ -211,13 +240,28 @@ def main() -> int:
 
     levels = [x.strip() for x in args.levels.split(",") if x.strip()]
     load = {"start": os.getloadavg()}
-    proc, said = None, ""
+    proc, said, urls = None, "", args.server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`, kill: stop the server on the way out
+
+    def save(results: list[dict]) -> dict:
+        load["end"] = os.getloadavg()
+        out = {"dataset": args.dataset, "llm": args.llm, "method": args.method, "servers": len(urls),
+               "users": args.users, "serve_said": said, "cpus": os.cpu_count(), "load_avg": load, "levels": results}
+        fixed = [r for r in results if r["level"] != "auto" and r["users_per_min"]]
+        auto = next((r for r in results if r["level"] == "auto"), None)
+        if fixed and auto and auto["users_per_min"]:
+            best = max(fixed, key=lambda r: r["users_per_min"])
+            out["auto_vs_best_fixed"] = {"best_level": best["level"],
+                                         "ratio": round(auto["users_per_min"] / best["users_per_min"], 3)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        return out
+
     try:
         ds = load_dataset(args.dataset)
         plan = demo_pairs(ds, args.users)
         taken = {u for users in plan.values() for u in users}
         warm = [int(u) for u in ds.sample_users(args.warmup + len(taken), 99) if int(u) not in taken][: args.warmup]
-        urls = args.server
         if not urls:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             log = args.out.with_suffix(".server.log")
@@ -227,24 +271,14 @@ def main() -> int:
             print(f"  up after {time.monotonic() - t0:.0f} s", file=sys.stderr)
             urls = [url]
         suite = build_llm_methods([args.method], ds, ToolBox(ds), llm=args.llm, backend="vllm", servers=urls)
-        results = asyncio.run(bench(ds, suite, args.method, levels, plan, {99: warm} if warm else {}, urls))
+        results = asyncio.run(bench(ds, suite, args.method, levels, plan, {99: warm} if warm else {}, urls, save))
     except ToolrecError as exc:
         print(f"error: {exc.message}" + (f"\nfix: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 2
     finally:
         if proc is not None:
             stop(proc)
-    load["end"] = os.getloadavg()
-    out = {"dataset": args.dataset, "llm": args.llm, "method": args.method, "servers": len(urls),
-           "serve_said": said, "cpus": os.cpu_count(), "load_avg": load, "levels": results}
-    fixed = [r for r in results if r["level"] != "auto" and r["users_per_min"]]
-    auto = next((r for r in results if r["level"] == "auto"), None)
-    if fixed and auto and auto["users_per_min"]:
-        best = max(fixed, key=lambda r: r["users_per_min"])
-        out["auto_vs_best_fixed"] = {"best_level": best["level"],
-                                     "ratio": round(auto["users_per_min"] / best["users_per_min"], 3)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    out = save(results)
     print(f"{'level':>6} {'users/min':>9} {'wall s':>7} {'rounds':>6} {'hit rate':>8} {'computed':>9} "
           f"{'cached':>9} {'KV peak':>7} {'in flight':>9}")
     for r in results:
