@@ -74,3 +74,15 @@ def test_prepare_server_applies_the_sizing_unless_told(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")  # the user's own setting wins over the sizing
     srv = server.prepare_server("smollm2-135m", model_path=tmp_path)
     assert srv.env["VLLM_CPU_KVCACHE_SPACE"] == "2" and "VLLM_CPU_KVCACHE_SPACE" in srv.notes[0]
+
+
+def test_cpu_servers_cache_prefixes_in_32_token_blocks_unless_told(tmp_path, monkeypatch):
+    from toolrec_local.llm import server
+    from toolrec_local.llm.registry import load_card
+
+    card = load_card("smollm2-135m")
+    cmd = server.build_command(card, tmp_path, executable="vllm")
+    assert cmd[cmd.index("--block-size") + 1] == "32"
+    mine = server.build_command(card, tmp_path, executable="vllm", extra_args=["--block-size", "16"])
+    assert mine.count("--block-size") == 1 and mine[mine.index("--block-size") + 1] == "16"
+    assert "--block-size" not in server.build_command(card, tmp_path, executable="vllm", on_gpu=True)
