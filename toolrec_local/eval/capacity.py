@@ -13,7 +13,8 @@ reports it after each call). The expected peak of a user is the server's context
 until a few users have finished, then a high quantile of the finished users' footprints, so
 the limit starts safe and grows to what the workload needs. A number given to --concurrency
 caps the users per server on top. A server without /metrics (the OpenAI API, a proxy) gets a
-fixed number of users; the local backend runs one at a time.
+fixed number of users; the local backend runs one at a time. Several processes on one server
+(--shard on one node) each plan for the whole cache: give each a number.
 """
 
 from __future__ import annotations
