@@ -7,8 +7,8 @@ the demo's settings: ML-100K, toolrec, SmolLM2-135M on a vLLM CPU server started
     python scripts/bench_eval.py --levels 4,auto --users 24 --out /tmp/b.json
     python scripts/bench_eval.py --server http://127.0.0.1:8000/v1   # a running server (dev mode, see below)
 
-Every level runs the SAME (seed, user) pairs, the first --users of the demo's plan (20 users
-x seeds 0 and 1), so rounds per user compare across levels; the server's prefix cache is
+Every level runs the SAME (seed, user) pairs, the first --users (default 24) of the demo's plan
+(20 users x seeds 0 and 1), so rounds per user compare across levels; the server's prefix cache is
 emptied before each level (POST /reset_prefix_cache, which vLLM serves in dev mode: the
 server this script starts has VLLM_SERVER_DEV_MODE=1), so no level reuses another's prompts.
 A warm-up on other users comes first (grammar compilation, first requests) and is not counted.
@@ -227,8 +227,9 @@ def main() -> int:
                     help="extra argument for `toolrec-local serve` (e.g. --serve-arg=--kv-cache-gb=1)")
     ap.add_argument("--port", type=int, default=8799)
     ap.add_argument("--levels", default="1,4,16,auto", help="concurrency levels, comma-separated; auto = capacity-aware")
-    ap.add_argument("--users", type=int, default=DEMO_USERS * DEMO_SEEDS,
-                    help=f"the first N of the demo's {DEMO_USERS} users x {DEMO_SEEDS} seeds, the same at every level")
+    ap.add_argument("--users", type=int, default=24,
+                    help=f"the first N of the demo's {DEMO_USERS} users x {DEMO_SEEDS} seeds, the same at every level "
+                         "(24: 24 minutes for all four levels on a 2-core machine at load 3-6)")
     ap.add_argument("--warmup", type=int, default=2, help="other users run first, not counted")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-eval.json"))
     args = ap.parse_args()

@@ -201,3 +201,30 @@ def test_metrics_text_is_read_as_vllm_writes_it():
     assert (use.prompt_tokens, use.cached_tokens, use.computed_tokens) == (2000, 1900, 100)
     assert use.hit_rate == pytest.approx(0.95)
     assert snapshot_from_text("# just a comment\nprocess_cpu_seconds_total 3.0\n") is None
+
+
+def test_the_expected_peak_starts_at_the_context_and_learns_from_finished_and_running_users():
+    from toolrec_local.eval.capacity import ServerSlots
+    from toolrec_local.llm.meter import UserMeter
+
+    async def scenario():
+        s = ServerSlots("http://x/v1", capacity_tokens=10_000, context_tokens=4_000)  # plans for 9,000
+        a, b = UserMeter(), UserMeter()
+        await s.admit(a)
+        await s.admit(b)  # 2 x 4,000 fit; a third would not
+        assert not s.has_room() and s.limit() == 2
+        for _ in range(3):  # three short conversations finish first
+            short = UserMeter(footprint=500)
+            s.users.append(short)
+            await s.release(short, finished=True)
+        a.footprint = 3_000  # a long one still running
+        assert s.expected_peak() == 3_000 and s.limit() == 3
+        await s.release(a, finished=True)
+        await s.release(b, finished=False)  # a failed user teaches nothing
+        assert s.peaks == [500, 500, 500, 3_000] and s.expected_peak() == 3_000
+        s.peaks = [500] * 9 + [3_000]
+        assert s.expected_peak() == 3_000  # the 90% quantile of ten is the largest
+        s.peaks.append(500)
+        assert s.expected_peak() == 500 and s.limit() == 18
+
+    asyncio.run(scenario())

@@ -10,8 +10,9 @@ while the users it runs, each counted at its expected peak, fit in `fill` of its
 
 A user's footprint is the largest prompt + reply budget of one of its requests (the meter
 reports it after each call). The expected peak of a user is the server's context length
-until a few users have finished, then a high quantile of the finished users' footprints, so
-the limit starts safe and grows to what the workload needs. A number given to --concurrency
+until a few users have finished, then a high quantile of the finished users' footprints (or
+the largest footprint in flight, if larger), so the limit starts safe and grows to what the
+workload needs. A number given to --concurrency
 caps the users per server on top. A server without /metrics (the OpenAI API, a proxy) gets a
 fixed number of users; the local backend runs one at a time. Several processes on one server
 (--shard on one node) each plan for the whole cache: give each a number.
@@ -45,10 +46,13 @@ class ServerSlots:
     _changed: asyncio.Condition | None = None
 
     def expected_peak(self) -> int:
+        """What a user is expected to hold at its peak. The first users to finish are the ones
+        with short conversations, so the users still in flight (already that big) count too."""
         if len(self.peaks) < LEARN_AFTER:
             return self.context_tokens
         ranked = sorted(self.peaks)
-        return max(1, ranked[min(len(ranked) - 1, int(QUANTILE * len(ranked)))])
+        finished = ranked[min(len(ranked) - 1, int(QUANTILE * len(ranked)))]
+        return max(1, finished, max((m.footprint for m in self.users), default=0))
 
     def planned_tokens(self) -> int:
         """KV tokens the users in flight are expected to hold at their peaks."""
