@@ -228,3 +228,37 @@ def test_the_expected_peak_starts_at_the_context_and_learns_from_finished_and_ru
         assert s.expected_peak() == 500 and s.limit() == 18
 
     asyncio.run(scenario())
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_real_vllm_server_reports_its_kv_cache(vllm_server):
+    """The metric names read here are the ones vLLM 0.32 exports: the capacity in /metrics is
+    the one its log announces, and a request shows up in the prompt-token counters."""
+    import re as _re
+
+    import httpx
+
+    from toolrec_local.eval.capacity import plan_slots
+    from toolrec_local.llm.server_metrics import read_metrics_sync
+
+    before = read_metrics_sync(vllm_server.base_url)
+    logged = _re.findall(r"KV cache size: ([\d,]+) tokens", vllm_server.log_path.read_text(errors="replace"))
+    assert before is not None and logged and before.capacity_tokens == int(logged[-1].replace(",", ""))
+    body = {"model": vllm_server.model, "messages": [{"role": "user", "content": "hello " * 40}], "max_tokens": 2}
+    for _ in range(2):  # the second time the prompt's full blocks come from the prefix cache
+        httpx.post(vllm_server.base_url + "/chat/completions", json=body, timeout=120, trust_env=False).raise_for_status()
+    after = read_metrics_sync(vllm_server.base_url)
+    assert after.prompt_tokens - before.prompt_tokens >= 80 and after.cached_tokens > before.cached_tokens
+    slots, notes = asyncio.run(plan_slots([vllm_server.base_url], None, context_tokens=2048))
+    assert slots[0].capacity_tokens == before.capacity_tokens and f"{before.capacity_tokens:,} tokens" in notes[0]
+
+
+def test_concurrency_option_is_auto_or_a_positive_number():
+    from toolrec_local.errors import ToolrecError
+    from toolrec_local.eval.commands import parse_concurrency
+
+    assert parse_concurrency("auto") is None and parse_concurrency("AUTO") is None and parse_concurrency("8") == 8
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(ToolrecError, match="--concurrency"):
+            parse_concurrency(bad)
