@@ -12,7 +12,8 @@
 # Steps already done (prepared data, trained tools, pulled weights, finished users) are
 # skipped or resumed, so running it again is quick. Settings (environment variables):
 #   DEMO_USERS (default 20), DEMO_SEEDS (2), DEMO_OUT (runs/demo-smollm2), DEMO_PORT (8765),
-#   DEMO_CONCURRENCY (16), TOOLREC_HOME (where data, checkpoints and models live).
+#   DEMO_CONCURRENCY (auto: as many users as the server's KV cache holds; or a number),
+#   TOOLREC_HOME (where data, checkpoints and models live).
 # SmolLM2-135M is a weak model: the demo shows the pipeline working, not ToolRec's gains.
 set -euo pipefail
 
@@ -20,7 +21,7 @@ USERS="${DEMO_USERS:-20}"
 SEEDS="${DEMO_SEEDS:-2}"
 OUT="${DEMO_OUT:-runs/demo-smollm2}"
 PORT="${DEMO_PORT:-8765}"
-CONCURRENCY="${DEMO_CONCURRENCY:-16}"
+CONCURRENCY="${DEMO_CONCURRENCY:-auto}"
 LLM="smollm2-135m"
 DATASET="ml-100k"
 METHODS="pop,sasrec,tool:genre,toolrec,llmrank,single"
@@ -57,11 +58,14 @@ if ! command -v "$CLI" >/dev/null 2>&1; then
 fi
 
 llm_users=$(( USERS * SEEDS * 3 ))  # three LLM methods
+# measured (scripts/demo.sh, 2 cores, load 5): 120 LLM runs evaluated in 10.5 min
+eval_min=$(( (llm_users * 105 + 1199) / 1200 ))
 cat <<EOF
 ToolRec CPU demo: ${DATASET}, ${LLM} on a vLLM CPU server, ${USERS} users x ${SEEDS} seeds, methods ${METHODS}.
-Estimated time on a 2-core CPU, first run: about 15-25 minutes
-  prepare data < 1 min | train tools 3-5 min | pull model ~1 min | start server 2-3 min
-  evaluate ${llm_users} LLM runs: ~8-12 min (measured: 8 min for 20 users x 2 seeds; toolrec makes up to 8 LLM calls per user)
+Estimated time on a 2-core CPU, first run: about $(( eval_min + 7 ))-$(( eval_min + 11 )) minutes
+  prepare data < 1 min | train tools 3-5 min | pull model ~1 min | start server 1-2 min
+  evaluate ${llm_users} LLM runs: ~${eval_min} min (measured: 10.5 min for 20 users x 2 seeds, as many at once as the
+    server's KV cache holds: toolrec 7 min (up to 8 LLM calls per user), llmrank 2, single 1.5)
   report < 1 min
 Later runs skip the finished steps. Output: ${OUT}/report/report.md
 EOF

@@ -9,6 +9,7 @@ from functools import cached_property
 
 from toolrec_local.agent.prompts import Renderer, load_prompts
 from toolrec_local.errors import ToolrecError
+from toolrec_local.llm.meter import note_call
 from toolrec_local.llm.protocol import ActionGrammar, Backend, Completion, Constraint
 
 
@@ -134,6 +135,7 @@ class AgentContext:
         c = await self.backend.generate(messages, constraint if self.config.grammar else None,
                                         max_tokens=max_tokens, temperature=self.config.temperature, seed=seed)
         wall = time.perf_counter() - t0
+        note_call(c, max_tokens, constraint)  # the eval runner's live progress and capacity limiter
         if c.tokens_in > 0:  # learn the tokenizer's density when it is denser than assumed
             chars = sum(len(m["content"]) for m in messages)
             per_request = c.tokens_in / max(1, c.calls)  # a stepwise answer re-sends the prompt per step

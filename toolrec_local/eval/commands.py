@@ -26,7 +26,8 @@ sequential full ranking (the paper's SASRec, BERT4Rec and P5 rows) does. LLM met
 return history items, so their rows are the same under both. A folder holds one protocol.
 Methods are compared on the (seed, user) pairs every one of them finished ("paired").
 
-Scaling: users run concurrently (--concurrency) against the vLLM server; pass --server several
+Scaling: users run concurrently against the vLLM server, as many as its KV cache holds
+(--concurrency auto, read from the server's /metrics) or a number; pass --server several
 times to spread users over replicas (each user stays on one), and --shard i/n to run a deterministic slice per node
 (`report` merges the shards). Multi-GPU (tensor parallel) and multi-node serving are vLLM's
 own: see serving/README.md.
@@ -45,7 +46,7 @@ def eval_cmd(
     users: int = typer.Option(200, "--users", help="Users sampled per seed (the paper: 200)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="User samples (seeds 0..n-1). Default 3; 1 with --all-users."),
     all_users: bool = typer.Option(False, "--all-users", help="Every test user instead of a sample."),
-    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Users in flight at once (vllm/openai; local runs one at a time)."),
+    concurrency: str = typer.Option("auto", "--concurrency", "-c", help="Users in flight per server: auto (as many as the vLLM server's KV cache holds) or a number, which also caps auto's count. local runs one at a time."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/DATASET-LLM)."),
     backend: str = typer.Option("vllm", "--backend", help="vllm (OpenAI-compatible vLLM server), local (in process), openai."),
     server: List[str] = typer.Option([], "--server", help="Server base URL; repeat to spread users over replicas."),
@@ -65,13 +66,13 @@ def eval_cmd(
 
     opts = EvalOptions(
         dataset=dataset, methods=method, llm=llm, users=users, seeds=seeds, all_users=all_users,
-        concurrency=concurrency, out=out, backend=backend, servers=list(server), api_key=api_key,
+        concurrency=parse_concurrency(concurrency), out=out, backend=backend, servers=list(server), api_key=api_key,
         shard=parse_shard(shard), top_n=top_n, batch_size=batch_size, grammar=not no_grammar,
         history=history,
         finish=finish, temperature=temperature,
     )
     with EvalProgress(err_console) as progress:
-        summary, folder = evaluate(opts, on_update=progress.update)
+        summary, folder = evaluate(opts, on_update=progress.update, on_note=progress.note)
     from toolrec_local.eval.summary import brief
 
     if json_out:
@@ -82,8 +83,38 @@ def eval_cmd(
         from toolrec_local.eval.report import summary_table
 
         console.print(summary_table(summary))
+        for line in server_lines(summary):
+            console.print(line, highlight=False)
         console.print(f"results in [bold]{folder}[/]  (report: toolrec-local report {folder})")
     _warn_incomplete(summary)
+
+
+def parse_concurrency(text: str) -> int | None:
+    """"auto" -> None; a positive number -> itself."""
+    from toolrec_local.errors import ToolrecError
+
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ToolrecError(f"bad --concurrency {text!r}", "pass auto (the default) or a number of users, e.g. --concurrency 8")
+    return value
+
+
+def server_lines(summary: dict) -> list[str]:
+    """What the LLM servers' /metrics counted during this invocation, per method."""
+    lines = []
+    for name, use in (summary.get("llm_server") or {}).items():
+        if not use.get("prompt_tokens"):
+            continue
+        rate = use["prefix_cache_hit_rate"]
+        lines.append(f"{name}: prefix cache served {100 * rate:.1f}% of {use['prompt_tokens']:,} prompt tokens "
+                     f"(computed {use['computed_tokens']:,}, generated {use['generation_tokens']:,}"
+                     + (f", {use['preemptions']} preemptions" if use.get("preemptions") else "") + ")")
+    return lines
 
 
 def _warn_incomplete(summary: dict) -> None:

@@ -41,6 +41,11 @@ class LLMSuite:
     methods: dict[str, LLMMethod]
     backends: list
 
+    def backend_of(self, user: int) -> int:
+        """The backend (server) a user's calls go to: always the same one, so its prefix cache
+        holds the user's conversation (the runner sizes each server's users by this too)."""
+        return user % len(self.backends)
+
     async def start(self) -> None:
         """Reach the server(s) before any user runs: a dead server is one clear error, not
         hundreds of failed users."""
@@ -115,9 +120,10 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         raise ToolrecError(f"unknown finish {finish!r}", f"use one of: {', '.join(FINISH_CHOICES)}")
     config = AgentConfig(top_n=top_n, grammar=grammar, temperature=temperature,
                          finish="last-list" if finish == "last-list" else "llm")
+    suite = LLMSuite({}, backends)
 
     def ctx(backbone: str, user: int) -> AgentContext:
-        key = (backbone, user % len(backends))
+        key = (backbone, suite.backend_of(user))
         if key not in contexts:
             contexts[key] = AgentContext(ds, tools.get(backbone), backends[key[1]], config)
         return contexts[key]
@@ -167,4 +173,5 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
             return LLMMethod(n + LAST_LIST, builders[n]())
         return LLMMethod(n, builders[n](), variants=(n + LAST_LIST,) if finish == "both" else ())
 
-    return LLMSuite({n: method(n) for n in names}, backends)
+    suite.methods = {n: method(n) for n in names}
+    return suite

@@ -1,5 +1,10 @@
 """The live display of `eval`: per method, users done / total, running Recall@10 and NDCG@10
-over the users done so far (earlier runs into the folder included), LLM output tokens/s, and failures."""
+over the users done so far (earlier runs into the folder included), failures, and for LLM
+methods what moves while users are in flight: agent rounds and LLM calls done, output tokens/s,
+users in flight (and how many the servers admit), and from the servers' /metrics the share of
+prompt tokens served by the prefix cache, prompt tokens computed per second and KV-cache use.
+The runner refreshes the figures every few seconds, so neither the bar nor the plain lines
+ever stand still for long."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ class EvalProgress:
     """A live bar per method on a terminal; elsewhere (logs, CI) a plain line per method every
     `log_every_s` seconds and at the end, since a live display only shows up there at exit."""
 
-    def __init__(self, console: Console, refresh_s: float = 0.2, log_every_s: float = 30.0):
+    def __init__(self, console: Console, refresh_s: float = 0.2, log_every_s: float = 25.0):
         self.console = console
         self.live = console.is_terminal
         self.log_every_s = log_every_s
@@ -24,7 +29,7 @@ class EvalProgress:
             TextColumn("[bold]{task.description:<14}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("R@10 {task.fields[recall]}  N@10 {task.fields[ndcg]}  {task.fields[tps]}  {task.fields[failed]}"),
+            TextColumn("R@10 {task.fields[recall]}  N@10 {task.fields[ndcg]}  {task.fields[llm]}  {task.fields[failed]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
@@ -55,7 +60,7 @@ class EvalProgress:
         fields = {
             "recall": f"{tally.recall10:.3f}" if tally.scored else "  -  ",
             "ndcg": f"{tally.ndcg:.4f}" if tally.scored else "  -   ",
-            "tps": f"{tally.tokens_per_s:7.1f} tok/s" if tally.tokens_out else "",
+            "llm": llm_figures(tally),
             "failed": f"[red]{tally.failed} failed[/]" if tally.failed else "",
         }
         if method not in self.tasks:
@@ -75,8 +80,30 @@ class EvalProgress:
         parts = [f"{method}: {tally.done}/{tally.total} users"]
         if tally.scored:
             parts.append(f"R@10 {tally.recall10:.3f} N@10 {tally.ndcg:.4f}")
-        if tally.tokens_out:
-            parts.append(f"{tally.tokens_per_s:.1f} tok/s")
+        figures = llm_figures(tally)
+        if figures:
+            parts.append(figures)
         if tally.failed:
             parts.append(f"{tally.failed} failed")
         self.console.print("  ".join(parts), highlight=False, soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        self.console.print(f"[dim]{text}[/]", highlight=False, soft_wrap=True)
+
+
+def llm_figures(tally: Tally) -> str:
+    """e.g. "57 rounds 112 calls  out 38.0 tok/s  12/14 in flight  cache 93%  prefill 410 tok/s  KV 61%"."""
+    if not (tally.calls or tally.in_flight):
+        return ""
+    parts = [(f"{tally.rounds} rounds " if tally.rounds else "") + f"{tally.calls} calls",
+             f"out {tally.tokens_per_s:.1f} tok/s"]
+    if tally.in_flight or tally.limit:
+        parts.append(f"{tally.in_flight}/{tally.limit} in flight" if tally.limit else f"{tally.in_flight} in flight")
+    if tally.server is not None and tally.server.hit_rate is not None:
+        parts.append(f"cache {100 * tally.server.hit_rate:.0f}%")
+    recent = tally.server_recent
+    if recent is not None and recent.seconds > 0:
+        parts.append(f"prefill {recent.computed_tokens / recent.seconds:.0f} tok/s")
+    if tally.kv_usage is not None:
+        parts.append(f"KV {100 * tally.kv_usage:.0f}%")
+    return "  ".join(parts)

@@ -2,8 +2,9 @@
 
 Work = for each seed, the sampled users (or every evaluation user), cut to this shard; minus
 what results.jsonl already holds as `ok`. Score methods run in batches of users (a user in
-several seeds is scored once); LLM methods run users concurrently, at most `concurrency` at a
-time. Each finished user is one flushed line, so a killed run loses only users in flight.
+several seeds is scored once); LLM methods run users concurrently, each server taking as many
+as its KV cache holds (capacity.py) or a fixed number. Each finished user is one flushed line,
+so a killed run loses only users in flight.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ from typing import Callable
 import numpy as np
 
 from toolrec_local.errors import ToolrecError
+from toolrec_local.eval.capacity import ServerSlots, fixed_slots
 from toolrec_local.eval.methods import LLMMethod, Outcome, ScoreMethod
 from toolrec_local.metrics import MISSING, mask_history, rank_in_list, ranks_from_scores, top_n_from_scores
 from toolrec_local.eval.results import FAILED, OK, ResultsWriter
+from toolrec_local.llm.meter import UserMeter, metering
+from toolrec_local.llm.server_metrics import CacheUse, ServerWatch
 
+TICK_S = 5.0  # the live figures (and the servers' /metrics) are refreshed at least this often
 STAT_FIELDS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "retries", "repairs", "grammar_violations",
                "invalid_items", "overhead_s", "rounds")
 
@@ -55,6 +60,16 @@ class Tally:
     tokens_out: int = 0
     started: float = field(default_factory=time.monotonic)
     last_error: str = ""
+    # LLM methods, live: counted per LLM call, not only when a user finishes
+    calls: int = 0
+    rounds: int = 0
+    tokens_in: int = 0
+    in_flight: int = 0
+    limit: int | None = None  # users the servers admit at once now (None: no limit known)
+    # from the servers' /metrics (None without them): since the method started, the last interval
+    server: CacheUse | None = None
+    server_recent: CacheUse | None = None
+    kv_usage: float | None = None
 
     def add(self, rank: float, tokens_out: int) -> None:
         self.done += 1
@@ -106,7 +121,9 @@ def make_record(ds, method: str, seed: int, user: int, part: str, *, final: list
 class Runner:
     def __init__(self, ds, writer: ResultsWriter, *, part: str = "test", top_n: int = 10, batch_size: int = 256,
                  concurrency: int = 1, on_update: Callable[[str, Tally], None] | None = None,
-                 max_failures_in_a_row: int | None = None, exclude_history: bool = True):
+                 max_failures_in_a_row: int | None = None, exclude_history: bool = True,
+                 slots: list[ServerSlots] | None = None, route: Callable[[int], int] | None = None,
+                 watch: ServerWatch | None = None, tick_s: float | None = None):
         self.ds = ds
         self.exclude_history = exclude_history  # False: `--history keep`, score methods rank history items too
         self.writer = writer
@@ -115,7 +132,11 @@ class Runner:
         self.batch_size = max(1, batch_size)
         self.concurrency = max(1, concurrency)
         self.on_update = on_update or (lambda name, tally: None)
-        self.max_failures_in_a_row = max_failures_in_a_row or max(10, 2 * self.concurrency)
+        self.max_failures_in_a_row = max_failures_in_a_row
+        self.slots = slots  # one per server, in `route` order; None: `concurrency` users on one
+        self.route = route or (lambda user: 0)
+        self.watch = watch
+        self.tick_s = tick_s or TICK_S
         self.tallies: dict[str, Tally] = {}
 
     def todo(self, method: str, plan: dict[int, list[int]], also: tuple[str, ...] = ()) -> list[tuple[int, int]]:
@@ -165,21 +186,39 @@ class Runner:
 
     # ---- LLM methods ------------------------------------------------------
     async def run_llm(self, method: LLMMethod, plan: dict[int, list[int]]) -> Tally:
+        """Users run concurrently, each server admitting users while they fit (`self.slots`,
+        see capacity.py; by default `concurrency` users on one server). Every LLM call updates
+        the live tally, and a ticker refreshes it with the servers' /metrics every `tick_s`,
+        so the progress moves even while no user finishes. A method's variants (e.g.
+        toolrec/last-list) are recorded from the same run."""
         variants = getattr(method, "variants", ())
         todo = self.todo(method.name, plan, also=variants)
         tally = self._tally(method.name, plan)
         for v in variants:
             self._tally(v, plan)
-        work = iter(todo)
+        slots = self.slots or fixed_slots([""], self.concurrency)
+        queues: list[list[tuple[int, int]]] = [[] for _ in slots]
+        for seed, user in todo:
+            queues[self.route(user) % len(slots)].append((seed, user))
         state = {"in_a_row": 0, "ok": 0, "stop": False}
+        max_in_a_row = self.max_failures_in_a_row or max(10, 2 * sum(s.limit() or self.concurrency for s in slots))
 
-        async def one(seed: int, user: int) -> None:
+        def on_call(meter: UserMeter, c, new_round: bool) -> None:
+            tally.calls += max(1, c.calls)
+            tally.rounds += new_round
+            tally.tokens_in += c.tokens_in
+            tally.tokens_out += c.tokens_out
+            self.on_update(method.name, tally)
+
+        async def one(seed: int, user: int, slot: ServerSlots, meter: UserMeter) -> None:
             t0 = time.perf_counter()
             try:
-                out: Outcome = await method.run(user, seed, self.part)
+                with metering(meter):
+                    out: Outcome = await method.run(user, seed, self.part)
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of one user is recorded, then retried on re-run
+                await slot.release(meter, finished=False)
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 if isinstance(exc, ToolrecError) and exc.hint:
                     error += f" ({exc.hint})"
@@ -194,9 +233,10 @@ class Runner:
                 tally.failed += 1
                 tally.last_error = error
                 state["in_a_row"] += 1
-                if state["in_a_row"] >= self.max_failures_in_a_row:  # the server died: stop, not fail them all
+                if state["in_a_row"] >= max_in_a_row:  # the server died: stop, not fail them all
                     state["stop"] = True
             else:
+                await slot.release(meter, finished=True)
                 _, target = self.ds.split(user, self.part)
                 for v, variant in out.variants.items():  # written first: a kill in between redoes the user
                     if v in variants and not self._done(v, seed, user):
@@ -209,18 +249,46 @@ class Runner:
                                   rank=rank if rank < self.top_n else MISSING, stats=out.stats,
                                   wall_s=time.perf_counter() - t0)
                 self.writer.write(rec, out.trajectory)
-                tally.add(rank if rank < self.top_n else MISSING, int(out.stats.get("tokens_out", 0)))
+                # what did not pass through the meter (a method that calls no AgentContext)
+                tally.calls += max(0, int(out.stats.get("llm_calls", 0)) - meter.calls)
+                tally.tokens_in += max(0, int(out.stats.get("tokens_in", 0)) - meter.tokens_in)
+                tally.rounds += max(0, int(out.stats.get("rounds", 0)) - meter.rounds)
+                tally.add(rank if rank < self.top_n else MISSING,
+                          max(0, int(out.stats.get("tokens_out", 0)) - meter.tokens_out))
                 state["in_a_row"] = 0
                 state["ok"] += 1
+            finally:
+                tally.in_flight -= 1
             self.on_update(method.name, tally)
 
-        async def worker() -> None:
-            for seed, user in work:
+        async def dispatch(slot: ServerSlots, queue: list[tuple[int, int]], group: asyncio.TaskGroup) -> None:
+            for seed, user in queue:
+                meter = UserMeter(on_call=on_call)
+                await slot.admit(meter)
                 if state["stop"]:
+                    await slot.release(meter, finished=False)
                     return
-                await one(seed, user)
+                tally.in_flight += 1
+                group.create_task(one(seed, user, slot, meter))
 
-        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, max(1, len(todo))))))
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(self.tick_s)
+                await self._read_servers(tally, slots, mark)
+                self.on_update(method.name, tally)
+
+        await self._read_servers(tally, slots, None)
+        mark = self.watch.mark() if self.watch is not None else {}
+        ticker = asyncio.create_task(tick())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for slot, queue in zip(slots, queues):
+                    if queue:
+                        group.create_task(dispatch(slot, queue, group))
+        finally:
+            ticker.cancel()
+        await self._read_servers(tally, slots, mark)
+        self.on_update(method.name, tally)
         if state["stop"]:
             what = (f"the first {state['in_a_row']} users all failed" if state["ok"] == 0 else
                     f"{state['in_a_row']} users in a row failed after {state['ok']} finished")
@@ -243,6 +311,23 @@ class Runner:
                                       stats=out.stats, wall_s=wall_s), out.trajectory)
         self.tallies[method].add(rank, int(out.stats.get("tokens_out", 0)))
         self.on_update(method, self.tallies[method])
+
+    async def _read_servers(self, tally: Tally, slots: list[ServerSlots], mark: dict | None) -> None:
+        """The figures the progress shows beside the users: users in flight and the limit now,
+        and from the servers' /metrics (since `mark`, the method's start) the prefix-cache hit
+        rate, KV use and token rates."""
+        limits = [s.limit() for s in slots]
+        tally.limit = None if any(x is None for x in limits) else sum(limits)
+        if self.watch is None:
+            return
+        try:
+            await self.watch.read()
+        except Exception:  # noqa: BLE001 - a figure for the display; never stops a run
+            return
+        if mark is not None:
+            tally.server = self.watch.since(mark)
+        tally.server_recent = self.watch.last_interval()
+        tally.kv_usage = self.watch.kv_usage()
 
     async def run(self, methods: list, plan: dict[int, list[int]]) -> dict[str, Tally]:
         for m in methods:

@@ -29,7 +29,7 @@ class EvalOptions:
     users: int = 200
     seeds: int | None = None  # None: 3 for sampled users, 1 with all_users
     all_users: bool = False
-    concurrency: int = 32
+    concurrency: int | None = None  # None: auto, each server's KV cache decides (eval/capacity.py)
     out: Path | None = None
     backend: str = "vllm"
     servers: list[str] = field(default_factory=list)
@@ -76,9 +76,11 @@ def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
 
 
 def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | None = None,
-             tool_loader: Callable | None = None, llm_factory: Callable | None = None) -> tuple[dict, Path]:
+             tool_loader: Callable | None = None, llm_factory: Callable | None = None,
+             on_note: Callable[[str], None] | None = None) -> tuple[dict, Path]:
     """Run (or resume) an evaluation; return (summary, run folder). `tool_loader` and
-    `llm_factory` let tests put in small tools and scripted LLMs."""
+    `llm_factory` let tests put in small tools and scripted LLMs; `on_note` hears how many
+    users run at once and why."""
     from toolrec_local.data import load_dataset
 
     ds = load_dataset(opts.dataset)
@@ -86,7 +88,9 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
     uses_llm = any(needs_llm(n) for n in names)
     seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.all_users else 3)))
     users = None if opts.all_users else opts.users
-    concurrency = 1 if (uses_llm and opts.backend == "local") else max(1, opts.concurrency)
+    concurrency = 1 if (uses_llm and opts.backend == "local") else opts.concurrency
+    if concurrency is not None and concurrency < 1:
+        raise ToolrecError("--concurrency must be at least 1", "pass a number, or auto (the default)")
     plan = plan_users(ds, users, seeds, opts.shard)
 
     # Build every method before anything runs: a missing checkpoint fails now, not halfway.
@@ -109,20 +113,28 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
     config = RunConfig(
         dataset=ds.name, dataset_fingerprint=ds.fingerprint, methods=recorded, seeds=seeds, users=users,
         llm=opts.llm if uses_llm else None, backend=opts.backend if uses_llm else None, part=opts.part,
-        top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency,
+        top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency or "auto",
         command=command_line(), uses_llm=uses_llm, grammar=opts.grammar if uses_llm else True,
         expected={str(s): len(u) for s, u in plan.items()}, history=opts.history,
         finish=opts.finish if uses_llm else None, temperature=opts.temperature if uses_llm else 0.0,
     )
     out = Path(opts.out or default_out(opts))
 
-    async def run() -> dict:
+    async def run() -> tuple[dict, Path]:
+        if suite is not None:  # each server's capacity, read from its /metrics
+            from toolrec_local.eval.capacity import plan_for_suite
+
+            cap = await plan_for_suite(suite, concurrency, opts.api_key)
+            for note in cap.notes:
+                (on_note or (lambda text: None))(note)
         folder = RunFolder(out, config)  # opened once the server answered: a refused run leaves no folder
         try:
             with ResultsWriter(folder.paths["results"], folder.paths["trajectories"]) as writer:
                 runner = Runner(ds, writer, part=opts.part, top_n=opts.top_n, batch_size=opts.batch_size,
-                                concurrency=concurrency, on_update=on_update,
+                                concurrency=concurrency or 1, on_update=on_update,
                                 exclude_history=opts.history == "exclude")
+                if suite is not None:
+                    runner.slots, runner.route, runner.watch = cap.slots, cap.route, cap.watch
                 try:
                     await runner.run(methods, plan)
                 except BaseException:
@@ -131,11 +143,12 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
                     except (OSError, ToolrecError):
                         pass
                     raise
-                return write_summary(folder.folder)
+                server = {n: t.server.as_dict() for n, t in runner.tallies.items() if t.server is not None}
+                return write_summary(folder.folder, {"llm_server": server} if server else None), folder.folder
         finally:
             folder.close()
 
-    return asyncio.run(_started(suite, run)), out
+    return asyncio.run(_started(suite, run))
 
 
 async def _started(suite, body: Callable):
@@ -150,13 +163,15 @@ async def _started(suite, body: Callable):
             await suite.aclose()
 
 
-def write_summary(folder: Path) -> dict:
+def write_summary(folder: Path, extra: dict | None = None) -> dict:
     """Summarise what the folder holds (all its shards so far) into folder/summary.json,
-    atomically, so shards writing side by side never leave a half-written file."""
+    atomically, so shards writing side by side never leave a half-written file. `extra`:
+    fields of this invocation only (llm_server: what the servers' /metrics counted)."""
     view = load_runs([folder])[0]
     path = Path(folder) / "summary.json"
     summary = summarize(view.config, view.records, view.expected, view.missing_shards)
     summary["bad_lines"] = view.bad_lines
+    summary.update(extra or {})
     tmp = path.with_name(f".summary.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

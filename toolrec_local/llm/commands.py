@@ -119,7 +119,7 @@ def serve(
     gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization", min=0.01, max=1.0, help="Share of each GPU's memory vLLM may take (default: the card's, 0.9)."),
     structured_backend: str = typer.Option("xgrammar", "--structured-backend", help="xgrammar | guidance | outlines"),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len", min=64, help="Context length to serve (default: the card's)."),
-    kv_cache_gb: Optional[int] = typer.Option(None, "--kv-cache-gb", min=1, help="CPU only: VLLM_CPU_KVCACHE_SPACE (default 1)."),
+    kv_cache_gb: Optional[int] = typer.Option(None, "--kv-cache-gb", min=1, help="CPU only: the KV cache in GiB (default: sized from free memory and the model, printed at start)."),
     timeout: float = typer.Option(900, "--timeout", help="Seconds to wait for the server to become healthy."),
     log_file: Optional[Path] = typer.Option(None, "--log-file", help="Server log (default TOOLREC_HOME/logs/vllm-NAME-PORT.log)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Echo the server log here."),
@@ -151,6 +151,8 @@ def serve(
         return
     err_console.print(f"[dim]$ {escape(shlex.join(srv.command))}[/]", soft_wrap=True)
     err_console.print(f"[dim]log: {srv.log_path}[/]")
+    for note in srv.notes:
+        err_console.print(note, highlight=False)
 
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt

@@ -79,6 +79,11 @@ class VLLMBackend(StepwiseBackend):
         self._next = 0
         self._locks: dict = {}  # event loop -> asyncio.Lock for connect()
 
+    @property
+    def urls(self) -> list[str]:
+        """The servers' base URLs (the eval runner reads their /metrics)."""
+        return [s.url for s in self._servers]
+
     # --- connection and probe -----------------------------------------------------------
 
     async def connect(self) -> None:
