@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from toolrec_local.errors import ToolrecError
 
-BACKBONES = ("sasrec", "bert4rec")
+# The *-bert backbones add frozen text-encoder item features to the ID embeddings (text_items.py).
+TEXT_BACKBONES = ("sasrec-bert", "bert4rec-bert")
+BACKBONES = ("sasrec", "bert4rec") + TEXT_BACKBONES
 LOSSES = ("bpr", "ce")
 
 
@@ -25,6 +27,13 @@ class BackboneConfig:
     heads: int = 2
     dropout: float = 0.2
     mask_prob: float = 0.2  # BERT4Rec only: share of positions masked in training
+    text_encoder: str = ""  # *-bert backbones: the item text encoder (text_features.ENCODERS)
+    text_dim: int = 0  # its feature size; 0 = ID embeddings only
+
+    @property
+    def base(self) -> str:
+        """The sequence model: sasrec or bert4rec."""
+        return self.model.removesuffix("-bert")
 
 
 @dataclass(frozen=True)
@@ -113,5 +122,5 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     return value
 
 
-__all__ = ["BackboneConfig", "ToolConfig", "TrainConfig", "PRESETS", "BACKBONES", "LOSSES", "as_dict", "from_dict",
+__all__ = ["BackboneConfig", "ToolConfig", "TrainConfig", "PRESETS", "BACKBONES", "TEXT_BACKBONES", "LOSSES", "as_dict", "from_dict",
            "check_choice", "replace", "settings"]
