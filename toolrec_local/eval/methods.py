@@ -96,13 +96,14 @@ class ListMethod:
 
     kind = "list"
 
-    def __init__(self, name: str, lists: Callable[[np.ndarray, str, int], list[list[int]]]):
+    def __init__(self, name: str, lists: Callable[..., list[list[int]]]):
         self.name = name
         self._lists = lists
 
-    def lists(self, users: np.ndarray, part: str, n: int) -> list[list[int]]:
-        """Per user, up to n distinct internal item ids, best first, none from the history."""
-        return self._lists(users, part, n)
+    def lists(self, users: np.ndarray, part: str, n: int, exclude_history: bool = True) -> list[list[int]]:
+        """Per user, up to n distinct internal item ids, best first (none from the history
+        unless exclude_history is False)."""
+        return self._lists(users, part, n, exclude_history)
 
 
 class LLMMethod:
@@ -157,7 +158,7 @@ def build_score_method(name: str, ds, tools: ToolBox) -> ScoreMethod | ListMetho
         from toolrec_local.recsys.p5_train import P5Recommender
 
         p5 = P5Recommender.load(ds)
-        return ListMethod(name, lambda users, part, n: p5.lists(users, part, k=n))
+        return ListMethod(name, lambda users, part, n, exclude: p5.lists(users, part, k=n, exclude_history=exclude))
     if name in ("sasrec", "bert4rec", "sasrec-bert", "bert4rec-bert"):
         tool = tools.get(name)
         return ScoreMethod(name, lambda users, part: tool.scores(users, None, part=part))

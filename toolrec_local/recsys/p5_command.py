@@ -29,9 +29,7 @@ def p5_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)."),
     json_out: bool = typer.Option(False, "--json", help="Print the training record as JSON."),
 ):
-    """Train P5 from scratch: a small T5 that generates the next item's id (OpenP5's sequential
-    prompt), ranked by beam search constrained to valid ids. Keeps the epoch with the best
-    validation NDCG@10."""
+    """Train P5 from scratch: a small T5 generating the next item's id; keeps the best validation NDCG@10."""
     import torch
 
     from toolrec_local.data import load_dataset
