@@ -4,8 +4,12 @@ summed, as UniSRec's transductive setting combines its text-based item vectors w
 embeddings. Everything that reads `backbone.items` (input embeddings, the scoring table, the
 attribute tools) sees the combined vectors; the rest of the backbone is unchanged.
 
-The features are a buffer of the module, so the checkpoint holds them (0.6 MB on ML-100K):
-a trained model scores without the encoder, and cannot drift from the features it learnt on.
+The features are centred on the catalogue's mean first: sentence embeddings share a large
+common direction (two ML-100K item texts have cosine 0.43 on average), which at the start would add nearly
+the same vector to every item. Centred, SASRec_BERT reached validation NDCG@10 0.113 on ML-100K
+(fast preset) against 0.102 uncentred and 0.080 standardised per dimension (one seed each).
+They are a buffer of the module, so the checkpoint holds them (2.6 MB on ML-100K): a trained
+model scores without the encoder, and cannot drift from the features it learnt on.
 """
 
 from __future__ import annotations
@@ -58,5 +62,6 @@ def with_text_features(ds: Dataset, cfg: BackboneConfig) -> tuple[BackboneConfig
     from toolrec_local.recsys.text_features import DEFAULT_ENCODER, text_features
 
     encoder = cfg.text_encoder or DEFAULT_ENCODER
-    feats = text_features(ds, encoder)
+    feats = text_features(ds, encoder).clone()
+    feats[1:] -= feats[1:].mean(0)
     return replace(cfg, text_encoder=encoder, text_dim=int(feats.shape[1])), feats
