@@ -50,9 +50,16 @@ def run_child(args: list[str], env: dict) -> tuple[str, dict]:
     return out_chunks[0], cost
 
 
-def trained(home: Path, model: str) -> bool:
-    folder = home / "checkpoints" / "ml-100k" / ("p5/model" if model == "p5" else f"{model}/backbone")
-    return (folder / "config.json").is_file()
+def checkpoint_config(home: Path, model: str) -> Path:
+    return home / "checkpoints" / "ml-100k" / ("p5/model" if model == "p5" else f"{model}/backbone") / "config.json"
+
+
+def training_record(home: Path, model: str) -> dict:
+    """What the checkpoint says about its training (whenever it was trained)."""
+    meta = json.loads(checkpoint_config(home, model).read_text())
+    m = meta["metrics"]
+    keep = ("valid", "best_epoch", "epochs_run", "seconds", "epoch_train_s", "peak_rss_mb", "parameters", "torch_threads")
+    return {"config": meta["config"], **{k: m[k] for k in keep if k in m}}
 
 
 def main() -> None:
@@ -74,18 +81,18 @@ def main() -> None:
     if not (args.home / "datasets" / "ml-100k" / "dataset.json").is_file():
         run_child(["data", "prepare", "ml-100k"], env)
     for model in BACKBONES + ["p5"]:
-        if trained(args.home, model) and model not in retrain:
+        if checkpoint_config(args.home, model).is_file() and model not in retrain:
+            figures["training"][model] = training_record(args.home, model)
             continue
         if model == "p5":
             cmd = ["train", "p5", "--dataset", "ml-100k", "--threads", str(args.threads), "--json", *args.p5_args.split()]
         else:
             cmd = ["train", "backbone", "--dataset", "ml-100k", "--model", model, "--preset", args.preset, "--json"]
         print(f"training {model} …", file=sys.stderr, flush=True)
-        out, cost = run_child(cmd, env)
-        record = next(iter(json.loads(out).values()))["metrics"]
-        figures["training"][model] = {"command": "toolrec-local " + " ".join(cmd), **cost,
-                                      **{k: record[k] for k in ("best_epoch", "epochs_run", "valid", "epoch_train_s")
-                                         if k in record}}
+        _, cost = run_child(cmd, env)
+        # the child's own wall time, CPU time and peak RSS: measured here, in this run
+        figures["training"][model] = {"command": "toolrec-local " + " ".join(cmd), "measured_now": cost,
+                                      **training_record(args.home, model)}
     run = args.home / "runs" / f"baselines-{int(time.time())}"
     cmd = ["eval", "--dataset", "ml-100k", "--method", ",".join(METHODS), "--all-users", "--out", str(run), "--json"]
     print("evaluating …", file=sys.stderr, flush=True)
@@ -105,8 +112,11 @@ def main() -> None:
     for m, v in figures["methods"].items():
         print(f"{m:<15}{v['ndcg@10']:>9.4f}{v['recall@10']:>11.4f}{v['ndcg@20']:>9.4f}")
     for m, t in figures["training"].items():
-        print(f"train {m}: {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU, peak RSS {t['peak_rss_mb']:.0f} MiB, "
-              f"best epoch {t.get('best_epoch')} of {t.get('epochs_run')}")
+        now = t.get("measured_now")
+        cost = (f"{now['wall_s']:.0f} s wall, {now['cpu_s']:.0f} s CPU, peak RSS {now['peak_rss_mb']:.0f} MiB (now)" if now
+                else f"{t['seconds']:.0f} s (when trained{', peak RSS %.0f MiB' % t['peak_rss_mb'] if 'peak_rss_mb' in t else ''})")
+        print(f"train {m}: {cost}; best epoch {t['best_epoch']} of {t['epochs_run']}, "
+              f"valid NDCG@10 {t['valid'].get('ndcg@10', 0):.4f}")
     print(f"eval: {figures['eval']['wall_s']:.0f} s, peak RSS {figures['eval']['peak_rss_mb']:.0f} MiB; results in {run}")
 
 

@@ -23,7 +23,7 @@ def p5_cmd(
     samples_per_user: int = typer.Option(10, "--samples-per-user", min=1, help="Training targets drawn per user and epoch."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     lr: float = typer.Option(1e-3, "--lr", min=0.0),
-    patience: int = typer.Option(5, "--patience", min=1, help="Epochs without a better validation NDCG@10 before stopping."),
+    patience: int = typer.Option(10, "--patience", min=1, help="Epochs without a better validation NDCG@10 before stopping."),
     beams: int = typer.Option(20, "--beams", min=1, help="Beam width of the constrained search (at least the list length)."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)."),
