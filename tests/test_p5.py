@@ -179,6 +179,19 @@ def test_eval_runs_p5_as_a_list_method(p5, tmp_path):
     hits = np.mean([r["rank"] is not None for r in recs])
     assert summary["methods"]["p5"]["recall@10"]["mean"] == pytest.approx(hits)
     assert summary["methods"]["p5"]["complete"]
+    from toolrec_local.eval.report import write_report
+
+    # `--history keep` reaches the beam search: the rule's successor (in the history) comes back
+    from toolrec_local.eval.methods import ListMethod, ToolBox, build_score_method
+
+    method = build_score_method("p5", ds, ToolBox(ds))
+    users = ds.eval_users[:40]
+    kept = method.lists(users, "test", 10, exclude_history=False)
+    assert isinstance(method, ListMethod) and kept == rec.lists(users, "test", k=10, exclude_history=False)
+    assert np.mean([bool(set(lst) & set(ds.split(int(u), "test")[0].tolist())) for u, lst in zip(users, kept)]) > 0.8
+    md, _, _ = write_report([folder], tmp_path / "report")
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| p5 ")]
+    assert rows and f"{hits:.3f}" in rows[0], md.read_text()
 
 
 def test_cli_train_p5_and_missing_checkpoint(tmp_home, tmp_path, monkeypatch, capsys):

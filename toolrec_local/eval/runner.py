@@ -106,8 +106,9 @@ def make_record(ds, method: str, seed: int, user: int, part: str, *, final: list
 class Runner:
     def __init__(self, ds, writer: ResultsWriter, *, part: str = "test", top_n: int = 10, batch_size: int = 256,
                  concurrency: int = 1, on_update: Callable[[str, Tally], None] | None = None,
-                 max_failures_in_a_row: int | None = None):
+                 max_failures_in_a_row: int | None = None, exclude_history: bool = True):
         self.ds = ds
+        self.exclude_history = exclude_history  # False: `--history keep`, score methods rank history items too
         self.writer = writer
         self.part = part
         self.top_n = top_n
@@ -171,7 +172,7 @@ class Runner:
         for start in range(0, len(users), self.batch_size):
             batch = users[start:start + self.batch_size]
             t0 = time.perf_counter()
-            lists = method.lists(batch, self.part, self.top_n)
+            lists = method.lists(batch, self.part, self.top_n, exclude_history=self.exclude_history)
             per_user = (time.perf_counter() - t0) / len(batch)
             for u, final in zip(batch, lists):
                 _, target = self.ds.split(int(u), self.part)
