@@ -11,9 +11,10 @@ from toolrec_local.console import console, err_console, print_json
 
 EVAL_HELP = """Evaluate methods on a dataset: leave-one-out, full ranking, Recall/NDCG @5/@10/@20.
 
-Methods: pop, sasrec, bert4rec, tool:<attr> (no LLM); toolrec, toolrec-b, llmrank, chatrec,
-single, multi, plan (need --llm). --finish last-list (or both) adds the rows toolrec/last-list etc.:
-the agent's answer without the final LLM ranking. Results go to --out (default runs/DATASET-LLM): results.jsonl
+Methods: pop, sasrec, bert4rec, sasrec-bert, bert4rec-bert, p5, tool:<attr> (no LLM); toolrec, toolrec-b,
+llmrank, chatrec, single, multi, plan (need --llm). --finish last-list (or both) adds the rows
+toolrec/last-list etc.: the agent's answer without the final LLM ranking. Results go to --out
+(default runs/DATASET-LLM): results.jsonl
 (one line per method, seed and user, flushed as each user finishes), trajectories.jsonl,
 run.json and summary.json. Re-running the same command resumes: finished users are skipped,
 failed ones retried. Into an existing folder only methods may be added; other options must match.

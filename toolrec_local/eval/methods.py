@@ -1,9 +1,13 @@
 """The methods `eval` compares, by name, and what each needs.
 
-Two kinds, one runner:
-* score methods (pop, sasrec, bert4rec, tool:<attr>) score the whole catalogue for a batch of
-  users; the target's rank is exact over all items not in the user's history, or over all
-  items with `--history keep` (RecBole's sequential full ranking, the paper's baseline rows).
+Three kinds, one runner:
+* score methods (pop, sasrec, bert4rec, sasrec-bert, bert4rec-bert, tool:<attr>) score the whole
+  catalogue for a batch of users; the target's rank is exact over all items not in the user's
+  history, or over all items with `--history keep` (RecBole's sequential full ranking, the
+  paper's baseline rows).
+* list methods (p5) return a top-N list for a batch of users without scoring every item (P5's
+  beam search, history items left out of the beams unless `--history keep`); the target's rank
+  is its position in that list, or none.
 * LLM methods (toolrec, toolrec-b, llmrank, chatrec, single, multi, plan) produce a top-N list
   for one user at a time (async); the target's rank is its position in that list, or none.
 """
@@ -17,11 +21,12 @@ import numpy as np
 
 from toolrec_local.errors import ToolrecError
 
-SCORE_METHODS = ("pop", "sasrec", "bert4rec")
+SCORE_METHODS = ("pop", "sasrec", "bert4rec", "sasrec-bert", "bert4rec-bert")
+LIST_METHODS = ("p5",)
 LLM_METHODS = ("toolrec", "toolrec-b", "llmrank", "chatrec", "single", "multi", "plan")
 TOOL_PREFIX = "tool:"
 # Table 2: ToolRec's improvement is taken over the best of these (those present in the run).
-BASELINES = ("pop", "sasrec", "bert4rec", "llmrank", "chatrec")
+BASELINES = ("pop", "sasrec", "bert4rec", "sasrec-bert", "bert4rec-bert", "p5", "llmrank", "chatrec")
 TOOLREC = "toolrec"
 CANDIDATES = 30  # LLMRank, Chat-REC, single and multi rank 30 candidates (paper 4.1.3, 4.3.1)
 # `eval --history`: the items score methods rank the target among. LLM methods never return
@@ -40,6 +45,9 @@ DESCRIPTIONS = {
     "pop": "most popular items in the training data",
     "sasrec": "SASRec backbone, full ranking",
     "bert4rec": "BERT4Rec backbone, full ranking",
+    "sasrec-bert": "SASRec_BERT: SASRec with all-MiniLM-L6-v2 item text features added to the ID embeddings, full ranking",
+    "bert4rec-bert": "BERT4Rec_BERT: BERT4Rec with all-MiniLM-L6-v2 item text features added to the ID embeddings, full ranking",
+    "p5": "P5: a small T5 trained from scratch generates the next item's id; top 10 by beam search over valid ids",
     "tool:<attr>": "one attribute-oriented retrieval tool alone (SASRec backbone), full ranking",
     "toolrec": "the agent (surrogate user + tools), SASRec backbone",
     "toolrec-b": "the agent with BERT4Rec-backbone tools (ToolRec_B)",
@@ -62,9 +70,9 @@ def parse_method_names(text: str, attributes: list[str]) -> list[str]:
             if attr not in attributes:
                 raise ToolrecError(f"method {name!r}: the dataset has no attribute {attr!r}",
                                    f"use one of: {', '.join(TOOL_PREFIX + a for a in attributes) or '(none: the dataset has no attributes)'}")
-        elif name not in SCORE_METHODS + LLM_METHODS:
+        elif name not in SCORE_METHODS + LIST_METHODS + LLM_METHODS:
             raise ToolrecError(f"unknown method {name!r}",
-                               f"use any of: {', '.join(SCORE_METHODS + (TOOL_PREFIX + '<attr>',) + LLM_METHODS)}")
+                               f"use any of: {', '.join(SCORE_METHODS + LIST_METHODS + (TOOL_PREFIX + '<attr>',) + LLM_METHODS)}")
     return list(dict.fromkeys(names))
 
 
@@ -102,6 +110,21 @@ class ScoreMethod:
 
     def scores(self, users: np.ndarray, part: str, exclude_history: bool = True) -> np.ndarray:
         return self._score(users, part, exclude_history=exclude_history)
+
+
+class ListMethod:
+    """A method that returns a ranked top-N per user, for a batch of users at once."""
+
+    kind = "list"
+
+    def __init__(self, name: str, lists: Callable[..., list[list[int]]]):
+        self.name = name
+        self._lists = lists
+
+    def lists(self, users: np.ndarray, part: str, n: int, exclude_history: bool = True) -> list[list[int]]:
+        """Per user, up to n distinct internal item ids, best first (none from the history
+        unless exclude_history is False)."""
+        return self._lists(users, part, n, exclude_history)
 
 
 class LLMMethod:
@@ -149,10 +172,16 @@ class ToolBox:
         return self._tools[backbone]
 
 
-def build_score_method(name: str, ds, tools: ToolBox) -> ScoreMethod:
+def build_score_method(name: str, ds, tools: ToolBox) -> ScoreMethod | ListMethod:
+    """Any method without an LLM (list methods too)."""
     if name == "pop":
         return ScoreMethod(name, popularity_scores(ds))
-    if name in ("sasrec", "bert4rec"):
+    if name == "p5":
+        from toolrec_local.recsys.p5_train import P5Recommender
+
+        p5 = P5Recommender.load(ds)
+        return ListMethod(name, lambda users, part, n, exclude: p5.lists(users, part, k=n, exclude_history=exclude))
+    if name in ("sasrec", "bert4rec", "sasrec-bert", "bert4rec-bert"):
         tool = tools.get(name)
         return ScoreMethod(name, lambda users, part, exclude_history: tool.scores(
             users, None, part=part, exclude_history=exclude_history))

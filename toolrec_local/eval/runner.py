@@ -20,7 +20,7 @@ import numpy as np
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.capacity import ServerSlots, fixed_slots
-from toolrec_local.eval.methods import LLMMethod, Outcome, ScoreMethod
+from toolrec_local.eval.methods import ListMethod, LLMMethod, Outcome, ScoreMethod
 from toolrec_local.metrics import MISSING, mask_history, rank_in_list, ranks_from_scores, top_n_from_scores
 from toolrec_local.eval.results import FAILED, OK, ResultsWriter
 from toolrec_local.llm.meter import UserMeter, metering
@@ -184,6 +184,29 @@ class Runner:
                     self.on_update(method.name, tally)
         return tally
 
+    # ---- list methods (P5) ------------------------------------------------
+    def run_lists(self, method: ListMethod, plan: dict[int, list[int]]) -> Tally:
+        todo = self.todo(method.name, plan)
+        tally = self._tally(method.name, plan)
+        by_user: dict[int, list[int]] = {}
+        for seed, user in todo:
+            by_user.setdefault(user, []).append(seed)
+        users = np.array(sorted(by_user), dtype=np.int64)
+        for start in range(0, len(users), self.batch_size):
+            batch = users[start:start + self.batch_size]
+            t0 = time.perf_counter()
+            lists = method.lists(batch, self.part, self.top_n, exclude_history=self.exclude_history)
+            per_user = (time.perf_counter() - t0) / len(batch)
+            for u, final in zip(batch, lists):
+                _, target = self.ds.split(int(u), self.part)
+                rank = rank_in_list(final[: self.top_n], target)
+                for seed in by_user[int(u)]:
+                    self.writer.write(make_record(self.ds, method.name, seed, int(u), self.part,
+                                                  final=final[: self.top_n], rank=rank, wall_s=per_user))
+                    tally.add(rank, 0)
+                    self.on_update(method.name, tally)
+        return tally
+
     # ---- LLM methods ------------------------------------------------------
     async def run_llm(self, method: LLMMethod, plan: dict[int, list[int]]) -> Tally:
         """Users run concurrently, each server admitting users while they fit (`self.slots`,
@@ -333,6 +356,8 @@ class Runner:
         for m in methods:
             if isinstance(m, ScoreMethod):
                 self.run_scores(m, plan)
+            elif isinstance(m, ListMethod):
+                self.run_lists(m, plan)
             else:
                 await self.run_llm(m, plan)
         return self.tallies

@@ -40,7 +40,7 @@ def _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, de
 @train_app.command("backbone")
 def backbone_cmd(
     dataset: str = DATASET,
-    model: str = typer.Option("sasrec", "--model", help="sasrec or bert4rec"),
+    model: str = typer.Option("sasrec", "--model", help="sasrec, bert4rec, or sasrec-bert / bert4rec-bert (with item text features from all-MiniLM-L6-v2)."),
     preset: str = PRESET,
     max_len: Optional[int] = typer.Option(None, "--max-len", min=2, help="Longest history the model reads."),
     hidden: Optional[int] = typer.Option(None, "--hidden", min=2),
@@ -195,5 +195,8 @@ def _ckpt_root():
 
 
 def register(app: typer.Typer) -> None:
+    from toolrec_local.recsys.p5_command import register as register_p5
+
+    register_p5(train_app)
     app.add_typer(train_app, name="train")
     app.command("retrieve")(retrieve_cmd)

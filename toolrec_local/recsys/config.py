@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from toolrec_local.errors import ToolrecError
 
-BACKBONES = ("sasrec", "bert4rec")
+# The *-bert backbones add frozen text-encoder item features to the ID embeddings (text_items.py).
+TEXT_BACKBONES = ("sasrec-bert", "bert4rec-bert")
+BACKBONES = ("sasrec", "bert4rec") + TEXT_BACKBONES
 INITS = ("sasrec", "recbole")
 LOSSES = ("bpr", "ce")
 
@@ -36,6 +38,13 @@ class BackboneConfig:
     # stream carries less of each input item, and the model ranks the item it has just read
     # lower when the history is kept in the ranking.
     init: str = "sasrec"
+    text_encoder: str = ""  # *-bert backbones: the item text encoder (text_features.ENCODERS)
+    text_dim: int = 0  # its feature size; 0 = ID embeddings only
+
+    @property
+    def base(self) -> str:
+        """The sequence model: sasrec or bert4rec."""
+        return self.model.removesuffix("-bert")
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,8 @@ def settings(preset: str, model: str, n_items: int, **overrides) -> tuple[Backbo
     check_choice(preset, tuple(PRESETS), "preset")
     check_choice(model, BACKBONES, "backbone")
     base = {k: v for k, v in PRESETS[preset].items() if k not in BACKBONES}
-    values = {**base, **PRESETS[preset].get(model, {}), **{k: v for k, v in overrides.items() if v is not None}}
+    per_model = {**PRESETS[preset].get(model.removesuffix("-bert"), {}), **PRESETS[preset].get(model, {})}  # bert4rec-bert: bert4rec's
+    values = {**base, **per_model, **{k: v for k, v in overrides.items() if v is not None}}
     tool_epochs = values.pop("tool_epochs", None)
     tool_patience = values.pop("tool_patience", None)
     unknown = set(values) - {f.name for f in fields(BackboneConfig)} - {f.name for f in fields(TrainConfig)}
@@ -155,5 +165,5 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     return value
 
 
-__all__ = ["BackboneConfig", "ToolConfig", "TrainConfig", "PRESETS", "BACKBONES", "LOSSES", "as_dict", "from_dict",
-           "check_choice", "replace", "settings", "VALID_METRICS", "INITS"]
+__all__ = ["BackboneConfig", "ToolConfig", "TrainConfig", "PRESETS", "BACKBONES", "TEXT_BACKBONES", "LOSSES", "as_dict",
+           "from_dict", "check_choice", "replace", "settings", "VALID_METRICS", "INITS"]

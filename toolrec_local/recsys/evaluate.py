@@ -9,7 +9,7 @@ from toolrec_local.data.dataset import Dataset
 from toolrec_local.errors import ToolrecError
 from toolrec_local.metrics import metric_means, ranks_from_scores
 
-METHOD_HELP = "pop, sasrec, bert4rec, tool:<attribute> (SASRec backbone), tool-b:<attribute> (BERT4Rec backbone)"
+METHOD_HELP = "pop, sasrec, bert4rec, sasrec-bert, bert4rec-bert, tool:<attribute> (SASRec backbone), tool-b:<attribute> (BERT4Rec backbone)"
 
 
 def method_scores(ds: Dataset, method: str, users: np.ndarray, part: str) -> np.ndarray:
@@ -21,7 +21,9 @@ def method_scores(ds: Dataset, method: str, users: np.ndarray, part: str) -> np.
     if method == "pop":
         pop = ds.train_popularity.astype(np.float32)
         return mask_history(np.broadcast_to(pop, (len(users), len(pop))), histories(ds, users, part))
-    if method in ("sasrec", "bert4rec"):
+    from toolrec_local.recsys.config import BACKBONES
+
+    if method in BACKBONES:
         return RetrievalTool.load(ds, method, attributes=[]).scores(users, None, part)
     prefix, _, attribute = method.partition(":")
     if prefix in ("tool", "tool-b") and attribute:

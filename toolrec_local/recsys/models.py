@@ -15,8 +15,13 @@ from toolrec_local.recsys.config import BackboneConfig
 from toolrec_local.recsys.sasrec import SASRec
 
 
-def build_backbone(cfg: BackboneConfig) -> nn.Module:
-    return SASRec(cfg) if cfg.model == "sasrec" else BERT4Rec(cfg)
+def build_backbone(cfg: BackboneConfig, text: torch.Tensor | None = None) -> nn.Module:
+    model = SASRec(cfg) if cfg.base == "sasrec" else BERT4Rec(cfg)
+    if cfg.text_dim:  # SASRec_BERT / BERT4Rec_BERT: text features (given when training) join the item table
+        from toolrec_local.recsys.text_items import attach_text
+
+        attach_text(model, cfg, text)
+    return model
 
 
 def user_vectors(backbone: nn.Module, tool: nn.Module | None, inputs: torch.Tensor) -> torch.Tensor:

@@ -32,9 +32,12 @@ def train_backbone(ds: Dataset, config: BackboneConfig, train: TrainConfig, show
                    save: bool = True) -> tuple[nn.Module, dict]:
     check_choice(config.model, BACKBONES, "backbone")
     check_choice(train.loss, LOSSES, "loss")
+    from toolrec_local.recsys.text_items import with_text_features
+
     device = resolve_device(train.device)
+    config, text = with_text_features(ds, config)  # (config, None) unless a *-bert backbone
     torch.manual_seed(train.seed)
-    model = build_backbone(config).to(device)
+    model = build_backbone(config, text).to(device)
 
     def loss_fn(inputs, targets, gen):
         return batch_loss(model.hidden_states(inputs), targets, model.items.weight, train, gen)
