@@ -6,7 +6,8 @@
 #   3. pull the LLM               toolrec-local models pull smollm2-135m
 #   4. start a vLLM CPU server    toolrec-local serve --llm smollm2-135m --port PORT   (background, stopped at exit)
 #   5. evaluate                   toolrec-local eval --dataset ml-100k --llm smollm2-135m \
-#                                   --method pop,sasrec,tool:genre,toolrec,llmrank,single --users N --seeds S
+#                                   --method pop,sasrec,tool:genre,toolrec,llmrank,single --users N --seeds S \
+#                                   --finish both   (toolrec and toolrec/last-list from one trajectory)
 #   6. report                     toolrec-local report runs/demo-smollm2
 #
 # Steps already done (prepared data, trained tools, pulled weights, finished users) are
@@ -107,7 +108,7 @@ healthy || { echo "error: server not healthy after 600 s; see $LOG" >&2; exit 1;
 
 step "5/6 evaluate ${METHODS} on ${USERS} users x ${SEEDS} seeds"
 "$CLI" eval --dataset "$DATASET" --llm "$LLM" --method "$METHODS" --users "$USERS" --seeds "$SEEDS" \
-  --server "$URL" --concurrency "$CONCURRENCY" --out "$OUT"
+  --server "$URL" --concurrency "$CONCURRENCY" --finish both --out "$OUT"
 
 step "6/6 report"
 "$CLI" report "$OUT"
