@@ -12,13 +12,13 @@
 #
 # Steps already done (prepared data, trained tools, pulled weights, finished users) are
 # skipped or resumed, so running it again is quick. Settings (environment variables):
-#   DEMO_USERS (default 20), DEMO_SEEDS (2), DEMO_OUT (runs/demo-smollm2), DEMO_PORT (8765),
+#   DEMO_USERS (default 10), DEMO_SEEDS (2), DEMO_OUT (runs/demo-smollm2), DEMO_PORT (8765),
 #   DEMO_CONCURRENCY (auto: as many users as the server's KV cache holds; or a number),
 #   TOOLREC_HOME (where data, checkpoints and models live).
 # SmolLM2-135M is a weak model: the demo shows the pipeline working, not ToolRec's gains.
 set -euo pipefail
 
-USERS="${DEMO_USERS:-20}"
+USERS="${DEMO_USERS:-10}"
 SEEDS="${DEMO_SEEDS:-2}"
 OUT="${DEMO_OUT:-runs/demo-smollm2}"
 PORT="${DEMO_PORT:-8765}"
