@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEMO_USERS, DEMO_SEEDS = 20, 2  # scripts/demo.sh defaults
+DEMO_USERS, DEMO_SEEDS = 20, 2  # the user sample of the README figures (scripts/demo.sh now runs 10 x 2)
 
 
 def demo_pairs(ds, n: int) -> dict[int, list[int]]:

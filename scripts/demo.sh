@@ -6,18 +6,19 @@
 #   3. pull the LLM               toolrec-local models pull smollm2-135m
 #   4. start a vLLM CPU server    toolrec-local serve --llm smollm2-135m --port PORT   (background, stopped at exit)
 #   5. evaluate                   toolrec-local eval --dataset ml-100k --llm smollm2-135m \
-#                                   --method pop,sasrec,tool:genre,toolrec,llmrank,single --users N --seeds S
+#                                   --method pop,sasrec,tool:genre,toolrec,llmrank,single --users N --seeds S \
+#                                   --finish both   (toolrec and toolrec/last-list from one trajectory)
 #   6. report                     toolrec-local report runs/demo-smollm2
 #
 # Steps already done (prepared data, trained tools, pulled weights, finished users) are
 # skipped or resumed, so running it again is quick. Settings (environment variables):
-#   DEMO_USERS (default 20), DEMO_SEEDS (2), DEMO_OUT (runs/demo-smollm2), DEMO_PORT (8765),
+#   DEMO_USERS (default 10), DEMO_SEEDS (2), DEMO_OUT (runs/demo-smollm2), DEMO_PORT (8765),
 #   DEMO_CONCURRENCY (auto: as many users as the server's KV cache holds; or a number),
 #   TOOLREC_HOME (where data, checkpoints and models live).
 # SmolLM2-135M is a weak model: the demo shows the pipeline working, not ToolRec's gains.
 set -euo pipefail
 
-USERS="${DEMO_USERS:-20}"
+USERS="${DEMO_USERS:-10}"
 SEEDS="${DEMO_SEEDS:-2}"
 OUT="${DEMO_OUT:-runs/demo-smollm2}"
 PORT="${DEMO_PORT:-8765}"
@@ -107,7 +108,7 @@ healthy || { echo "error: server not healthy after 600 s; see $LOG" >&2; exit 1;
 
 step "5/6 evaluate ${METHODS} on ${USERS} users x ${SEEDS} seeds"
 "$CLI" eval --dataset "$DATASET" --llm "$LLM" --method "$METHODS" --users "$USERS" --seeds "$SEEDS" \
-  --server "$URL" --concurrency "$CONCURRENCY" --out "$OUT"
+  --server "$URL" --concurrency "$CONCURRENCY" --finish both --out "$OUT"
 
 step "6/6 report"
 "$CLI" report "$OUT"

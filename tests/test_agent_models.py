@@ -148,8 +148,10 @@ def test_smollm2_in_process(ml100k_tools, smollm2_dir, session_home):
     folder = Path(os.environ.get("TOOLREC_SMOLLM2_DIR") or smollm2_dir)
     tool = ml100k_tools
     ds = tool.dataset
-    config = AgentConfig(context_tokens=2048, history_len=5, n_demos=1)  # CPU time: shorter prompts
-    users = ds.sample_users(int(N_USERS or 10), seed=0)
+    # CPU time: shorter prompts and at most 4 rounds (the weak model tends to use all 8), 3 users;
+    # TOOLREC_AGENT_CHECK_USERS=50 for the README's conformance figure.
+    config = AgentConfig(context_tokens=2048, history_len=5, n_demos=1, max_rounds=4 if not N_USERS else 8)
+    users = ds.sample_users(int(N_USERS or 3), seed=0)
     trajs = asyncio.run(run_users(AgentContext(ds, tool, make_backend("smollm2-135m", "local", model_path=folder), config), users, 1))
     summary = check_and_record(ds, trajs, "smollm2-135m (local)", session_home / "agent-check-smollm2-135m.json", config)
     print(json.dumps({k: v for k, v in summary.items() if k != "example"}))

@@ -283,6 +283,22 @@ def test_stepwise_list_and_overlong_thought():
         run(b.generate(MSGS, ChoiceGrammar(("A", "B"))))
 
 
+def test_a_step_cut_by_its_token_limit_is_reported_as_truncation_not_as_an_ignored_grammar():
+    # a list line cut short (finish_reason "length": the context left too few tokens)
+    b = FakeSteps([("Toy St", False)], "stepwise")
+    with pytest.raises(ToolrecError, match="cut at its token limit") as err:
+        run(b.generate(MSGS, ItemListGrammar(("Toy Story (1995)", "Heat (1995)"), 1)))
+    assert "structured outputs" not in str(err.value) and "--max-model-len" in err.value.hint
+    # a choice cut short
+    b = FakeSteps([("He", False)], "stepwise")
+    with pytest.raises(ToolrecError, match="cut at its token limit"):
+        run(b.generate(MSGS, ChoiceGrammar(("Heat (1995)", "Toy Story (1995)"))))
+    # a finished line outside the options is still the server ignoring the grammar
+    b = FakeSteps([("Sure", True, "ignores the regex")], "stepwise")
+    with pytest.raises(ToolrecError, match="outside the remaining options"):
+        run(b.generate(MSGS, ItemListGrammar(("A", "B"), 1)))
+
+
 def test_openai_refuses_enums_beyond_the_api_limit():
     big = ItemListGrammar(tuple(f"{i}, A rather long movie title number {i} (1999)" for i in range(400)), 10)
     with FakeAPI(lambda body: chat_response("{}")) as api:

@@ -6,6 +6,7 @@ here. The GPU command is the CPU command's code with three flags changed (`build
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -45,8 +46,12 @@ def parse_with_vllm(commands: list[list[str]], tmp_path: Path) -> list[dict]:
     """One child process imports vLLM once and parses every command (cwd: the repository, so
     `serving/vicuna.jinja` resolves as it does for a user following the docs)."""
     out = tmp_path / "parsed.json"
+    # The commands name model folders that do not exist here; vLLM's validation then asks the
+    # Hub about the name, which in offline mode is an error instead of "not found": parse as a
+    # fresh shell would, whatever an earlier test left in the environment.
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     res = subprocess.run([sys.executable, str(REPO / "tests" / "vllm_argcheck.py"), str(out)],
-                         input=json.dumps(commands), capture_output=True, text=True, cwd=REPO, timeout=600)
+                         input=json.dumps(commands), capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -140,11 +140,12 @@ def item_texts(ds: Dataset) -> list[str]:
 @torch.inference_mode()
 def encode(folder: Path, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
     """(len(texts), dim) float32 sentence embeddings: masked mean pooling, then L2 norm."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: nothing may be fetched
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    # a local folder: nothing may be fetched (local_files_only; the process environment is
+    # left alone, other code in it may be online)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)

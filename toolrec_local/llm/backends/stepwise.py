@@ -42,6 +42,16 @@ def repeats_a_line(text: str) -> bool:
     return len(set(done)) < len(done)
 
 
+def truncated(name: str, text: str) -> ToolrecError:
+    """A step cut by its token limit (finish_reason "length") before the grammar was complete:
+    the prompt left too little of the context, not a server ignoring the grammar."""
+    return ToolrecError(
+        f"{name}: the answer was cut at its token limit before it was complete: {text[-120:]!r}",
+        "the prompt left too little of the model's context for the answer; serve a longer context "
+        "(--max-model-len) or shorten the prompt (fewer or shorter candidate lists)",
+    )
+
+
 def check_list_mode(mode: str) -> str:
     if mode not in LIST_MODES:
         raise ToolrecError(f"unknown item-list mode {mode!r}", f"use one of: {', '.join(LIST_MODES)}")
@@ -101,6 +111,8 @@ class StepwiseBackend:
             raise TypeError(f"not a constraint: {constraint!r}")
 
         if not G.conforms(constraint, text):
+            if steps and not steps[-1].stopped:
+                raise truncated(self.name, text)
             raise ToolrecError(
                 f"{self.name} returned text outside the grammar: {text[:200]!r}",
                 "the server is not applying structured outputs; use a vLLM build with "
@@ -153,6 +165,8 @@ class StepwiseBackend:
             else:
                 s = await step("\n".join(chosen), G.next_line_regex(tuple(remaining)), budget, i)
                 line = s.text[1:] if s.text.startswith("\n") else s.text
+            if line not in remaining and not s.stopped:
+                raise truncated(self.name, line)
             if line not in remaining:
                 raise ToolrecError(
                     f"{self.name} wrote a list line outside the remaining options: {s.text[:120]!r}",
