@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.toolrec-installed
 
-.PHONY: demo test install clean-venv
+.PHONY: demo demo-notice test install clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
-demo: $(STAMP)
+demo-notice:
+	@test -f $(STAMP) || echo "make demo: installing into $(VENV) first (torch CPU, the CPU vLLM build, the project): 1.5-4 min"
+
+demo: demo-notice $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 clean-venv:

@@ -58,16 +58,20 @@ if ! command -v "$CLI" >/dev/null 2>&1; then
   exit 2
 fi
 
-llm_users=$(( USERS * SEEDS * 3 ))  # three LLM methods
-# measured (scripts/demo.sh, 2 cores, load 5): 120 LLM runs evaluated in 10.5 min
-eval_min=$(( (llm_users * 105 + 1199) / 1200 ))
+pairs=$(( USERS * SEEDS ))  # (seed, user) pairs per method
+# Measured (make demo from a fresh clone, 2 cores, load 0.6-2, 2026-11-30): 10 users x 2 seeds
+# evaluated in 7.6 min with as many users at once as the server's KV cache holds: per pair
+# toolrec 19.2 s (~24 LLM calls with the final LLM ranking), llmrank 1.5 s, single 2.0 s.
+eval_s=$(( pairs * 227 / 10 ))
+eval_min=$(( (eval_s + 59) / 60 ))
 cat <<EOF
 ToolRec CPU demo: ${DATASET}, ${LLM} on a vLLM CPU server, ${USERS} users x ${SEEDS} seeds, methods ${METHODS}.
-Estimated time on a 2-core CPU, first run: about $(( eval_min + 7 ))-$(( eval_min + 11 )) minutes
-  prepare data < 1 min | train tools 3-5 min | pull model ~1 min | start server 1-2 min
-  evaluate ${llm_users} LLM runs: ~${eval_min} min (measured: 10.5 min for 20 users x 2 seeds, as many at once as the
-    server's KV cache holds: toolrec 7 min (up to 8 LLM calls per user), llmrank 2, single 1.5)
+Estimated time on a 2-core CPU, first run: about $(( eval_min + 3 ))-$(( eval_min + 6 )) minutes from here
+  prepare data < 1 min | train tools 2-3 min | pull model < 1 min | start server < 1 min
+  evaluate ${pairs} users per method: ~${eval_min} min (measured: 7.6 min for 10 users x 2 seeds, toolrec 6.4,
+    llmrank 0.5, single 0.7; the progress line refreshes every 5 s)
   report < 1 min
+  (measured in all, from a fresh clone: 10.7 min here, after a 1.5 min install)
 Later runs skip the finished steps. Output: ${OUT}/report/report.md
 EOF
 

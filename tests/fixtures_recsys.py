@@ -7,7 +7,36 @@ while the checkpoints are valid for the prepared data (fingerprint and backbone 
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
+
+
+def clear_caches() -> None:
+    """Forget loaded datasets, tools and P5 models (they belong to one TOOLREC_HOME)."""
+    from toolrec_local import data
+    from toolrec_local.recsys import p5_train, retrieval
+
+    data._CACHE.clear()
+    retrieval.clear_cache()
+    p5_train.clear_cache()
+
+
+@contextlib.contextmanager
+def module_home(home):
+    """TOOLREC_HOME pointed at `home` (caches cleared) until the block ends, then restored."""
+    old = os.environ.get("TOOLREC_HOME")
+    os.environ["TOOLREC_HOME"] = str(home)
+    clear_caches()
+    try:
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("TOOLREC_HOME", None)
+        else:
+            os.environ["TOOLREC_HOME"] = old
+        clear_caches()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ constrained to the valid ids. One tiny model is trained once on the synthetic ru
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from conftest import synthetic_rule_dataset
+from fixtures_recsys import module_home
 from toolrec_local.errors import ToolrecError
 
 TINY = dict(levels=2, max_history=4, d_model=32, d_ff=64, layers=1, heads=2, dropout=0.0)
@@ -30,25 +30,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def p5_home(tmp_path_factory, one_thread):
-    from toolrec_local import data
     from toolrec_local.data import prepare
     from toolrec_local.recsys.p5 import P5Config
-    from toolrec_local.recsys.p5_train import P5Train, clear_cache, train_p5
+    from toolrec_local.recsys.p5_train import P5Train, train_p5
 
-    home = tmp_path_factory.mktemp("p5-home")
-    old = os.environ.get("TOOLREC_HOME")
-    os.environ["TOOLREC_HOME"] = str(home)
-    data._CACHE.clear()
-    clear_cache()
-    ds = prepare("rule", source=synthetic_rule_dataset(home / "raw", name="rule"), attributes=["genre"])
-    rec, meta = train_p5(ds, P5Config(n_items=ds.n_items, **TINY), P5Train(**TINY_TRAIN))
-    yield home, ds, rec, meta
-    if old is None:
-        os.environ.pop("TOOLREC_HOME", None)
-    else:
-        os.environ["TOOLREC_HOME"] = old
-    data._CACHE.clear()
-    clear_cache()
+    with module_home(tmp_path_factory.mktemp("p5-home")) as home:
+        ds = prepare("rule", source=synthetic_rule_dataset(home / "raw", name="rule"), attributes=["genre"])
+        rec, meta = train_p5(ds, P5Config(n_items=ds.n_items, **TINY), P5Train(**TINY_TRAIN))
+        yield home, ds, rec, meta
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import synthetic_rule_dataset
+from fixtures_recsys import module_home
 from toolrec_local.errors import ToolrecError
 
 # The rule walk revisits items (cycles of 4), so here validation must not exclude the history.
@@ -48,28 +49,16 @@ def _genre_vectors(folder):
 @pytest.fixture(scope="module")
 def rule_home(tmp_path_factory, one_thread):
     """A home with the rule dataset, a tiny SASRec and genre/release_year tools, trained once."""
-    from toolrec_local import data
     from toolrec_local.recsys.config import settings
     from toolrec_local.recsys.pipeline import run_backbone, run_tools
-    from toolrec_local.recsys.retrieval import clear_cache
 
-    home = tmp_path_factory.mktemp("rule-home")
-    old = os.environ.get("TOOLREC_HOME")
-    os.environ["TOOLREC_HOME"] = str(home)
-    data._CACHE.clear()
-    clear_cache()
-    ds = _prepare_rule(home)
-    meta = run_backbone(ds, "sasrec", "fast", **TINY)
-    _, _, tool_train = settings("fast", "sasrec", ds.n_items, **{**TINY, "epochs": 5})
-    # genre: fixed word vectors (as GloVe's would be); release_year: numeric
-    tool_metas = run_tools(ds, "sasrec", None, tool_train, word_vectors=str(_genre_vectors(home)))
-    yield home, ds, meta, tool_metas
-    if old is None:
-        os.environ.pop("TOOLREC_HOME", None)
-    else:
-        os.environ["TOOLREC_HOME"] = old
-    data._CACHE.clear()
-    clear_cache()
+    with module_home(tmp_path_factory.mktemp("rule-home")) as home:
+        ds = _prepare_rule(home)
+        meta = run_backbone(ds, "sasrec", "fast", **TINY)
+        _, _, tool_train = settings("fast", "sasrec", ds.n_items, **{**TINY, "epochs": 5})
+        # genre: fixed word vectors (as GloVe's would be); release_year: numeric
+        tool_metas = run_tools(ds, "sasrec", None, tool_train, word_vectors=str(_genre_vectors(home)))
+        yield home, ds, meta, tool_metas
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import TEST_HOME, write_atomic
+from fixtures_recsys import module_home
 from toolrec_local.errors import ToolrecError
 
 N_GROUPS, PER_GROUP = 4, 10
@@ -64,33 +65,19 @@ def group_features(ds) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def groups_home(tmp_path_factory, one_thread):
     """The group dataset with its cached features; sasrec and sasrec-bert trained alike."""
-    import os
-
     from safetensors.torch import save_file
 
-    from toolrec_local import data
     from toolrec_local.data import prepare
     from toolrec_local.recsys.pipeline import run_backbone
-    from toolrec_local.recsys.retrieval import clear_cache
     from toolrec_local.recsys.text_features import DEFAULT_ENCODER, features_path, item_texts
 
-    home = tmp_path_factory.mktemp("groups-home")
-    old = os.environ.get("TOOLREC_HOME")
-    os.environ["TOOLREC_HOME"] = str(home)
-    data._CACHE.clear()
-    clear_cache()
-    ds = prepare("groups", source=group_walk(home / "raw"), attributes=[])
-    path = features_path(ds, DEFAULT_ENCODER, item_texts(ds))
-    path.parent.mkdir(parents=True)
-    save_file({"features": group_features(ds)}, str(path))
-    metas = {m: run_backbone(ds, m, "fast", **TINY) for m in ("sasrec", "sasrec-bert")}
-    yield home, ds, metas
-    if old is None:
-        os.environ.pop("TOOLREC_HOME", None)
-    else:
-        os.environ["TOOLREC_HOME"] = old
-    data._CACHE.clear()
-    clear_cache()
+    with module_home(tmp_path_factory.mktemp("groups-home")) as home:
+        ds = prepare("groups", source=group_walk(home / "raw"), attributes=[])
+        path = features_path(ds, DEFAULT_ENCODER, item_texts(ds))
+        path.parent.mkdir(parents=True)
+        save_file({"features": group_features(ds)}, str(path))
+        metas = {m: run_backbone(ds, m, "fast", **TINY) for m in ("sasrec", "sasrec-bert")}
+        yield home, ds, metas
 
 
 @pytest.fixture

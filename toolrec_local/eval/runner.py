@@ -159,52 +159,45 @@ class Runner:
 
     # ---- score methods ----------------------------------------------------
     def run_scores(self, method: ScoreMethod, plan: dict[int, list[int]]) -> Tally:
-        todo = self.todo(method.name, plan)
-        tally = self._tally(method.name, plan)
-        by_user: dict[int, list[int]] = {}
-        for seed, user in todo:
-            by_user.setdefault(user, []).append(seed)
-        users = np.array(sorted(by_user), dtype=np.int64)
-        for start in range(0, len(users), self.batch_size):
-            batch = users[start:start + self.batch_size]
-            t0 = time.perf_counter()
+        def answer(batch: np.ndarray) -> tuple[list, list[float]]:
             scores = method.scores(batch, self.part, exclude_history=self.exclude_history)
             splits = [self.ds.split(int(u), self.part) for u in batch]
             targets = np.array([t for _, t in splits], dtype=np.int64)
             histories = [np.asarray(h, dtype=np.int64) for h, _ in splits]
             masked = mask_history(scores, histories if self.exclude_history else [])  # padding always
-            ranks = ranks_from_scores(masked, targets)
-            tops = top_n_from_scores(masked, self.top_n)
-            per_user = (time.perf_counter() - t0) / len(batch)
-            for u, rank, top in zip(batch, ranks, tops):
-                for seed in by_user[int(u)]:
-                    self.writer.write(make_record(self.ds, method.name, seed, int(u), self.part, final=top,
-                                                  rank=float(rank), wall_s=per_user))
-                    tally.add(float(rank), 0)
-                    self.on_update(method.name, tally)
-        return tally
+            return top_n_from_scores(masked, self.top_n), [float(r) for r in ranks_from_scores(masked, targets)]
+
+        return self._run_batched(method.name, plan, answer)
 
     # ---- list methods (P5) ------------------------------------------------
     def run_lists(self, method: ListMethod, plan: dict[int, list[int]]) -> Tally:
-        todo = self.todo(method.name, plan)
-        tally = self._tally(method.name, plan)
+        def answer(batch: np.ndarray) -> tuple[list, list[float]]:
+            lists = [f[: self.top_n] for f in method.lists(batch, self.part, self.top_n,
+                                                           exclude_history=self.exclude_history)]
+            return lists, [rank_in_list(f, self.ds.split(int(u), self.part)[1]) for u, f in zip(batch, lists)]
+
+        return self._run_batched(method.name, plan, answer)
+
+    def _run_batched(self, name: str, plan: dict[int, list[int]],
+                     answer: Callable[[np.ndarray], tuple[list, list[float]]]) -> Tally:
+        """Users still to do, `batch_size` at a time: `answer(batch)` gives each user's top-N
+        and the target's rank; one record per (seed, user)."""
+        tally = self._tally(name, plan)
         by_user: dict[int, list[int]] = {}
-        for seed, user in todo:
+        for seed, user in self.todo(name, plan):
             by_user.setdefault(user, []).append(seed)
         users = np.array(sorted(by_user), dtype=np.int64)
         for start in range(0, len(users), self.batch_size):
             batch = users[start:start + self.batch_size]
             t0 = time.perf_counter()
-            lists = method.lists(batch, self.part, self.top_n, exclude_history=self.exclude_history)
+            finals, ranks = answer(batch)
             per_user = (time.perf_counter() - t0) / len(batch)
-            for u, final in zip(batch, lists):
-                _, target = self.ds.split(int(u), self.part)
-                rank = rank_in_list(final[: self.top_n], target)
+            for u, final, rank in zip(batch, finals, ranks):
                 for seed in by_user[int(u)]:
-                    self.writer.write(make_record(self.ds, method.name, seed, int(u), self.part,
-                                                  final=final[: self.top_n], rank=rank, wall_s=per_user))
+                    self.writer.write(make_record(self.ds, name, seed, int(u), self.part, final=final,
+                                                  rank=rank, wall_s=per_user))
                     tally.add(rank, 0)
-                    self.on_update(method.name, tally)
+                    self.on_update(name, tally)
         return tally
 
     # ---- LLM methods ------------------------------------------------------
