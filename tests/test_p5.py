@@ -208,5 +208,9 @@ def test_cli_train_p5_and_missing_checkpoint(tmp_home, tmp_path, monkeypatch, ca
     record = json.loads(out)["p5"]
     assert record["metrics"]["epochs_run"] == 1 and record["metrics"]["peak_rss_mb"] > 0
     assert record["config"]["index"] == "sequential" and record["config"]["d_model"] == 16
+    assert record["metrics"]["device"] == "cpu" and record["train"]["device"] == "auto"  # auto: no GPU here
+    if not torch.cuda.is_available():
+        code, out, err = main("train", "p5", "--dataset", "rule", "--epochs", "1", "--device", "cuda")
+        assert code == 2 and "torch sees no CUDA GPU" in err and "--device cpu" in err
     code, out, err = main("train", "p5", "--dataset", "rule", "--index", "alphabetical", "--epochs", "1")
     assert code == 2 and "unknown P5 item indexing 'alphabetical'" in err

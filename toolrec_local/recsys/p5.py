@@ -207,20 +207,22 @@ class P5(nn.Module):
         sum of their tokens' log-probabilities."""
         from transformers.modeling_outputs import BaseModelOutput
 
+        dev = self.item_numbers.device  # the model's device (a GPU when trained there)
+        inputs, level_ids, available = inputs.to(dev), level_ids.to(dev), [a.to(dev) for a in available]
         users, base = inputs.shape[0], level_ids.shape[1]
         mask = inputs > 0
         hidden = self.t5.get_encoder()(input_ids=inputs, attention_mask=mask).last_hidden_state
-        prefix = torch.zeros(users, 1, dtype=torch.long)  # the beams' id prefixes as numbers
-        score = torch.zeros(users, 1)
-        tokens = torch.zeros(users, 1, 0, dtype=torch.long)
+        prefix = torch.zeros(users, 1, dtype=torch.long, device=dev)  # the beams' id prefixes as numbers
+        score = torch.zeros(users, 1, device=dev)
+        tokens = torch.zeros(users, 1, 0, dtype=torch.long, device=dev)
         for level in range(level_ids.shape[0]):
             nb = prefix.shape[1]
-            start = torch.zeros(users * nb, 1, dtype=torch.long)
+            start = torch.zeros(users * nb, 1, dtype=torch.long, device=dev)
             out = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=hidden.repeat_interleave(nb, 0)),
                           attention_mask=mask.repeat_interleave(nb, 0),
                           decoder_input_ids=torch.cat([start, tokens.reshape(users * nb, level)], 1), use_cache=False)
             logp = out.logits[:, -1].float().log_softmax(-1)[:, level_ids[level]].view(users, nb, base)
-            child = prefix.unsqueeze(-1) * base + torch.arange(base)
+            child = prefix.unsqueeze(-1) * base + torch.arange(base, device=dev)
             ok = available[level].gather(1, child.reshape(users, -1)).view(users, nb, base)
             cand = (score.unsqueeze(-1) + logp).masked_fill(~ok, float("-inf")).view(users, -1)
             top = cand.topk(min(beams, nb * base), dim=1)
@@ -228,5 +230,5 @@ class P5(nn.Module):
             prefix, score = child.reshape(users, -1).gather(1, top.indices), top.values
             kept = tokens.gather(1, src.unsqueeze(-1).expand(-1, -1, level))
             tokens = torch.cat([kept, level_ids[level][top.indices % base].unsqueeze(-1)], 2)
-        found = item_of[prefix.numpy()]
-        return [[int(i) for i, s in zip(row, srow) if np.isfinite(s)][:k] for row, srow in zip(found, score.numpy())]
+        found = item_of[prefix.cpu().numpy()]
+        return [[int(i) for i, s in zip(row, srow) if np.isfinite(s)][:k] for row, srow in zip(found, score.cpu().numpy())]

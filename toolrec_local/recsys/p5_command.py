@@ -27,6 +27,7 @@ def p5_cmd(
     beams: int = typer.Option(20, "--beams", min=1, help="Beam width of the constrained search (at least the list length)."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)."),
+    device: str = typer.Option("auto", "--device", help="auto (a CUDA GPU when torch sees one, else cpu), cpu or cuda[:N]."),
     json_out: bool = typer.Option(False, "--json", help="Print the training record as JSON."),
 ):
     """Train P5 from scratch: a small T5 generating the next item's id; keeps the best validation NDCG@10."""
@@ -42,7 +43,7 @@ def p5_cmd(
     cfg = P5Config(n_items=ds.n_items, index=index, levels=levels, max_history=max_history, d_model=d_model,
                    d_ff=d_ff, layers=layers, heads=heads, dropout=dropout)
     train = P5Train(epochs=epochs, batch_size=batch_size, lr=lr, samples_per_user=samples_per_user,
-                    patience=patience, beams=beams, seed=seed)
+                    patience=patience, beams=beams, seed=seed, device=device)
     _, meta = train_p5(ds, cfg, train, show=not json_out)
     m = meta["metrics"]
     if json_out:

@@ -41,6 +41,7 @@ class P5Train:
     beams: int = 20
     seed: int = 0
     exclude_history: bool = True  # validation ranks items outside the history (False: data that repeats items)
+    device: str = "auto"  # auto (a CUDA GPU when torch sees one), cpu or cuda[:N]; see device.py
 
 
 def p5_dir(dataset: str) -> Path:
@@ -110,6 +111,9 @@ def train_p5(ds: Dataset, cfg: P5Config, train: P5Train, show: bool = False,
         raise ToolrecError(f"unknown P5 item indexing {cfg.index!r}", f"use one of: {', '.join(INDEXES)}")
     if cfg.d_model % cfg.heads:
         raise ToolrecError(f"P5: d_model {cfg.d_model} is not divisible by {cfg.heads} heads", "pick --d-model as a multiple of --heads")
+    from toolrec_local.recsys.device import resolve_device
+
+    device = resolve_device(train.device)
     started = time.perf_counter()
     torch.manual_seed(train.seed)
     template = prompt_template()
@@ -117,7 +121,8 @@ def train_p5(ds: Dataset, cfg: P5Config, train: P5Train, show: bool = False,
     model = P5(cfg, len(prompt.tokens))
     with torch.no_grad():
         model.item_numbers.copy_(torch.from_numpy(index_numbers(ds, cfg.index, train.seed)))
-    rec = P5Recommender(ds, model, prompt, {}, beams=train.beams)
+    rec = P5Recommender(ds, model, prompt, {}, beams=train.beams)  # reads the numbering on CPU
+    model.to(device)
     seqs = {u: ds.train_sequence(u) for u in range(ds.n_users) if len(ds.train_sequence(u)) >= 2}
     rng = np.random.default_rng(train.seed)
     opt = torch.optim.Adam(model.parameters(), lr=train.lr)
@@ -132,7 +137,7 @@ def train_p5(ds: Dataset, cfg: P5Config, train: P5Train, show: bool = False,
             progress.start(epoch, len(batches))
             total = 0.0
             for step, (inputs, labels) in enumerate(batches, start=1):
-                loss = model.loss(inputs, labels)
+                loss = model.loss(inputs.to(device), labels.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -154,7 +159,7 @@ def train_p5(ds: Dataset, cfg: P5Config, train: P5Train, show: bool = False,
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval().requires_grad_(False)
+    model.to("cpu").eval().requires_grad_(False)  # saved and served from CPU tensors
     best_record = next((r for r in history if r["epoch"] == best_epoch), {})
     metrics = {
         "valid": {k: v for k, v in best_record.items() if "@" in k},
@@ -166,6 +171,7 @@ def train_p5(ds: Dataset, cfg: P5Config, train: P5Train, show: bool = False,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "parameters": sum(p.numel() for p in model.t5.parameters()),
         "torch_threads": torch.get_num_threads(),
+        "device": str(device),
         "history": history,
     }
     meta = {"kind": "p5", "model": "p5", "dataset": ds.name, "fingerprint": ds.fingerprint, "config": as_dict(cfg),
