@@ -23,6 +23,18 @@ def clear_caches() -> None:
     p5_train.clear_cache()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is faster, and on a shared, busy machine much faster. Modules
+    of tiny models make it autouse: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @contextlib.contextmanager
 def module_home(home):
     """TOOLREC_HOME pointed at `home` (caches cleared) until the block ends, then restored."""

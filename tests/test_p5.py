@@ -13,6 +13,8 @@ import torch
 
 from conftest import synthetic_rule_dataset
 from fixtures_recsys import module_home
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 from toolrec_local.errors import ToolrecError
 
 TINY = dict(levels=2, max_history=4, d_model=32, d_ff=64, layers=1, heads=2, dropout=0.0)
@@ -20,12 +22,6 @@ TINY = dict(levels=2, max_history=4, d_model=32, d_ff=64, layers=1, heads=2, dro
 TINY_TRAIN = dict(epochs=20, batch_size=32, lr=3e-3, samples_per_user=8, patience=20, exclude_history=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ import torch
 
 from conftest import synthetic_rule_dataset
 from fixtures_recsys import module_home
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 from toolrec_local.errors import ToolrecError
 
 # The rule walk revisits items (cycles of 4), so here validation must not exclude the history.
@@ -23,13 +25,6 @@ TINY = dict(max_len=12, hidden=32, layers=1, heads=2, dropout=0.1, loss="ce", ba
             patience=5, exclude_history=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and on a shared, busy machine much faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _prepare_rule(tmp_path, name="rule", seed=0):

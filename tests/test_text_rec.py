@@ -18,6 +18,8 @@ import torch
 
 from conftest import TEST_HOME, write_atomic
 from fixtures_recsys import module_home
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 from toolrec_local.errors import ToolrecError
 
 N_GROUPS, PER_GROUP = 4, 10
@@ -26,12 +28,6 @@ TINY = dict(max_len=10, hidden=32, layers=1, heads=2, dropout=0.1, loss="ce", ba
             patience=25, exclude_history=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def group_walk(folder, n_users=160, length=10, seed=0):

@@ -62,6 +62,16 @@ def save(folder: Path, tensors: dict[str, torch.Tensor], meta: dict) -> str:
     return digest
 
 
+def stamp(folder: Path) -> tuple:
+    """(mtime, size) of a checkpoint's config, () when there is none: a loaded model is reused
+    while its stamp is unchanged, reloaded after a retraining."""
+    try:
+        st = (folder / CONFIG).stat()
+        return (st.st_mtime_ns, st.st_size)
+    except FileNotFoundError:
+        return ()
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

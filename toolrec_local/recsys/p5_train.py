@@ -85,7 +85,7 @@ class P5Recommender:
         """The saved model of `ds`, loaded once per process (reloaded if retrained on disk)."""
         folder = p5_dir(ds.name)
         key = (str(paths.home()), ds.fingerprint)
-        stamp = _stamp(folder)
+        stamp = checkpoint.stamp(folder)
         inst = _CACHE.get(key)
         if inst is not None and inst._stamp == stamp and stamp:
             return inst
@@ -201,14 +201,6 @@ def epoch_batches(rec: P5Recommender, seqs: dict[int, np.ndarray], train: P5Trai
         targets = rec.index.digits(np.array([seqs[u][t] for u, t in chunk]))
         out.append((inputs, torch.from_numpy(level_ids[levels, targets])))
     return out
-
-
-def _stamp(folder: Path) -> tuple:
-    try:
-        st = (folder / checkpoint.CONFIG).stat()
-        return (st.st_mtime_ns, st.st_size)
-    except FileNotFoundError:
-        return ()
 
 
 def clear_cache() -> None:

@@ -46,7 +46,7 @@ class RetrievalTool:
         folder = checkpoint.backbone_dir(dataset.name, backbone)
         key = (str(paths.home()), dataset.fingerprint, backbone)
         inst = _CACHE.get(key)
-        if inst is None or inst._stamp != _stamp(folder):
+        if inst is None or inst._stamp != checkpoint.stamp(folder):
             inst = _CACHE[key] = cls._load_backbone(dataset, backbone, folder)
         trained = checkpoint.trained_tools(dataset.name, backbone)
         for name in trained if attributes is None else attributes:
@@ -56,7 +56,7 @@ class RetrievalTool:
     @classmethod
     def _load_backbone(cls, ds: Dataset, backbone: str, folder: Path) -> "RetrievalTool":
         hint = checkpoint.train_backbone_hint(ds.name, backbone)
-        stamp = _stamp(folder)
+        stamp = checkpoint.stamp(folder)
         tensors, meta = checkpoint.read(folder, ds, hint)
         cfg = from_dict(BackboneConfig, meta.get("config"), str(folder / checkpoint.CONFIG))
         if cfg.model != backbone or cfg.n_items != ds.n_items:
@@ -73,9 +73,9 @@ class RetrievalTool:
             raise self._no_tool(attribute, trained)
         folder = checkpoint.tool_dir(ds.name, self.backbone, attribute)
         hint = checkpoint.train_tool_hint(ds.name, self.backbone, attribute)
-        if attribute in self._tools and self._tool_stamps[attribute] == _stamp(folder):
+        if attribute in self._tools and self._tool_stamps[attribute] == checkpoint.stamp(folder):
             return
-        stamp = _stamp(folder)
+        stamp = checkpoint.stamp(folder)
         tensors, meta = checkpoint.read(folder, ds, hint)
         if meta.get("backbone_digest") != self.meta.get("weights_digest"):
             raise ToolrecError(f"{folder}: trained on an earlier {self.backbone} backbone, not the current one", hint)
@@ -163,14 +163,6 @@ def top_k(row: np.ndarray, k: int) -> list[tuple[int, float]]:
     cand = np.flatnonzero(row >= row[cand].min()) if len(cand) else cand
     cand = cand[np.lexsort((cand, -row[cand]))][:k]
     return [(int(i), float(row[i])) for i in cand if np.isfinite(row[i])]
-
-
-def _stamp(folder: Path) -> tuple:
-    try:
-        st = (folder / checkpoint.CONFIG).stat()
-        return (st.st_mtime_ns, st.st_size)
-    except FileNotFoundError:
-        return ()
 
 
 def clear_cache() -> None:
