@@ -266,18 +266,6 @@ def test_optimistic_list_keeps_the_lines_before_a_repeat_then_goes_line_by_line(
     assert p1 == "A\nB" and r1 == "\\n(C|D)" and (s0, s1) == (10, 12)  # only unchosen options
 
 
-def test_optimistic_list_asks_for_the_rest_again_after_a_repeat():
-    opts = ("A", "B", "C", "D", "E", "F")
-    # each request stopped after its first repeated line (stop_when: not stopped by itself)
-    b = FakeSteps([("A\nB\nA\n", False), ("\nC\nD\nC\n", False), ("\nE", True)], "optimistic")
-    c = run(b.generate(MSGS, ItemListGrammar(opts, 5), seed=10))
-    assert c.text == "A\nB\nC\nD\nE" and c.calls == 3
-    (p0, r0, _, _), (p1, r1, _, s1), (p2, r2, _, s2) = b.seen
-    assert p1 == "A\nB" and r1.startswith("\\n") and r1.count("\\n") == 3  # three lines over C-F
-    assert "A" not in r1 and "B" not in r1 and s1 == 12
-    assert p2 == "A\nB\nC\nD" and r2 == "\\n(E|F)" and s2 == 14  # the last line alone
-
-
 def test_stepwise_list_and_overlong_thought():
     b = FakeSteps([("B", True), ("\nA", True)], "stepwise")
     assert run(b.generate(MSGS, ItemListGrammar(("A", "B", "C"), 2))).text == "B\nA"

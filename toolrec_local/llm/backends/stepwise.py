@@ -5,9 +5,8 @@ built from steps, so every such backend enforces the grammar the same way.
 * action turn: one step under the whole action regex; if the thought runs past its token
   budget, a second step continues after the (cut) thought line with "\\nAction: <action>".
 * item list ("optimistic", the default): one step under the whole list regex, stopped at
-  the first repeated line and kept up to it; again for the rest of the list (over the options
-  not chosen yet) after each repeat while two or more lines are missing; the last line alone
-  ("stepwise": one step per line, each over the options not chosen yet). Either way the lines
+  the first repeated line and kept up to it; then one step per missing line, each under a
+  regex over the options not chosen yet ("stepwise": only the latter). Either way the lines
   are distinct by construction; a model that does not repeat itself costs one request.
 * choice: one step under the alternation of the options.
 """
@@ -145,33 +144,20 @@ class StepwiseBackend:
         if len(remaining) < g.k:
             raise ValueError(f"{g.k} distinct lines asked from {len(remaining)} distinct options")
         budget = option_token_budget(g.options)
-        # Optimistic: the rest of the list in one request over the options not chosen yet, kept
-        # up to its first repeated line; again after each repeat while two or more lines are
-        # missing, then line by line. Every request adds at least one line; greedy lists match
-        # the line-by-line ones up to how the partial answer is re-tokenised.
-        while (self.list_mode == "optimistic" and g.k - len(chosen) > 1
-               and len(remaining) * (g.k - len(chosen)) <= OPTIMISTIC_MAX_SIZE):
-            missing = g.k - len(chosen)
-            regex = G.to_regex(ItemListGrammar(tuple(remaining), missing))
-            if chosen:  # the continuation starts with the line break (see next_line_regex)
-                s = await step("\n".join(chosen), r"\n" + regex, budget * missing, len(chosen),
-                               stop_when=lambda text: repeats_a_line(text[1:]))
-                text = s.text[1:] if s.text.startswith("\n") else s.text
-            else:
-                s = await step("", regex, budget * missing, stop_when=repeats_a_line)
-                text = s.text
-            lines = text.split("\n")
+        if self.list_mode == "optimistic" and g.k > 1 and len(remaining) * g.k <= OPTIMISTIC_MAX_SIZE:
+            # The whole list in one request; keep it up to the first repeated line and build
+            # the rest line by line. Greedy lists match the line-by-line ones up to how the
+            # partial answer is re-tokenised.
+            s = await step("", G.to_regex(ItemListGrammar(tuple(remaining), g.k)), budget * g.k,
+                           stop_when=repeats_a_line)
+            lines = s.text.split("\n")
             if not s.stopped:
                 lines = lines[:-1]  # may be cut inside a line
-            added = 0
             for line in lines:
                 if line not in remaining:
                     break
                 chosen.append(line)
                 remaining.remove(line)
-                added += 1
-            if not added:
-                break
         for i in range(len(chosen), g.k):
             if not chosen:
                 s = await step("", G.option_regex(tuple(remaining)), budget)
