@@ -17,6 +17,22 @@ from toolrec_local.eval.methods import LLMMethod, Outcome
 N_ITEMS = 60
 
 
+def scripted_agent(turns: list[str]):
+    """A ScriptedBackend reply function: the agent's `turns` by round (counted from the
+    assistant turns so far, the last one repeated), and for any item list (Rank, the final
+    ranking) the first k options."""
+    from toolrec_local.llm.protocol import ActionGrammar, ItemListGrammar
+
+    def reply(messages, constraint):
+        if isinstance(constraint, ItemListGrammar):
+            return "\n".join(constraint.options[: constraint.k])
+        assert isinstance(constraint, ActionGrammar)
+        done = sum(1 for m in messages if m["role"] == "assistant")
+        return turns[min(done, len(turns) - 1)]
+
+    return reply
+
+
 def walk_dataset(folder: Path, name: str = "walk", n_users: int = 300, length: int = 12, seed: int = 0) -> Path:
     """Users walk the catalogue one item at a time: next item = item + 1 (mod N_ITEMS)."""
     return synthetic_rule_dataset(folder, name, n_users, N_ITEMS, length, seed, step=lambda item, n: (item + 1) % n)

@@ -7,28 +7,19 @@ import time
 
 import pytest
 
-from fixtures_eval import RuleTool, prepare_walk, rule_loader
+from fixtures_eval import RuleTool, prepare_walk, rule_loader, scripted_agent
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.llm_methods import build_llm_methods, multi_candidates
 from toolrec_local.agent.memory import interleave
 from toolrec_local.eval.results import load_trajectory, read_jsonl
 from toolrec_local.eval.session import EvalOptions, evaluate
 from toolrec_local.llm.backends.scripted import ScriptedBackend
-from toolrec_local.llm.protocol import ActionGrammar, ItemListGrammar
 
 AGENT_TURNS = ["Thought: genre first.\nAction: Retrieval[genre, 20]",
                "Thought: and the plain recommender.\nAction: Retrieval[None, 20]",
                "Thought: rank them.\nAction: Rank[None, 10]",
                "Thought: good.\nAction: Finish"]
-
-
-def scripted_reply(messages, constraint):
-    """Agent turns by round (counted from the assistant turns so far); Rank: the first k options."""
-    if isinstance(constraint, ItemListGrammar):
-        return "\n".join(constraint.options[: constraint.k])
-    assert isinstance(constraint, ActionGrammar)
-    done = sum(1 for m in messages if m["role"] == "assistant")
-    return AGENT_TURNS[min(done, len(AGENT_TURNS) - 1)]
+scripted_reply = scripted_agent(AGENT_TURNS)
 
 
 @pytest.fixture

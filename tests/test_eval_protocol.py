@@ -11,28 +11,19 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from fixtures_eval import ScriptedSuite, prepare_walk, rule_loader
+from fixtures_eval import ScriptedSuite, prepare_walk, rule_loader, scripted_agent
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.report import summary_table, write_report
 from toolrec_local.eval.results import read_jsonl
 from toolrec_local.eval.rundir import RunConfig
 from toolrec_local.eval.session import EvalOptions, evaluate
 from toolrec_local.eval.summary import summarize
-from toolrec_local.llm.protocol import ActionGrammar, ItemListGrammar
 
 AGENT_TURNS = ["Thought: the plain recommender first.\nAction: Retrieval[None, 20]",
                "Thought: and by genre.\nAction: Retrieval[genre, 20]",
                "Thought: rank them.\nAction: Rank[None, 10]",
                "Thought: good.\nAction: Finish"]
-
-
-def scripted_reply(messages, constraint):
-    """Agent turns by round; any item list (Rank, a final ranking): the first k options."""
-    if isinstance(constraint, ItemListGrammar):
-        return "\n".join(constraint.options[: constraint.k])
-    assert isinstance(constraint, ActionGrammar)
-    done = sum(1 for m in messages if m["role"] == "assistant")
-    return AGENT_TURNS[min(done, len(AGENT_TURNS) - 1)]
+scripted_reply = scripted_agent(AGENT_TURNS)
 
 
 def records(folder, method):
