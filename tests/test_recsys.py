@@ -652,3 +652,10 @@ def test_cli_backbone_with_recbole_init_and_history_kept(tmp_home, tmp_path, mon
     assert record["metrics"]["selected_by"] == "kept_ndcg@10"
     code, out, err = _main(monkeypatch, capsys, tmp_home, "train", "backbone", "--dataset", "rule", "--init", "xavier")
     assert code == 2 and "unknown embedding init" in err.splitlines()[0]
+
+
+def test_text_backbones_take_their_sequence_models_preset():
+    from toolrec_local.recsys.config import settings
+
+    assert settings("fast", "bert4rec-bert", 100)[1].epochs == settings("fast", "bert4rec", 100)[1].epochs == 200
+    assert settings("fast", "sasrec-bert", 100)[1].epochs == settings("fast", "sasrec", 100)[1].epochs == 50

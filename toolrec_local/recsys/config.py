@@ -15,6 +15,11 @@ from toolrec_local.errors import ToolrecError
 # The *-bert backbones add frozen text-encoder item features to the ID embeddings (text_items.py).
 TEXT_BACKBONES = ("sasrec-bert", "bert4rec-bert")
 BACKBONES = ("sasrec", "bert4rec") + TEXT_BACKBONES
+
+
+def base_model(model: str) -> str:
+    """The sequence model under a backbone name: sasrec or bert4rec (sasrec-bert -> sasrec)."""
+    return model.removesuffix("-bert")
 INITS = ("sasrec", "recbole")
 LOSSES = ("bpr", "ce")
 
@@ -44,7 +49,7 @@ class BackboneConfig:
     @property
     def base(self) -> str:
         """The sequence model: sasrec or bert4rec."""
-        return self.model.removesuffix("-bert")
+        return base_model(self.model)
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,8 @@ def settings(preset: str, model: str, n_items: int, **overrides) -> tuple[Backbo
     check_choice(preset, tuple(PRESETS), "preset")
     check_choice(model, BACKBONES, "backbone")
     base = {k: v for k, v in PRESETS[preset].items() if k not in BACKBONES}
-    per_model = {**PRESETS[preset].get(model.removesuffix("-bert"), {}), **PRESETS[preset].get(model, {})}  # bert4rec-bert: bert4rec's
+    # a *-bert backbone takes its sequence model's settings (bert4rec-bert: bert4rec's epochs)
+    per_model = {**PRESETS[preset].get(base_model(model), {}), **PRESETS[preset].get(model, {})}
     values = {**base, **per_model, **{k: v for k, v in overrides.items() if v is not None}}
     tool_epochs = values.pop("tool_epochs", None)
     tool_patience = values.pop("tool_patience", None)
