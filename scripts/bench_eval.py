@@ -17,6 +17,13 @@ Per level: users/min, wall time, rounds / LLM calls / tokens per user, users in 
 the limit it reached), and from the server's /metrics over the level: prompt tokens computed
 vs served by the prefix cache, the hit rate, preemptions, KV-cache use (mean and peak). The
 load average (`uptime`) at start and end goes in the JSON: figures under load are provisional.
+
+The machine's own limit, side by side: the last level's requests are recorded and replayed on
+the same server with as many users in flight, the same prompts and as many generated tokens,
+but no grammar and no agent between them ("engine only"): what the engine takes for exactly
+this work. The agent's users/min as a share of it says how much the rest costs. Then the unit
+costs behind it (scripts/engine_probe.py): prefill and decode at that many in flight, over a
+short and over the agent's mean prompt length.
 """
 
 from __future__ import annotations
@@ -126,6 +133,53 @@ async def sample_kv(watch, every_s: float, out: list[float]) -> None:
         await asyncio.sleep(every_s)
 
 
+class Recorder:
+    """Keeps every request a backend sends (messages, assistant prefix, tokens out) per user task,
+    so the same work can be replayed without the agent (`replay`)."""
+
+    def __init__(self, backend):
+        self.requests: dict[int, list[dict]] = {}
+        self.on = False
+        step = backend._step
+
+        async def recorded(messages, prefix, regex, **kw):
+            s = await step(messages, prefix, regex, **kw)
+            if self.on:
+                self.requests.setdefault(id(asyncio.current_task()), []).append(
+                    {"messages": list(messages), "prefix": prefix, "tokens_out": s.tokens_out})
+            return s
+
+        backend._step = recorded
+
+
+async def replay(url: str, users: list[list[dict]], in_flight: int) -> dict:
+    """The recorded requests again, each user's in order, `in_flight` users at once, with the same
+    prompts and as many generated tokens (ignore_eos), but no grammar and no agent between them:
+    the engine's own time for the same work, on the same server, with an emptied prefix cache."""
+    import httpx
+
+    await reset_prefix_cache(url)
+    gate = asyncio.Semaphore(in_flight)
+    async with httpx.AsyncClient(timeout=900, trust_env=False) as client:
+        model = (await client.get(url + "/models")).json()["data"][0]["id"]
+
+        async def one(requests):
+            async with gate:
+                for r in requests:
+                    body = {"model": model, "messages": r["messages"], "max_tokens": max(1, r["tokens_out"]),
+                            "temperature": 0, "ignore_eos": True}
+                    if r["prefix"]:
+                        body["messages"] = r["messages"] + [{"role": "assistant", "content": r["prefix"]}]
+                        body.update(continue_final_message=True, add_generation_prompt=False)
+                    (await client.post(url + "/chat/completions", json=body)).raise_for_status()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(u) for u in users))
+        wall = time.perf_counter() - t0
+    return {"users": len(users), "requests": sum(map(len, users)), "in_flight": in_flight, "wall_s": round(wall, 1),
+            "users_per_min": round(60 * len(users) / wall, 2)}
+
+
 async def measure(ds, suite, method, plan: dict[int, list[int]], level: str, folder: Path) -> dict:
     from toolrec_local.eval.capacity import plan_for_suite
     from toolrec_local.eval.results import ResultsWriter, read_jsonl
@@ -192,6 +246,7 @@ async def bench(ds, suite, name: str, levels: list[str], plan: dict, warmup: dic
     `save` gets the results after each level (a run cut short keeps the levels done)."""
     method = suite.methods[name]
     results = []
+    recorder = Recorder(suite.backends[0]) if len(suite.backends) == 1 and len(urls) == 1 else None
     try:
         await suite.start()
         with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
@@ -204,8 +259,21 @@ async def bench(ds, suite, name: str, levels: list[str], plan: dict, warmup: dic
                     print("warning: could not empty the prefix cache (start the server with VLLM_SERVER_DEV_MODE=1); "
                           "this level may reuse the previous level's prompts", file=sys.stderr)
                 print(f"concurrency {level}: {sum(len(v) for v in plan.values())} users ...", file=sys.stderr)
+                if recorder is not None:
+                    recorder.requests, recorder.on = {}, level == levels[-1]
                 r = await measure(ds, suite, method, plan, level, Path(tmp) / f"c{level}")
                 r["prefix_cache_reset"] = reset
+                if recorder is not None and recorder.on:  # the machine's own limit for this work
+                    recorder.on = False
+                    print(f"  replaying its {sum(map(len, recorder.requests.values()))} requests without the agent ...",
+                          file=sys.stderr)
+                    r["engine_only"] = await replay(urls[0], list(recorder.requests.values()),
+                                                    max(1, r["most_in_flight"]))
+                    from engine_probe import probe  # the unit costs behind it, at the same in-flight count
+
+                    context = int(r["tokens_in_per_user"] / max(1, r["llm_calls_per_user"]))
+                    r["engine_probe"] = [await probe(urls[0], max(1, r["most_in_flight"]), c, seed=i)
+                                         for i, c in enumerate((200, context))]
                 results.append(r)
                 save(results)
                 srv = r["server"] or {}
@@ -289,6 +357,15 @@ def main() -> int:
               f"{'-' if rate is None else f'{100 * rate:.1f}%':>8} {srv.get('computed_tokens', '-'):>9} "
               f"{srv.get('cached_tokens', '-'):>9} {r['kv_usage_peak'] if r['kv_usage_peak'] is not None else '-':>7} "
               f"{r['most_in_flight']:>9}")
+    for r in results:
+        if r.get("engine_only"):
+            e = r["engine_only"]
+            print(f"engine only (level {r['level']}'s requests replayed, {e['in_flight']} users in flight, no grammar, "
+                  f"no agent): {e['users_per_min']} users/min; the agent reached {r['users_per_min']} "
+                  f"({100 * r['users_per_min'] / e['users_per_min']:.0f}%)")
+            for p in r.get("engine_probe", []):
+                print(f"  {p['batch']} in flight over {p['context_tokens']} cached tokens each: prefill "
+                      f"{p['prefill_tokens_per_s']} new tokens/s, decode {1000 * p['decode_s_per_token']:.1f} ms per token")
     if "auto_vs_best_fixed" in out:
         a = out["auto_vs_best_fixed"]
         print(f"auto / best fixed level ({a['best_level']}): {a['ratio']}")
