@@ -241,7 +241,7 @@ async def measure(ds, suite, method, plan: dict[int, list[int]], level: str, fol
 
 
 async def bench(ds, suite, name: str, levels: list[str], plan: dict, warmup: dict, urls: list[str],
-                save=lambda results: None) -> list[dict]:
+                save=lambda results: None, save_requests: Path | None = None) -> list[dict]:
     """All levels in one event loop: the HTTP clients belong to the loop they were made in.
     `save` gets the results after each level (a run cut short keeps the levels done)."""
     method = suite.methods[name]
@@ -265,6 +265,8 @@ async def bench(ds, suite, name: str, levels: list[str], plan: dict, warmup: dic
                 r["prefix_cache_reset"] = reset
                 if recorder is not None and recorder.on:  # the machine's own limit for this work
                     recorder.on = False
+                    if save_requests is not None:
+                        save_requests.write_text(json.dumps(list(recorder.requests.values())))
                     print(f"  replaying its {sum(map(len, recorder.requests.values()))} requests without the agent ...",
                           file=sys.stderr)
                     r["engine_only"] = await replay(urls[0], list(recorder.requests.values()),
@@ -300,6 +302,8 @@ def main() -> int:
                          "(24: 24 minutes for all four levels on a 2-core machine at load 3-6)")
     ap.add_argument("--warmup", type=int, default=2, help="other users run first, not counted")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-eval.json"))
+    ap.add_argument("--save-requests", type=Path, default=None,
+                    help="write the last level's requests (per user, in order) here, for scripts/bench_serve_settings.py")
     args = ap.parse_args()
 
     from toolrec_local.data import load_dataset
@@ -340,7 +344,8 @@ def main() -> int:
             print(f"  up after {time.monotonic() - t0:.0f} s", file=sys.stderr)
             urls = [url]
         suite = build_llm_methods([args.method], ds, ToolBox(ds), llm=args.llm, backend="vllm", servers=urls)
-        results = asyncio.run(bench(ds, suite, args.method, levels, plan, {99: warm} if warm else {}, urls, save))
+        results = asyncio.run(bench(ds, suite, args.method, levels, plan, {99: warm} if warm else {}, urls, save,
+                                      args.save_requests))
     except ToolrecError as exc:
         print(f"error: {exc.message}" + (f"\nfix: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 2
