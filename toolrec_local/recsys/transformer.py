@@ -1,7 +1,9 @@
 """The Transformer block shared by SASRec, BERT4Rec and the attribute encoders.
 
 Pre-LayerNorm, as in pmixer/SASRec.pytorch and nanoGPT: it trains stably without warm-up,
-which matters when a CPU run only affords a few dozen epochs.
+which matters when a CPU run only affords a few dozen epochs. RecBole's post-LayerNorm layout
+and its positions counted from the first item are options (BackboneConfig.norm, .positions),
+to compare with RecBole's own SASRec.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from toolrec_local.recsys.config import POSITIONS
 
 
 class SelfAttention(nn.Module):
@@ -99,9 +103,6 @@ class Encoder(nn.Module):
         if last_only:
             x = final(x, mask, query_last=True) * keepf[:, -1:] if self.blocks else x[:, -1:]
         return x if self.post_norm else self.ln(x)
-
-
-POSITIONS = ("last", "first")
 
 
 def init_embeddings(model: nn.Module, cfg) -> None:
