@@ -187,12 +187,12 @@ def main() -> None:
 
 
 def run(args) -> None:
+    version = check_recbole(args.recbole_python)
     import torch
 
     from toolrec_local.data import load_dataset, prepare, prepared
     from toolrec_local.recsys.config import settings
 
-    version = check_recbole(args.recbole_python)
     torch.set_num_threads(1)
     if not prepared("ml-100k"):
         prepare("ml-100k")
