@@ -8,12 +8,12 @@ size, retrieval latency, and Figure 6's parameter/FLOP accounting.
     python scripts/bench_tools.py --only bert4rec                   # or tools, ml1m, accounting
 
 ML-100K parts (all 943 users, full ranking):
-- presets: SASRec trained with each preset (fast, default, paper) and with fast-recbole (the
-  fast preset, RecBole's embedding start, best epoch picked with the history kept), validation
-  and test NDCG@10 / Recall@10 with the history excluded (as the tools are used) and kept
-  (RecBole's protocol), against most-popular; the reference is RecBole 1.2.1's SASRec,
+- presets: SASRec trained with each preset (fast, default, paper, recbole) and with fast-recbole
+  (the fast preset, RecBole's embedding start, best epoch picked with the history kept),
+  validation and test NDCG@10 / Recall@10 with the history excluded (as the tools are used) and
+  kept (RecBole's protocol), against most-popular; the reference is RecBole 1.2.1's SASRec,
   validation NDCG@10 0.0638 with the history kept, measured once on this kind of machine
-  (258 s per epoch) and not re-run by this script;
+  (258 s per epoch); scripts/bench_recbole.py runs it beside the recbole preset;
 - bert4rec: BERT4Rec against SASRec, same preset;
 - tools: the genre and release_year tools with the fusion layer started at random (the paper)
   and as the identity on H, each tool's NDCG@10, top-10 overlap with SASRec, and the recall
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = ("fast", "default", "paper", "fast-recbole")
+PRESETS = ("fast", "default", "paper", "recbole", "fast-recbole")
 # Bench-only variants: a preset plus overrides. fast-recbole = the fast preset with RecBole's
 # embedding start, its best epoch picked with the history kept (RecBole's protocol).
 VARIANTS = {"fast-recbole": ("fast", {"init": "recbole", "exclude_history": False})}
@@ -302,7 +302,7 @@ def show(result: dict) -> None:
                       f"{m['test']['excluded']['ndcg@10'] / pop['test']['excluded']['ndcg@10']:.2f}",
                       f"{tr.get('best_epoch', '')} / {tr.get('epochs_run', '')}" if tr else "",
                       f"{tr['epoch_train_s']:.2f}" if tr else "")
-        t.add_row("RecBole 1.2.1 SASRec (CE, len 50; shared docs, not re-run)", "", "",
+        t.add_row("RecBole 1.2.1 SASRec (CE, len 50; shared docs; side by side: bench_recbole.py)", "", "",
                   f"{RECBOLE_SASREC_VALID_NDCG:.4f}", "", "", "", "", "", "", "best of 12", "258")
         console.print(t)
     if "bert4rec" in result:

@@ -465,6 +465,66 @@ def test_last_only_encoder_equals_the_full_pass_at_the_last_position(causal):
     torch.testing.assert_close(last[:, 0], full, rtol=1e-5, atol=1e-5)
 
 
+
+def test_first_positions_give_a_prefix_the_states_it_has_inside_the_longer_sequence():
+    """RecBole's positions count from a sequence's first item: a causal encoder then gives the
+    prefix [a, b] the same states alone as inside [a, b, c] and whatever the left padding, which
+    RecBole's one-sample-per-prefix training relies on (counted from the last item they differ)."""
+    from toolrec_local.recsys.transformer import Encoder
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 16)
+    keep = torch.ones(1, 6, dtype=torch.bool)
+    for positions, same in (("first", True), ("last", False)):
+        for post_norm in (False, True):
+            enc = Encoder(16, 2, 2, 0.0, 10, causal=True, inner=32, post_norm=post_norm, positions=positions).eval()
+            with torch.no_grad():
+                whole = enc(x, keep)
+                prefix = enc(x[:, :4], keep[:, :4])
+                padded = enc(torch.cat([torch.randn(1, 3, 16), x[:, :4]], 1),
+                             torch.cat([torch.zeros(1, 3, dtype=torch.bool), keep[:, :4]], 1))
+            torch.testing.assert_close(padded[:, 3:], prefix, rtol=1e-5, atol=1e-5)  # padding never counts
+            assert torch.allclose(whole[:, :4], prefix, atol=1e-5) is same, (positions, post_norm)
+
+
+def test_post_norm_blocks_end_normalised_and_pre_norm_ends_with_the_final_norm():
+    """RecBole's layout: LayerNorm after each residual sum, so the encoder's output is each
+    position's normalised vector (zero mean, unit variance at the start, LayerNorm weights 1)."""
+    from toolrec_local.recsys.transformer import Encoder
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 16) * 5 + 2
+    keep = torch.ones(3, 7, dtype=torch.bool)
+    keep[1, :4] = False
+    for post_norm in (True, False):
+        enc = Encoder(16, 2, 2, 0.0, 10, causal=True, inner=32, post_norm=post_norm).eval()
+        with torch.no_grad():
+            enc.ln.weight.fill_(3.0)  # the input norm (post) or the final norm (pre)
+            out = enc(x, keep)[keep]
+        assert out.shape == (17, 16)
+        scale = 1.0 if post_norm else 3.0  # post: the last block's norm ends it; pre: the final norm
+        torch.testing.assert_close(out.mean(-1), torch.zeros(17), atol=1e-4, rtol=0)
+        torch.testing.assert_close(out.var(-1, unbiased=False), torch.full((17,), scale ** 2), atol=1e-2, rtol=1e-3)
+
+
+@pytest.mark.parametrize("length", [2, 3, 20, 51, 52, 100, 101, 150])
+def test_all_samples_make_every_training_interaction_a_target_once(length):
+    """samples=all (RecBole's one sample per (prefix, next item)): per epoch, every item after
+    a sequence's first is the target of exactly one window position; the default one window
+    per sequence covers at most window - 1 of them."""
+    from toolrec_local.recsys.sequences import training_windows
+
+    window = 51
+    seq = np.arange(1, length + 1)
+    rng = np.random.default_rng(0)
+    windows = training_windows([seq], window, rng, cover=True)
+    assert all(2 <= len(w) <= window for w in windows)
+    targets = np.concatenate([w[1:] for w in windows])
+    assert sorted(targets.tolist()) == seq[1:].tolist()
+    one = training_windows([seq], window, rng)
+    assert len(one) == 1 and len(one[0]) == min(length, window)
+
+
 # ---- early stopping ---------------------------------------------------------------
 
 def _run_stopper(curve, patience):
@@ -652,6 +712,25 @@ def test_cli_backbone_with_recbole_init_and_history_kept(tmp_home, tmp_path, mon
     assert record["metrics"]["selected_by"] == "kept_ndcg@10"
     code, out, err = _main(monkeypatch, capsys, tmp_home, "train", "backbone", "--dataset", "rule", "--init", "xavier")
     assert code == 2 and "unknown embedding init" in err.splitlines()[0]
+
+
+def test_every_preset_round_trips_through_settings():
+    """Each preset's table entries are the settings it gives (a typo in a key or a value the
+    configs would silently drop fails here), and the recbole preset is RecBole's SASRec."""
+    from toolrec_local.recsys.config import BACKBONES, PRESETS, settings
+
+    for preset, entries in PRESETS.items():
+        b, t, tool = settings(preset, "sasrec", 100)
+        for key, value in entries.items():
+            if key in BACKBONES:
+                continue
+            if key in ("tool_epochs", "tool_patience"):
+                assert getattr(tool, key.removeprefix("tool_")) == value, (preset, key)
+            else:
+                assert getattr(b, key, getattr(t, key, None)) == value, (preset, key)
+    b, t, _ = settings("recbole", "sasrec", 100)
+    assert (b.max_len, b.hidden, b.layers, b.heads, b.inner, b.dropout, b.init) == (50, 64, 2, 2, 256, 0.2, "recbole")
+    assert (t.loss, t.lr, t.samples, t.valid_metric, t.exclude_history) == ("ce", 1e-3, "all", "mrr@10", False)
 
 
 def test_text_backbones_take_their_sequence_models_preset():

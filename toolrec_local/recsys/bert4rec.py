@@ -25,7 +25,8 @@ class BERT4Rec(nn.Module):
         # has its own vector and the id n_items + 1 in input sequences.
         self.items = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
         self.mask_vector = nn.Parameter(torch.randn(cfg.hidden) * cfg.hidden ** -0.5)
-        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=False, inner=cfg.inner)
+        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=False, inner=cfg.inner,
+                               post_norm=cfg.norm == "post", positions=cfg.positions)
         init_embeddings(self, cfg)
 
     @property

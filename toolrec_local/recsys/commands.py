@@ -14,7 +14,7 @@ train_app = typer.Typer(help="Train the retrieval tools: a sequential backbone, 
                         no_args_is_help=True)
 
 DATASET = typer.Option(..., "--dataset", help="A prepared dataset (toolrec-local data list).")
-PRESET = typer.Option("default", "--preset", help="default (ML-1M settings: length 200), fast (length 50, fewer epochs; for ML-100K and tests) or paper (the ToolRec authors' RecBole settings).")
+PRESET = typer.Option("default", "--preset", help="default (ML-1M settings: length 200), fast (length 50, fewer epochs; for ML-100K and tests), paper (the ToolRec authors' RecBole settings) or recbole (RecBole 1.2.1's own SASRec setting on ML-100K, history kept in validation).")
 LOSS = typer.Option(None, "--loss", help="bpr (eq. 4, sampled negatives) or ce (softmax over all items).")
 EPOCHS = typer.Option(None, "--epochs", min=1, help="Most epochs (early stopping on validation NDCG@10 may stop sooner).")
 PATIENCE = typer.Option(None, "--patience", min=1, help="Epochs without a better validation NDCG@10 before stopping.")

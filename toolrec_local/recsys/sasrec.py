@@ -21,7 +21,8 @@ class SASRec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.items = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
-        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=True, inner=cfg.inner)
+        self.encoder = Encoder(cfg.hidden, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len, causal=True, inner=cfg.inner,
+                               post_norm=cfg.norm == "post", positions=cfg.positions)
         init_embeddings(self, cfg)
 
     @property

@@ -20,12 +20,19 @@ def left_pad(seqs: Sequence[np.ndarray], length: int | None = None) -> np.ndarra
     return out
 
 
-def training_windows(seqs: Sequence[np.ndarray], window: int, rng: np.random.Generator) -> list[np.ndarray]:
+def training_windows(seqs: Sequence[np.ndarray], window: int, rng: np.random.Generator,
+                     cover: bool = False) -> list[np.ndarray]:
     """One window of at most `window` items per sequence. A sequence longer than that gives a
     window at a random place each epoch, so long histories are used whole over the epochs
-    instead of only their tail."""
+    instead of only their tail. With `cover`, a longer sequence gives consecutive windows from
+    its end back, each sharing one item with the next, so every item after the first is a
+    target exactly once."""
     out = []
     for s in seqs:
+        if cover and len(s) > window:
+            ends = range(len(s), 1, -(window - 1))
+            out.extend(s[max(0, e - window):e] for e in ends)
+            continue
         if len(s) > window:
             start = int(rng.integers(0, len(s) - window + 1))
             s = s[start:start + window]

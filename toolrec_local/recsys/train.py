@@ -150,8 +150,8 @@ def selection_key(train: TrainConfig) -> str:
 
 
 def epoch_batches(ds: Dataset, backbone: nn.Module, seqs: list[np.ndarray], batch_size: int,
-                  rng: np.random.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    windows = training_windows(seqs, backbone.window, rng)
+                  rng: np.random.Generator, samples: str = "window") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    windows = training_windows(seqs, backbone.window, rng, cover=samples == "all")
     out = []
     for idx in length_batches(windows, batch_size, rng):
         inputs, targets = backbone.train_batch([windows[i] for i in idx], rng)
@@ -184,7 +184,7 @@ def fit(ds: Dataset, backbone: nn.Module, trainable: nn.Module,
             for epoch in range(1, train.epochs + 1):
                 t0, cpu0 = time.perf_counter(), time.process_time()
                 trainable.train()
-                batches = epoch_batches(ds, backbone, seqs, train.batch_size, rng)
+                batches = epoch_batches(ds, backbone, seqs, train.batch_size, rng, train.samples)
                 total = 0.0
                 progress.start(epoch, len(batches))
                 for step, (inputs, targets) in enumerate(batches, start=1):
