@@ -28,19 +28,13 @@ import random
 import sys
 import time
 
+from bench_serve_cores import _ask  # one user message, ignore_eos, usage back
+
 WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "su", "te", "ra", "no", "ve") for b in range(100)]
 
 
 async def _models(client, url: str) -> str:
     return (await client.get(url + "/models")).json()["data"][0]["id"]
-
-
-async def _ask(client, url: str, model: str, text: str, max_tokens: int) -> dict:
-    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
-            "temperature": 0, "ignore_eos": True}
-    r = await client.post(url + "/chat/completions", json=body)
-    r.raise_for_status()
-    return r.json()["usage"]
 
 
 def _words(seed: int, n: int) -> str:
