@@ -419,3 +419,26 @@ def test_context_is_what_the_vllm_server_reports(monkeypatch):
         assert model_context(make_backend("tiny-random", "vllm", base_url=[a.base_url, b.base_url])) == 600
     with FakeAPI(obeying, models=["tiny-random"]) as api:  # a server that does not say: the card
         assert model_context(make_backend("tiny-random", "vllm", base_url=api.base_url)) == 2048
+
+
+def test_vllm_step_budget_never_exceeds_the_served_context():
+    """An optimistic list asks for k lines at every-byte-a-token each (25 long titles: ~2.3k
+    tokens); vLLM refuses max_tokens above its max_model_len with HTTP 400, so the client
+    lowers the bound to what the server says it enforces (vLLM lowers it further to what the
+    prompt leaves, and a reply cut there comes back as finish "length")."""
+    def like_vllm(body):
+        if body["max_tokens"] > 1024:
+            return 400, {"error": {"message": f"max_tokens={body['max_tokens']} cannot be greater than max_model_len=1024"}}
+        regex = body.get("structured_outputs", {}).get("regex", "")
+        return chat_response(regex if "zq" in regex else "A\nB", finish_reason="length")
+
+    async def go(b):
+        await b.connect()
+        return await b._step(MSGS, "", "(A|B)(\\n(A|B))*", max_tokens=2250, temperature=0.0, seed=None)
+
+    with FakeAPI(like_vllm, models=[{"id": "fake", "max_model_len": 1024}]) as api:
+        step = run(go(vllm_backend(api.base_url)))
+    assert (step.text, step.stopped, api.requests[-1]["max_tokens"]) == ("A\nB", False, 1024)
+    with FakeAPI(like_vllm, models=["fake"]) as api:  # a server that does not say: sent as asked
+        with pytest.raises(ToolrecError, match="HTTP 400.*max_model_len"):
+            run(go(vllm_backend(api.base_url)))

@@ -34,6 +34,7 @@ class _Server:
     url: str
     make_client: object  # () -> openai.AsyncOpenAI
     ready: bool = False
+    max_model_len: int | None = None  # what /v1/models says it enforces (read on connect)
     _client: openai.AsyncOpenAI | None = None
     _loop: object = None
 
@@ -99,6 +100,9 @@ class VLLMBackend(StepwiseBackend):
     async def _check_model(self, server: _Server) -> None:
         page = await self._call(server, lambda: server.client.models.list())
         served = [m.id for m in page.data]
+        for m in page.data:
+            if m.id == self.model and isinstance(getattr(m, "max_model_len", None), int):
+                server.max_model_len = m.max_model_len
         if self.model not in served:
             raise ToolrecError(
                 f"the vLLM server at {server.url} does not serve model {self.model!r}; it serves: "
@@ -173,6 +177,11 @@ class VLLMBackend(StepwiseBackend):
             extra.update(continue_final_message=True, add_generation_prompt=False)
         if regex is not None:
             extra.update(self._constraint_body(regex))
+        if server.max_model_len:
+            # vLLM refuses max_tokens above max_model_len (HTTP 400) but itself lowers it to
+            # what the prompt leaves; a budget that generous (every byte a token, times k lines)
+            # is only a bound, and a reply cut by the context comes back as finish "length".
+            max_tokens = min(max_tokens, server.max_model_len)
         kwargs = dict(model=self.model, messages=msgs, max_tokens=max_tokens,
                       temperature=temperature, extra_body=extra)
         if seed is not None and temperature > 0 and self.send_seeds:
