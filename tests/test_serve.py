@@ -36,15 +36,17 @@ def _wait_group_gone(pgid: int, seconds: float) -> list[int]:
     return _group_alive(pgid)
 
 
-def _serve_cli(model_dir, home) -> tuple[subprocess.Popen, int, int]:
-    """`toolrec-local serve` as a user runs it, until it prints "ready": (cli, port, server pid)."""
+def _serve_cli(model_dir, home, sigint_ignored: bool = False) -> tuple[subprocess.Popen, int, int]:
+    """`toolrec-local serve` as a user runs it, until it prints "ready": (cli, port, server pid).
+    `sigint_ignored`: started with SIGINT ignored, as a script's background job is (`serve &`)."""
     from toolrec_local.llm.server import free_port
 
     port = free_port()
     env = dict(os.environ, COLUMNS="250", TOOLREC_HOME=str(home))
     cmd = [sys.executable, "-m", "toolrec_local", "serve", "--llm", "tiny-random", "--model-path", str(model_dir),
            "--port", str(port), "--timeout", "400"]
-    cli = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    cli = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                           preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None)
     lines = []
     for line in cli.stdout:
         lines.append(line)
@@ -75,7 +77,9 @@ def generation_config_server(tiny_model_dir, tmp_path_factory):
     shutil.copytree(tiny_model_dir, model)
     config = json.loads((model / "generation_config.json").read_text())
     (model / "generation_config.json").write_text(json.dumps({**config, "repetition_penalty": 1.5}))
-    cli, port, pid = _serve_cli(model, tmp_path_factory.mktemp("home"))
+    # Started with SIGINT ignored (as `serve &` from a script, or a test run put in the background):
+    # the SIGINT test below then checks that serve stops on SIGINT all the same.
+    cli, port, pid = _serve_cli(model, tmp_path_factory.mktemp("home"), sigint_ignored=True)
     yield cli, port, pid
     _kill(cli, pid)
 

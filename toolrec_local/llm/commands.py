@@ -158,6 +158,9 @@ def serve(
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    # Python leaves SIGINT ignored when it starts ignored, as it does for a job a script puts in
+    # the background (`toolrec-local serve ... &`); "Ctrl-C stops the server" must hold there too.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     echo = _LogEcho(srv.log_path) if verbose else None
     try:
         srv.launch(die_with_parent=True)
@@ -187,6 +190,7 @@ def serve(
     finally:
         srv.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 class _LogEcho:
