@@ -319,7 +319,8 @@ def main() -> int:
     def save(results: list[dict]) -> dict:
         load["end"] = os.getloadavg()
         out = {"dataset": args.dataset, "llm": args.llm, "method": args.method, "servers": len(urls),
-               "users": args.users, "serve_said": said, "cpus": os.cpu_count(), "load_avg": load, "levels": results}
+               "users": args.users, "serve_said": said, "cpus": os.cpu_count(), "load_avg": load,
+               "vllm_env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}, "levels": results}
         fixed = [r for r in results if r["level"] != "auto" and r["users_per_min"]]
         auto = next((r for r in results if r["level"] == "auto"), None)
         if fixed and auto and auto["users_per_min"]:
@@ -374,6 +375,8 @@ def main() -> int:
     if "auto_vs_best_fixed" in out:
         a = out["auto_vs_best_fixed"]
         print(f"auto / best fixed level ({a['best_level']}): {a['ratio']}")
+    if out["vllm_env"]:
+        print("vLLM environment: " + " ".join(f"{k}={v}" for k, v in sorted(out["vllm_env"].items())))
     print(f"load average at start {load['start'][0]:.2f}, at end {load['end'][0]:.2f}; JSON: {args.out}")
     return 0
 
