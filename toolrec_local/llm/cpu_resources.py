@@ -15,6 +15,9 @@ machine the model computes on one core. Giving it both (reserved 0) was slower h
 figure of scripts/bench_serve_cores.py (SmolLM2-135M, 2 cores, load 6-8: prefill 316-428 vs
 363-464 tokens/s, 16 decode streams 57-94 vs 257-267 tokens/s): the worker's threads then
 fight the scheduler, the API server and the evaluation for the second core.
+A later measurement on a quiet machine with the real work (scripts/bench_eval.py --levels auto,
+README) found the opposite: both cores 5.55 vs 3.23 ToolRec users/min, prefill and decode 1.5-2x
+faster. The default is left as it is until the test suite and the demo are checked with it.
 """
 
 from __future__ import annotations
