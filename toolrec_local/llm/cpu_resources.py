@@ -17,7 +17,7 @@ figure of scripts/bench_serve_cores.py (SmolLM2-135M, 2 cores, load 6-8: prefill
 fight the scheduler, the API server and the evaluation for the second core.
 A later measurement on a quiet machine with the real work (scripts/bench_eval.py --levels auto,
 README) found the opposite: both cores 5.55 vs 3.23 ToolRec users/min, prefill and decode 1.5-2x
-faster. The default is left as it is until the test suite and the demo are checked with it.
+faster. So `serve` sets VLLM_CPU_NUM_OF_RESERVED_CPU=0 unless it is set (llm/server.py).
 """
 
 from __future__ import annotations

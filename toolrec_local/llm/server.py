@@ -430,6 +430,12 @@ def prepare_server(
                                    int(served_len) if served_len else int(card.context_length))
             env["VLLM_CPU_KVCACHE_SPACE"] = str(choice.gib)
             notes.append(f"KV cache {choice.reason}; --kv-cache-gb N to choose")
+        if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in env:
+            # vLLM reserves one core for its scheduler and API server; on a 2-core machine that
+            # halves the model's compute. Measured on the real work (README): both cores
+            # 5.55 vs 3.23 ToolRec users/min, prefill and decode 1.5-2x faster.
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+            notes.append("CPU: the model computes on every core (VLLM_CPU_NUM_OF_RESERVED_CPU=0; set it to 1 to keep one free)")
     if api_key:
         env["VLLM_API_KEY"] = api_key  # not on the command line, where `ps` would show it
     else:
