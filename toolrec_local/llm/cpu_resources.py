@@ -9,15 +9,12 @@ full-context conversations (max_model_len tokens each, at the model's bytes per 
 within half of the memory left after the weights and `RESERVE_GIB` for vLLM's own processes
 and the evaluation beside it; at least 1 GiB.
 
-Cores are left to vLLM. It binds its worker's OpenMP threads to all cores but
-`VLLM_CPU_NUM_OF_RESERVED_CPU` (default one, for its scheduler and API server), so on a 2-core
-machine the model computes on one core. Giving it both (reserved 0) was slower here in every
-figure of scripts/bench_serve_cores.py (SmolLM2-135M, 2 cores, load 6-8: prefill 316-428 vs
-363-464 tokens/s, 16 decode streams 57-94 vs 257-267 tokens/s): the worker's threads then
-fight the scheduler, the API server and the evaluation for the second core.
-A later measurement on a quiet machine with the real work (scripts/bench_eval.py --levels auto,
-README) found the opposite: both cores 5.55 vs 3.23 ToolRec users/min, prefill and decode 1.5-2x
-faster. So `serve` sets VLLM_CPU_NUM_OF_RESERVED_CPU=0 unless it is set (llm/server.py).
+Cores. vLLM binds its worker's OpenMP threads to all cores but `VLLM_CPU_NUM_OF_RESERVED_CPU`
+(its default: one, for its scheduler and API server), so on a 2-core machine the model would
+compute on one core. `serve` sets it to 0 unless it is set (llm/server.py): on the real work on
+a quiet machine (scripts/bench_eval.py --levels auto, README) both cores gave 5.55 vs 3.23 ToolRec
+users/min, prefill and decode 1.5-2x faster. An earlier synthetic figure under load 6-8
+(scripts/bench_serve_cores.py) had found both cores slower; the README keeps both rows.
 """
 
 from __future__ import annotations
