@@ -266,6 +266,22 @@ def test_optimistic_list_keeps_the_lines_before_a_repeat_then_goes_line_by_line(
     assert p1 == "A\nB" and r1 == "\\n(C|D)" and (s0, s1) == (10, 12)  # only unchosen options
 
 
+def test_optimistic_list_goes_on_in_whole_steps_after_a_repeat():
+    """After a repeat, the rest of the list is asked for in one step again (over the options not
+    chosen yet), not one line per request: two repeats here cost three requests, not six."""
+    opts = ("A", "B", "C", "D", "E", "F")
+    b = FakeSteps([("A\nB\nA", False), ("\nC\nD\nC", False), ("\nE\nF", True)], "optimistic")
+    c = run(b.generate(MSGS, ItemListGrammar(opts, 6), seed=10))
+    assert c.text == "A\nB\nC\nD\nE\nF" and c.calls == 3
+    (p0, r0, _, s0), (p1, r1, _, s1), (p2, r2, _, s2) = b.seen
+    assert (p1, p2) == ("A\nB", "A\nB\nC\nD") and (s0, s1, s2) == (10, 12, 14)
+    assert r1 == "\\n(C|D|E|F)" * 4 and r2 == "\\n(E|F)" * 2  # four lines, then two, each over what is left
+    # a step whose only line is cut by its token limit goes on with one line, then whole steps
+    b = FakeSteps([("A\nB\nA", False), ("\nC", False), ("\nC", True), ("\nD\nE", True)], "optimistic")
+    assert run(b.generate(MSGS, ItemListGrammar(opts, 5))).text == "A\nB\nC\nD\nE"
+    assert [r.count("\\n") for _, r, _, _ in b.seen] == [4, 3, 1, 2]
+
+
 def test_stepwise_list_and_overlong_thought():
     b = FakeSteps([("B", True), ("\nA", True)], "stepwise")
     assert run(b.generate(MSGS, ItemListGrammar(("A", "B", "C"), 2))).text == "B\nA"

@@ -102,6 +102,12 @@ def next_line_regex(options: tuple[str, ...]) -> str:
     return r"\n" + _alternation(options)
 
 
+def next_lines_regex(options: tuple[str, ...], n: int) -> str:
+    """`n` more lines, each a line break and one of `options` (repeats are not excluded: the
+    caller keeps the lines before the first repeat)."""
+    return next_line_regex(options) * n
+
+
 @lru_cache(maxsize=64)
 def _regex_cached(c: Constraint) -> str:
     if isinstance(c, ActionGrammar):

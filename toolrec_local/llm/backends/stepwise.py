@@ -5,9 +5,10 @@ built from steps, so every such backend enforces the grammar the same way.
 * action turn: one step under the whole action regex; if the thought runs past its token
   budget, a second step continues after the (cut) thought line with "\\nAction: <action>".
 * item list ("optimistic", the default): one step under the whole list regex, stopped at
-  the first repeated line and kept up to it; then one step per missing line, each under a
-  regex over the options not chosen yet ("stepwise": only the latter). Either way the lines
-  are distinct by construction; a model that does not repeat itself costs one request.
+  the first repeated line and kept up to it; then the rest the same way, each step under a
+  regex over the options not chosen yet (a step whose first line is cut goes one line).
+  "stepwise": one step per line over the options not chosen yet. Either way the lines are
+  distinct by construction; a model that does not repeat itself costs one request.
 * choice: one step under the alternation of the options.
 """
 
@@ -144,21 +145,35 @@ class StepwiseBackend:
         if len(remaining) < g.k:
             raise ValueError(f"{g.k} distinct lines asked from {len(remaining)} distinct options")
         budget = option_token_budget(g.options)
-        if self.list_mode == "optimistic" and g.k > 1 and len(remaining) * g.k <= OPTIMISTIC_MAX_SIZE:
-            # The whole list in one request; keep it up to the first repeated line and build
-            # the rest line by line. Greedy lists match the line-by-line ones up to how the
-            # partial answer is re-tokenised.
-            s = await step("", G.to_regex(ItemListGrammar(tuple(remaining), g.k)), budget * g.k,
-                           stop_when=repeats_a_line)
-            lines = s.text.split("\n")
-            if not s.stopped:
-                lines = lines[:-1]  # may be cut inside a line
+
+        def keep(lines: list[str]) -> None:  # the lines up to the first one not allowed (a repeat)
             for line in lines:
                 if line not in remaining:
                     break
                 chosen.append(line)
                 remaining.remove(line)
-        for i in range(len(chosen), g.k):
+
+        while len(chosen) < g.k:
+            need, before = g.k - len(chosen), len(chosen)
+            if self.list_mode == "optimistic" and need > 1 and len(remaining) * need <= OPTIMISTIC_MAX_SIZE:
+                # The rest of the list in one request, over the options not chosen yet; kept up
+                # to its first repeated line (at least one line is new). Greedy, this gives the
+                # line-by-line list (a repeat only ever stops it early), in fewer requests.
+                if not chosen:
+                    s = await step("", G.to_regex(ItemListGrammar(tuple(remaining), need)), budget * need,
+                                   stop_when=repeats_a_line)
+                    text = s.text
+                else:
+                    s = await step("\n".join(chosen), G.next_lines_regex(tuple(remaining), need), budget * need,
+                                   before, stop_when=lambda t: repeats_a_line(t[1:]))
+                    text = s.text[1:] if s.text.startswith("\n") else s.text
+                lines = text.split("\n")
+                if not s.stopped:
+                    lines = lines[:-1]  # may be cut inside a line
+                keep(lines)
+                if len(chosen) > before:
+                    continue
+            i = len(chosen)
             if not chosen:
                 s = await step("", G.option_regex(tuple(remaining)), budget)
                 line = s.text
