@@ -428,13 +428,39 @@ def test_repeated_lists_are_shown_once_when_the_context_is_short(ml100k, tool):
     """Six identical retrievals (as a weak model writes them): shown under every mark they
     do not fit 1500 tokens even as 10 candidates, so each item is shown once instead."""
     turns = ["Thought: a\nAction: Retrieval[None, 10]"] * 6 + [first_k]
-    traj, backend, ctx = run(ml100k, tool, turns, context_tokens=1500, max_rounds=6, n_demos=0)
+    traj, backend, ctx = run(ml100k, tool, turns, context_tokens=1500, max_rounds=6, n_demos=0, repeated_lists="full")
     prompt = backend.calls[-1].messages[-1]["content"]
     assert traj.finish.usage.calls == 1 and prompt.count("Retrieval[None, 10]:") == 1
     assert all(prompt.count(f"\n{o}, ") == 1 for o in backend.calls[-1].constraint.options)
     assert "each candidate shown once" in traj.final_note
-    _, unlimited, _ = run(ml100k, tool, turns, context_tokens=0, max_rounds=6, n_demos=0)
+    _, unlimited, _ = run(ml100k, tool, turns, context_tokens=0, max_rounds=6, n_demos=0, repeated_lists="full")
     assert unlimited.calls[-1].messages[-1]["content"].count("Retrieval[None, 10]:") == 6  # without a limit: every list
+
+
+@pytest.mark.parametrize("mode", ["refer", "full"])
+def test_a_repeated_list_is_named_instead_of_listed_again(ml100k, tool, mode):
+    """A call that returns exactly an earlier list (a weak model repeats its actions): by
+    default ("refer") its observation and its place in the final prompt name the earlier list;
+    "full" lists it again, as the authors' code does. The candidates are the same either way."""
+    ds = ml100k
+    turns = ["Thought: a\nAction: Retrieval[None, 10]", "Thought: b\nAction: Retrieval[genre, 10]",
+             "Thought: c\nAction: Retrieval[None, 10]", "Thought: d\nAction: Finish", first_k]
+    traj, backend, _ = run(ds, tool, turns, repeated_lists=mode)
+    assert traj.rounds[2].items == traj.rounds[0].items  # the tool returned the same list
+    seen = backend.calls[3].messages[-1]["content"]  # the observation of round 3, as round 4 sees it
+    final = backend.calls[-1]
+    prompt = final.messages[-1]["content"]
+    only_first = [i for i in traj.rounds[0].items if i not in traj.rounds[1].items]
+    assert only_first
+    line = f"\n{ds.item_ids[only_first[0]]}, {ds.item_names[only_first[0]]}, "
+    if mode == "refer":
+        assert seen == "Observation: the same 10 movies as Retrieval[None, 10] returned before; nothing new."
+        assert "Retrieval[None, 10]: the same movies as Retrieval[None, 10] above." in prompt
+        assert prompt.count(line) == 1
+    else:
+        assert seen.startswith("Observation: The recommender returned 10 movies:") and seen.count("\n") == 10
+        assert prompt.count(line) == 2 and "the same movies as" not in prompt
+    assert set(final.constraint.options) == set(options_of(ds, set(traj.rounds[0].items) | set(traj.rounds[1].items)))
 
 
 def test_without_a_context_limit_nothing_is_cut(ml100k, tool):

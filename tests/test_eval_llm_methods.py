@@ -202,7 +202,7 @@ def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path):
         assert last["rounds"] == r["rounds"] == 4
     assert summary["methods"]["toolrec/last-list"]["llm"]["llm_calls_per_user"] == 5
     run = json.loads((folder / "run.json").read_text())
-    assert run["finish"] == "both" and run["temperature"] == 0.5
+    assert run["finish"] == "both" and run["temperature"] == 0.5 and run["repeated_lists"] == "refer"
     assert run["methods"] == ["sasrec", "toolrec", "toolrec/last-list", "plan", "plan/last-list"]
     # both rows side by side in the report
     from toolrec_local.eval.report import summary_table, write_report
@@ -219,6 +219,14 @@ def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path):
     with pytest.raises(ToolrecError, match="temperature"):
         evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=out, finish="both"),
                  tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    # and so is how repeated lists are shown (a folder from before the option listed them in full)
+    with pytest.raises(ToolrecError, match="repeated_lists: 'refer' in the folder, 'full' now"):
+        evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=out, finish="both",
+                             temperature=0.5, repeated_lists="full"),
+                 tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    with pytest.raises(ToolrecError, match="--repeated-lists"):
+        evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=tmp_path / "x",
+                             repeated_lists="once"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
 
 
 def test_finish_last_list_rows_make_no_final_call(walk, tmp_path):

@@ -14,6 +14,7 @@ from toolrec_local.llm.protocol import ActionGrammar, Backend, Completion, Const
 
 
 FINISH_MODES = ("llm", "last-list")
+REPEATED_LISTS = ("refer", "full")
 LIST_DENSITY = 0.7  # item-list prompts start at this share of chars_per_token
 
 
@@ -36,6 +37,11 @@ class AgentConfig:
     # every gathered list into the top N; "last-list" - the ablation: the last stored list,
     # cut or padded by retrieval score, no LLM call.
     finish: str = "llm"
+    # A tool list identical to one gathered earlier (a repeated call: same items, same scores):
+    # "refer" - its observation, and its place in the Rank and final prompts, name the earlier
+    # list instead of listing the same lines again (the information is the same; the prompt is
+    # shorter and stays cached); "full" - listed again, as the authors' code does.
+    repeated_lists: str = "refer"
     grammar: bool = True  # False: free text, tolerant parser ("--no-grammar")
     action_max_tokens: int = 128
     temperature: float = 0.0  # 0: greedy (the paper ran ChatGPT at its default, 1)
@@ -59,7 +65,8 @@ class AgentConfig:
             "n_demos": self.n_demos >= 0, "show_items": self.show_items >= 1, "max_k": self.max_k >= 1,
             "default_k": 1 <= self.default_k <= self.max_k,
             "rank_max_candidates": self.rank_max_candidates is None or self.rank_max_candidates >= 1,
-            "finish": self.finish in FINISH_MODES, "temperature": 0.0 <= self.temperature <= 2.0,
+            "finish": self.finish in FINISH_MODES, "repeated_lists": self.repeated_lists in REPEATED_LISTS,
+            "temperature": 0.0 <= self.temperature <= 2.0,
             "max_retries": self.max_retries >= 0,
             "observation_window": self.observation_window is None or self.observation_window >= 1,
             "context_tokens": self.context_tokens is None or self.context_tokens == 0 or self.context_tokens >= 256,
@@ -69,7 +76,8 @@ class AgentConfig:
         if bad:
             raise ToolrecError(f"agent settings out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}",
                                "use positive values (default_k within 1..max_k, temperature 0..2, "
-                               f"finish one of {', '.join(FINISH_MODES)})")
+                               f"finish one of {', '.join(FINISH_MODES)}, repeated_lists one of "
+                               f"{', '.join(REPEATED_LISTS)})")
 
     def with_(self, **changes) -> "AgentConfig":
         return replace(self, **changes)
@@ -91,6 +99,7 @@ class AgentContext:
             self.dataset, load_prompts(self.dataset.domain, self.config.prompts_dir), attrs,
             top_n=self.config.top_n, max_k=self.config.max_k, history_len=self.config.history_len,
             n_demos=self.config.n_demos, show_items=self.config.show_items, finish=self.config.finish,
+            repeated_lists=self.config.repeated_lists,
         )
 
         # Prompt density, per kind: item lists (ids, names, scores) tokenise denser than the

@@ -104,7 +104,8 @@ async def _execute(state: RunState, action, rnd: Round, reply: str) -> Step:
         if lst is None:
             return _invalid(r, rnd, turn, r.rank_nothing())
     rnd.items = lst.items
-    return Step(turn, r.observation(lst, rnd.note), r.observation_short(lst), format_turn("…", action))
+    observed = r.observation(lst, rnd.note, same_as=state.memory.earlier_copy(lst))
+    return Step(turn, observed, r.observation_short(lst), format_turn("…", action))
 
 
 def _invalid(r, rnd: Round, turn: str, message: str) -> Step:

@@ -100,6 +100,16 @@ class Memory:
                 self._best_score[item] = score
         return entry
 
+    def earlier_copy(self, lst: ToolList) -> ToolList | None:
+        """The first list stored before `lst` with the same items and scores (a repeated call
+        returns one), or None."""
+        for other in self.lists:
+            if other is lst:
+                break
+            if other.items == lst.items and other.scores == lst.scores:
+                return other
+        return None
+
     def candidates(self, cap: int | None = None) -> list[int]:
         """Every item gathered so far, once each, taken from the stored lists in turn
         (`interleave`), at most `cap` of them."""

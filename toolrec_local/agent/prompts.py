@@ -24,7 +24,7 @@ TEMPLATE_KEYS = (
 )
 # Optional: prompt styles of the Chat-REC and LLMRank baselines; a domain without them uses the
 # Rank prompt.
-OPTIONAL_KEYS = ("chatrec_system", "chatrec_user", "llmrank_system", "llmrank_user")
+OPTIONAL_KEYS = ("chatrec_system", "chatrec_user", "llmrank_system", "llmrank_user", "observation_same")
 
 
 def prompts_dir() -> Path:
@@ -86,10 +86,13 @@ class Renderer:
     its demonstrations) is rendered once and reused."""
 
     def __init__(self, dataset, prompts: PromptSet, attributes: tuple[str, ...], *, top_n: int,
-                 max_k: int, history_len: int, n_demos: int, show_items: int, finish: str = "llm"):
+                 max_k: int, history_len: int, n_demos: int, show_items: int, finish: str = "llm",
+                 repeated_lists: str = "refer"):
         self.ds, self.p = dataset, prompts
         self.attributes = attributes
         self.finish = finish
+        # a list identical to an earlier one is named, not listed again (AgentConfig.repeated_lists)
+        self.refer = repeated_lists == "refer"
         self.top_n, self.max_k, self.history_len, self.show_items = top_n, max_k, history_len, show_items
         self.history_attributes = tuple(a for a in prompts.history_attributes if a in dataset.attributes)
         self._systems: dict[int, str] = {}
@@ -122,7 +125,11 @@ class Renderer:
         return [self.p.render("item_line", id=self.ds.item_ids[i], name=self.ds.item_names[i], score=float(s))
                 for i, s in zip(items, scores)]
 
-    def observation(self, lst: ToolList, note: str = "") -> str:
+    def observation(self, lst: ToolList, note: str = "", same_as: ToolList | None = None) -> str:
+        """The tool's list as the agent sees it; a list identical to the earlier `same_as`
+        names that one instead (template `observation_same`, when the domain has it)."""
+        if same_as is not None and self.refer and "observation_same" in self.p.templates:
+            return self.p.render("observation_same", mark=lst.mark, k=len(lst.items), earlier=same_as.mark, note=note)
         shown = self.show_items
         return self.p.render(
             "observation", tool=type(lst.action).__name__, attribute=lst.action.attribute, k=len(lst.items),
@@ -143,13 +150,20 @@ class Renderer:
         """The prompt of Rank (`final=False`) or of the final step (`final=True`): a system
         message that is the same for every call, then the user (head), every list under its tool
         mark with its scores in the order gathered, and the call's own instruction last, so
-        that calls of one user share their leading bytes. `style` "chatrec"/"llmrank" picks a
+        that calls of one user share their leading bytes. A list identical to an earlier one
+        carries that one's mark as `same_as` (the templates then name it instead of listing it
+        again; None with repeated_lists "full"). `style` "chatrec"/"llmrank" picks a
         baseline's own templates when the domain has them (same answer format); those also
         get the user's history lines (`history`, oldest first) and the most recent item's
         name (`recent`)."""
         if style != "rank" and f"{style}_user" not in self.p.templates:
             style = "rank"
-        groups = [self._group(lst) for lst in lists if lst.items]
+        groups, first_mark = [], {}
+        for lst in lists:
+            if lst.items:
+                key = (tuple(lst.items), tuple(lst.scores))
+                groups.append(dict(self._group(lst), same_as=first_mark.get(key) if self.refer else None))
+                first_mark.setdefault(key, lst.mark)
         user = self.p.render(f"{style}_user", head=head, groups=groups, attribute=attribute, k=k,
                              with_names=with_names, problems=problems, final=final,
                              n_candidates=len({i for lst in lists for i in lst.items}),

@@ -59,6 +59,7 @@ def eval_cmd(
     history: str = typer.Option("exclude", "--history", help="exclude: rank among items outside the user's history; keep: score methods rank history items too (RecBole's protocol)."),
     finish: str = typer.Option("llm", "--finish", help="The agent methods' final step: llm (the LLM ranks every gathered list, as the authors' code), last-list (the ablation: the last list cut or padded, no LLM call; rows named e.g. toolrec/last-list), or both (both rows from one run)."),
     temperature: float = typer.Option(0.0, "--temperature", help="LLM sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
+    repeated_lists: str = typer.Option("refer", "--repeated-lists", help="A tool list identical to an earlier one (a repeated call): refer (its observation and its place in the Rank and final prompts name the earlier list) or full (listed again, as the authors' code does)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     from toolrec_local.eval.progress import EvalProgress
@@ -70,7 +71,7 @@ def eval_cmd(
         concurrency=parse_concurrency(concurrency), out=out, backend=backend, servers=list(server), api_key=api_key,
         shard=parse_shard(shard), top_n=top_n, batch_size=batch_size, grammar=not no_grammar,
         history=history,
-        finish=finish, temperature=temperature,
+        finish=finish, temperature=temperature, repeated_lists=repeated_lists,
     )
     with EvalProgress(err_console) as progress:
         summary, folder = evaluate(opts, on_update=progress.update, on_note=progress.note)

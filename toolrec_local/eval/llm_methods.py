@@ -97,7 +97,7 @@ def _rank_outcome(ds, items: list[int], stats: dict, lists: list, method: str) -
 
 def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend: str, servers: list[str] | None = None,
                       api_key: str | None = None, top_n: int = 10, grammar: bool = True, backend_obj=None,
-                      finish: str = "llm", temperature: float = 0.0) -> LLMSuite:
+                      finish: str = "llm", temperature: float = 0.0, repeated_lists: str = "refer") -> LLMSuite:
     """The LLM methods by name (suite.methods[name]); an agent method's records are named
     after `finish` (LLMMethod.name, LLMMethod.variants)."""
     from toolrec_local.agent.loop import AgentConfig, AgentContext, llm_rank, run_agent, run_plan
@@ -119,7 +119,7 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
     if finish not in FINISH_CHOICES:
         raise ToolrecError(f"unknown finish {finish!r}", f"use one of: {', '.join(FINISH_CHOICES)}")
     config = AgentConfig(top_n=top_n, grammar=grammar, temperature=temperature,
-                         finish="last-list" if finish == "last-list" else "llm")
+                         finish="last-list" if finish == "last-list" else "llm", repeated_lists=repeated_lists)
     suite = LLMSuite({}, backends)
 
     def ctx(backbone: str, user: int) -> AgentContext:

@@ -29,7 +29,7 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.results import latest_by_key, read_jsonl
 
 IDENTITY = ("dataset", "dataset_fingerprint", "part", "top_n", "users", "seeds", "history")
-LLM_IDENTITY = ("llm", "backend", "grammar", "temperature")
+LLM_IDENTITY = ("llm", "backend", "grammar", "temperature", "repeated_lists")
 
 
 @dataclass
@@ -55,6 +55,9 @@ class RunConfig:
     # record names say which one each row used (toolrec vs toolrec/last-list).
     finish: str | None = None
     temperature: float = 0.0  # LLM sampling temperature (0: greedy); part of an LLM run's identity
+    # How the agent shows a list identical to an earlier one (AgentConfig.repeated_lists);
+    # part of an LLM run's identity. A folder written before the option listed them ("full").
+    repeated_lists: str | None = "full"
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -139,7 +142,7 @@ def merge_config(old: RunConfig, new: RunConfig) -> RunConfig:
     merged.methods = list(dict.fromkeys(old.methods + new.methods))
     if old.uses_llm and not new.uses_llm:
         merged.llm, merged.backend, merged.grammar, merged.uses_llm = old.llm, old.backend, old.grammar, True
-        merged.finish, merged.temperature = old.finish, old.temperature
+        merged.finish, merged.temperature, merged.repeated_lists = old.finish, old.temperature, old.repeated_lists
     return merged
 
 

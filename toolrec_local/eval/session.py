@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from toolrec_local.agent.context import REPEATED_LISTS
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.methods import (FINISH_CHOICES, HISTORY_PROTOCOLS, ToolBox, build_score_method, needs_llm,
                                        parse_method_names)
@@ -42,6 +43,7 @@ class EvalOptions:
     history: str = "exclude"  # or "keep": score methods rank history items too (HISTORY_PROTOCOLS)
     finish: str = "llm"  # the agent methods' final step: llm | last-list | both (methods.FINISH_CHOICES)
     temperature: float = 0.0  # LLM sampling temperature (0: greedy)
+    repeated_lists: str = "refer"  # the agent: "refer" names a repeated identical list, "full" lists it again
 
 
 def default_out(opts: EvalOptions) -> Path:
@@ -72,6 +74,8 @@ def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
         raise ToolrecError(f"unknown --finish {opts.finish!r}", f"use one of: {', '.join(FINISH_CHOICES)}")
     if not 0.0 <= opts.temperature <= 2.0:
         raise ToolrecError(f"--temperature {opts.temperature} is out of range", "use 0 (greedy) up to 2; the paper ran at 1")
+    if opts.repeated_lists not in REPEATED_LISTS:
+        raise ToolrecError(f"unknown --repeated-lists {opts.repeated_lists!r}", f"use one of: {', '.join(REPEATED_LISTS)}")
     return names
 
 
@@ -104,7 +108,7 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
         suite = factory(
             [n for n in names if needs_llm(n)], ds, tools, llm=opts.llm, backend=opts.backend,
             servers=opts.servers, api_key=opts.api_key, top_n=opts.top_n, grammar=opts.grammar,
-            finish=opts.finish, temperature=opts.temperature,
+            finish=opts.finish, temperature=opts.temperature, repeated_lists=opts.repeated_lists,
         )
     for n in names:
         methods.append(suite.methods[n] if needs_llm(n) else build_score_method(n, ds, tools))
@@ -117,6 +121,7 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
         command=command_line(), uses_llm=uses_llm, grammar=opts.grammar if uses_llm else True,
         expected={str(s): len(u) for s, u in plan.items()}, history=opts.history,
         finish=opts.finish if uses_llm else None, temperature=opts.temperature if uses_llm else 0.0,
+        repeated_lists=opts.repeated_lists if uses_llm else None,
     )
     out = Path(opts.out or default_out(opts))
 
