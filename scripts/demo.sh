@@ -59,19 +59,19 @@ if ! command -v "$CLI" >/dev/null 2>&1; then
 fi
 
 pairs=$(( USERS * SEEDS ))  # (seed, user) pairs per method
-# Measured (make demo from a fresh clone, 2 cores, load 0.6-2, 2026-11-30): 10 users x 2 seeds
-# evaluated in 7.6 min with as many users at once as the server's KV cache holds: per pair
-# toolrec 19.2 s (~24 LLM calls with the final LLM ranking), llmrank 1.5 s, single 2.0 s.
-eval_s=$(( pairs * 227 / 10 ))
+# Measured (make demo from a fresh clone, 2 cores, load 1.4-3.2, 2026-12-01): 10 users x 2 seeds
+# evaluated in 3.7 min with as many users at once as the server's KV cache holds: per pair
+# toolrec 8.6 s (~17 LLM calls with the final LLM ranking), llmrank 1.0 s, single 1.4 s.
+eval_s=$(( pairs * 112 / 10 ))
 eval_min=$(( (eval_s + 59) / 60 ))
 cat <<EOF
 ToolRec CPU demo: ${DATASET}, ${LLM} on a vLLM CPU server, ${USERS} users x ${SEEDS} seeds, methods ${METHODS}.
-Estimated time on a 2-core CPU, first run: about $(( eval_min + 3 ))-$(( eval_min + 6 )) minutes from here
-  prepare data < 1 min | train tools 2-3 min | pull model < 1 min | start server < 1 min
-  evaluate ${pairs} users per method: ~${eval_min} min (measured: 7.6 min for 10 users x 2 seeds, toolrec 6.4,
-    llmrank 0.5, single 0.7; the progress line refreshes every 5 s)
+Estimated time on a 2-core CPU, first run: about $(( eval_min + 1 ))-$(( eval_min + 4 )) minutes from here
+  prepare data < 1 min | train tools 1-3 min | pull model < 1 min | start server < 1 min
+  evaluate ${pairs} users per method: ~${eval_min} min (measured: 3.7 min for 10 users x 2 seeds, toolrec 2.9,
+    llmrank 0.3, single 0.45; the progress line refreshes every 5 s)
   report < 1 min
-  (measured in all, from a fresh clone: 10.7 min here, after a 1.5 min install)
+  (measured in all, from a fresh clone: 5.7 min here, after a 1.5 min install)
 Later runs skip the finished steps. Output: ${OUT}/report/report.md
 EOF
 
