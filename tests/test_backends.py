@@ -280,6 +280,13 @@ def test_optimistic_list_goes_on_in_whole_steps_after_a_repeat():
     b = FakeSteps([("A\nB\nA", False), ("\nC", False), ("\nC", True), ("\nD\nE", True)], "optimistic")
     assert run(b.generate(MSGS, ItemListGrammar(opts, 5))).text == "A\nB\nC\nD\nE"
     assert [r.count("\\n") for _, r, _, _ in b.seen] == [4, 3, 1, 2]
+    # the last line, with one option left, needs no request (the grammar allows nothing else)
+    b = FakeSteps([("A\nB\nA", False)], "optimistic")
+    c = run(b.generate(MSGS, ItemListGrammar(("A", "B", "C"), 3)))
+    assert c.text == "A\nB\nC" and c.calls == 1
+    b = FakeSteps([("B", True), ("\nC", True)], "stepwise")
+    c = run(b.generate(MSGS, ItemListGrammar(("A", "B", "C"), 3)))
+    assert c.text == "B\nC\nA" and c.calls == 2
 
 
 def test_stepwise_list_and_overlong_thought():

@@ -8,7 +8,8 @@ built from steps, so every such backend enforces the grammar the same way.
   the first repeated line and kept up to it; then the rest the same way, each step under a
   regex over the options not chosen yet (a step whose first line is cut goes one line).
   "stepwise": one step per line over the options not chosen yet. Either way the lines are
-  distinct by construction; a model that does not repeat itself costs one request.
+  distinct by construction; a model that does not repeat itself costs one request, and a last
+  line with a single option left is written without one (the grammar allows nothing else).
 * choice: one step under the alternation of the options.
 """
 
@@ -173,6 +174,9 @@ class StepwiseBackend:
                 keep(lines)
                 if len(chosen) > before:
                     continue
+            if chosen and len(remaining) == 1:  # the last line has one option left: no request
+                chosen.append(remaining.pop())
+                continue
             i = len(chosen)
             if not chosen:
                 s = await step("", G.option_regex(tuple(remaining)), budget)
