@@ -29,6 +29,13 @@ _SERVER: contextvars.ContextVar["_Server | None"] = contextvars.ContextVar("vllm
 SERVE_HINT = "start one with `toolrec-local serve --llm <model>`, or pass the URL of a running one with --server"
 
 
+def _model_length(entries: list[dict], model: str) -> int | None:
+    """`max_model_len` of `model` in a /v1/models listing; None when the server does not say."""
+    entry = next((m for m in entries if isinstance(m, dict) and m.get("id") == model), {})
+    length = entry.get("max_model_len")
+    return length if isinstance(length, int) else None
+
+
 @dataclass
 class _Server:
     url: str
@@ -59,7 +66,6 @@ class VLLMBackend(StepwiseBackend):
         self.model = model
         self._api_key = api_key
         self._connect_timeout_s = connect_timeout_s
-        self._served_context: int | None = None
         # vLLM 0.32's CPU build kills its engine on a seeded request sampled at temperature > 0
         # ("RuntimeError: CPU Generator does not use offset" in _bookkeeping_sync), taking every
         # other user's request down with it. Per-request seeds are therefore opt-in
@@ -100,9 +106,8 @@ class VLLMBackend(StepwiseBackend):
     async def _check_model(self, server: _Server) -> None:
         page = await self._call(server, lambda: server.client.models.list())
         served = [m.id for m in page.data]
-        for m in page.data:
-            if m.id == self.model and isinstance(getattr(m, "max_model_len", None), int):
-                server.max_model_len = m.max_model_len
+        if server.max_model_len is None:  # served_context() may have read it already
+            server.max_model_len = _model_length([m.model_dump() for m in page.data], self.model)
         if self.model not in served:
             raise ToolrecError(
                 f"the vLLM server at {server.url} does not serve model {self.model!r}; it serves: "
@@ -113,23 +118,20 @@ class VLLMBackend(StepwiseBackend):
     def served_context(self) -> int | None:
         """The context the servers serve this model with: the smallest `max_model_len` their
         /v1/models report (it is what they enforce, whatever the card says). None when a server
-        cannot be asked or does not say. Synchronous and cached: asked once, when the agent's
-        context is built, before any request."""
-        if self._served_context is None:
-            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            lengths = []
-            for server in self._servers:
+        cannot be asked or does not say. Synchronous: asked when the agent's context is built,
+        before any request; each server's reading is kept (connect() then uses it too)."""
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        for server in self._servers:
+            if server.max_model_len is None:
                 try:
                     resp = httpx.get(server.url + "/models", headers=headers, timeout=self._connect_timeout_s + 5)
                     resp.raise_for_status()
-                    entry = next((m for m in resp.json().get("data", []) if m.get("id") == self.model), {})
+                    server.max_model_len = _model_length(resp.json().get("data", []), self.model)
                 except (httpx.HTTPError, ValueError, AttributeError):
                     return None  # connect() will say what is wrong with the server
-                if not isinstance(entry.get("max_model_len"), int):
-                    return None
-                lengths.append(entry["max_model_len"])
-            self._served_context = min(lengths)
-        return self._served_context
+            if server.max_model_len is None:
+                return None
+        return min(s.max_model_len for s in self._servers)
 
     async def _probe(self, server: _Server) -> None:
         token = f"zq{secrets.token_hex(3)}-{secrets.token_hex(3)}"
