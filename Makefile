@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 demo-notice:
-	@test -f $(STAMP) || echo "make demo: installing into $(VENV) first (torch CPU, the CPU vLLM build, the project): 1.5-4 min"
+	@test -f $(STAMP) || echo "make demo: installing into $(VENV) first (torch CPU, the CPU vLLM build, the project): 1.5 min measured from an empty pip cache, up to 4 on a slow network"
 
 demo: demo-notice $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

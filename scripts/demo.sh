@@ -59,19 +59,21 @@ if ! command -v "$CLI" >/dev/null 2>&1; then
 fi
 
 pairs=$(( USERS * SEEDS ))  # (seed, user) pairs per method
-# Measured (make demo from a fresh clone, 2 cores, load 1.4-3.2, 2026-12-01): 10 users x 2 seeds
-# evaluated in 3.7 min with as many users at once as the server's KV cache holds: per pair
-# toolrec 8.6 s (~17 LLM calls with the final LLM ranking), llmrank 1.0 s, single 1.4 s.
-eval_s=$(( pairs * 112 / 10 ))
-eval_min=$(( (eval_s + 59) / 60 ))
+# Measured (make demo from a fresh clone, 2 cores, empty pip cache, 2026-12-01) on two machines of
+# the same kind, one about twice as fast as the other in vLLM's own prefill: 10 users x 2 seeds
+# evaluated in 2.7 and 3.7 min with as many users at once as the server's KV cache holds
+# (per pair toolrec 6.5-8.6 s with ~16-18 LLM calls, llmrank 0.6-1.0 s, single 0.8-1.4 s);
+# the steps before the evaluation took 1.7-2.0 min.
+eval_lo=$(( pairs * 81 / 10 )); eval_hi=$(( pairs * 112 / 10 ))
+all_lo=$(( (eval_lo + 105) / 60 )); all_hi=$(( (eval_hi + 120 + 59) / 60 + 1 ))
 cat <<EOF
 ToolRec CPU demo: ${DATASET}, ${LLM} on a vLLM CPU server, ${USERS} users x ${SEEDS} seeds, methods ${METHODS}.
-Estimated time on a 2-core CPU, first run: about $(( eval_min + 1 ))-$(( eval_min + 4 )) minutes from here
+Estimated time on a 2-core CPU, first run: about ${all_lo}-${all_hi} minutes from here
   prepare data < 1 min | train tools 1-3 min | pull model < 1 min | start server < 1 min
-  evaluate ${pairs} users per method: ~${eval_min} min (measured: 3.7 min for 10 users x 2 seeds, toolrec 2.9,
-    llmrank 0.3, single 0.45; the progress line refreshes every 5 s)
+  evaluate ${pairs} users per method: ~$(( eval_lo / 60 ))-$(( (eval_hi + 59) / 60 )) min (measured for 10 users x 2 seeds: 2.7 and 3.7 min
+    on two machines; toolrec 2.2-2.9, llmrank 0.2-0.3, single 0.3-0.45; a progress line at least every 30 s)
   report < 1 min
-  (measured in all, from a fresh clone: 5.7 min here, after a 1.5 min install)
+  (measured in all, from a fresh clone: 4.5 and 5.7 min here, after a 1.4-1.5 min install)
 Later runs skip the finished steps. Output: ${OUT}/report/report.md
 EOF
 
