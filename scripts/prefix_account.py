@@ -50,7 +50,8 @@ def main() -> int:
         print(f"error: no tokenizer in {folder}\nfix: toolrec-local models pull {args.llm}, or pass --model-dir", file=sys.stderr)
         return 2
     tok = AutoTokenizer.from_pretrained(str(folder))
-    rank_system = load_prompts(args.domain).render("rank_system")
+    prompts = load_prompts(args.domain)
+    rank_systems = {prompts.render("rank_system", with_names=w) for w in (True, False)}
     users = json.loads(args.requests.read_text())
     B = args.block_size
 
@@ -82,7 +83,7 @@ def main() -> int:
             for b in range(n // B):
                 key = hash((key, tuple(ids[b * B:(b + 1) * B])))
                 cache.add(key)
-            kind = "ranking" if messages[0].get("content") == rank_system else "agent"
+            kind = "ranking" if messages[0].get("content") in rank_systems else "agent"
             ends = [len(render(messages, prefix, upto=i)) for i in range(1, len(messages) + 1)]
             for pos in range(hit, n):
                 m = next((i for i, end in enumerate(ends) if pos < end), len(messages))

@@ -98,6 +98,13 @@ def test_rank_and_final_prompts_share_their_leading_bytes(ml100k, tool):
     assert final[:lists_end2] == rank2[:lists_end2]
     # the shared part is most of the final prompt
     assert common_prefix(rank2, final) > 0.8 * len(final)
+    # what every call shares is in the system message; each call's own instruction is one short
+    # line after the lists (its tokens are new to the cache on every call)
+    calls = [c for c in backend.calls if isinstance(c.constraint, ItemListGrammar)]
+    assert "none of the user's historical movies" in calls[0].messages[0]["content"]
+    tails = [c.messages[-1]["content"].rsplit("\n", 1)[-1] for c in calls]
+    assert tails[0].startswith("Please rank the") and tails[-1].startswith("These are all")
+    assert all(len(t) <= 130 and "historical" not in t for t in tails), tails
 
 
 def test_fitting_into_a_short_context_changes_the_prefix_rarely(ml100k, tool):

@@ -112,7 +112,8 @@ def test_finish_sends_one_request_with_every_gathered_list_and_returns_the_llms_
     i = traj.rounds[1].items[0]
     assert f"{ds.item_ids[i]}, {ds.item_names[i]}, {retrieval[i]:.3f}" in prompt
     assert prompt.index("Retrieval[None, 20]:") < prompt.index("Retrieval[genre, 20]:") < prompt.index("Rank[director, 10]:")
-    assert prompt.rstrip().endswith('one per line as "id, name".') and "final recommendation" in prompt
+    assert prompt.rstrip().endswith("output the top 10.") and "final recommendation" in prompt
+    assert 'one candidate movie per line as "id, name"' in final_call.messages[0]["content"]
     everything = set(traj.rounds[0].items) | set(traj.rounds[1].items)
     assert set(options_of(ds, everything)) == set(final_call.constraint.options)
     assert traj.final_items == chosen["items"] and len(traj.final_items) == 10
@@ -417,7 +418,7 @@ def test_the_final_step_is_fitted_or_skipped(ml100k, tool):
     assert_fitted(ctx, backend.calls, limit)
     assert_cut_in_turn(ml100k, backend.calls[-1].constraint, [r.items for r in traj.rounds[:4]])
     assert traj.finish.usage.calls == 1 and traj.final_items == traj.finish.items
-    limit = 1000  # not even 10 candidates fit: the last-list answer, said
+    limit = 1080  # not even 10 candidates fit: the last-list answer, said
     traj, backend, _ = run(ml100k, tool, FITTED_TURNS, context_tokens=limit, history_len=5)
     assert len(backend.calls) == 6 and traj.final_items == traj.last_list_items == traj.rounds[3].items
     assert "final ranking skipped: its prompt does not fit the context" in traj.final_note

@@ -29,7 +29,8 @@ DOMAINS = ("movies", "books", "businesses")
 def test_prompt_files_load(domain):
     p = load_prompts(domain)
     assert p.path == prompts_dir() / f"{domain}.yaml"
-    assert p.items in p.render("rank_system")
+    names, ids = p.render("rank_system", with_names=True), p.render("rank_system", with_names=False)
+    assert p.items in names and 'as "id, name"' in names and 'as "id"' in ids  # the answer format, once
 
 
 def test_movie_demos_are_real_ml100k_trajectories_in_the_grammar(ml100k):

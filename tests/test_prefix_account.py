@@ -19,7 +19,7 @@ def test_account_caches_whole_blocks_and_labels_the_parts(tiny_model_dir, tmp_pa
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     agent = [{"role": "system", "content": "You recommend movies. " * 30},
              {"role": "user", "content": "The user's last 10 movies: " + "Toy Story, " * 12}]
-    ranking = [{"role": "system", "content": load_prompts("movies").render("rank_system")},
+    ranking = [{"role": "system", "content": load_prompts("movies").render("rank_system", with_names=True)},
                {"role": "user", "content": "Retrieval[genre, 20]: " + "Heat, " * 20}]
     later = [*agent, {"role": "assistant", "content": "Thought: more.\nAction: Finish"},
              {"role": "user", "content": "Observation: " + "Alien, " * 10}]

@@ -148,9 +148,10 @@ class Renderer:
                       problems: list[str], *, style: str = "rank", final: bool = False, history=(),
                       recent: str = "") -> list[dict]:
         """The prompt of Rank (`final=False`) or of the final step (`final=True`): a system
-        message that is the same for every call, then the user (head), every list under its tool
-        mark with its scores in the order gathered, and the call's own instruction last, so
-        that calls of one user share their leading bytes. A list identical to an earlier one
+        message that is the same for every call (every rule the calls share), then the user
+        (head), every list under its tool mark with its scores in the order gathered, and the
+        call's own short instruction last (the candidates' number, the attribute, K), so that
+        calls of one user share their leading bytes and each computes few new tokens. A list identical to an earlier one
         carries that one's mark as `same_as` (the templates then name it instead of listing it
         again; None with repeated_lists "full"). `style` "chatrec"/"llmrank" picks a
         baseline's own templates when the domain has them (same answer format); those also
@@ -168,7 +169,8 @@ class Renderer:
                              with_names=with_names, problems=problems, final=final,
                              n_candidates=len({i for lst in lists for i in lst.items}),
                              history=list(history), recent=recent)
-        return [{"role": "system", "content": self.p.render(f"{style}_system")}, {"role": "user", "content": user}]
+        system = self.p.render(f"{style}_system", with_names=with_names)
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def _group(self, lst: ToolList) -> dict:
         ids, names = self.ds.item_ids, self.ds.item_names
