@@ -299,7 +299,7 @@ def main() -> int:
     ap.add_argument("--levels", default="1,4,16,auto", help="concurrency levels, comma-separated; auto = capacity-aware")
     ap.add_argument("--users", type=int, default=24,
                     help=f"the first N of the demo's {DEMO_USERS} users x {DEMO_SEEDS} seeds, the same at every level "
-                         "(24: 22-30 minutes for all four levels and the replay on a quiet 2-core machine, 2026-12-01)")
+                         "(24: 22-31 minutes for all four levels and the replay on a quiet 2-core machine, 2026-12-01)")
     ap.add_argument("--warmup", type=int, default=2, help="other users run first, not counted")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-eval.json"))
     ap.add_argument("--save-requests", type=Path, default=None,
