@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import pytest
@@ -173,7 +174,7 @@ def slow_final_step(messages, constraint):
     return scripted_reply(messages, constraint)
 
 
-def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path):
+def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path, monkeypatch):
     holder = {}
     out = tmp_path / "run"
 
@@ -227,6 +228,34 @@ def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path):
     with pytest.raises(ToolrecError, match="--repeated-lists"):
         evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=tmp_path / "x",
                              repeated_lists="once"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+
+    # and so is the prompt file: LLM results made under other prompts are not mixed into the run
+    from toolrec_local.agent.prompts import load_prompts, prompts_dir
+
+    same = EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=out, finish="both",
+                       temperature=0.5)
+    assert run["prompts"] == load_prompts("movies").fingerprint and len(run["prompts"]) == 12
+    evaluate(same, tool_loader=rule_loader, llm_factory=scripted_factory(holder))  # the same prompts: continues
+    changed = tmp_path / "prompts"
+    shutil.copytree(prompts_dir(), changed)
+    text = (changed / "movies.yaml").read_text()
+    (changed / "movies.yaml").write_text(text.replace("You rank movies for one user.", "You rank films for one user."))
+    monkeypatch.setenv("TOOLREC_PROMPTS", str(changed))
+    load_prompts.cache_clear()
+    try:
+        assert load_prompts("movies").fingerprint != run["prompts"]
+        with pytest.raises(ToolrecError, match=f"prompts: '{run['prompts']}' in the folder") as err:
+            evaluate(same, tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+        assert "prompt file" in err.value.hint
+        # a folder written before the fingerprint was recorded cannot be continued either
+        monkeypatch.delenv("TOOLREC_PROMPTS")
+        load_prompts.cache_clear()
+        old = json.loads((folder / "run.json").read_text())
+        (folder / "run.json").write_text(json.dumps({k: v for k, v in old.items() if k != "prompts"}))
+        with pytest.raises(ToolrecError, match="prompts: None in the folder"):
+            evaluate(same, tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    finally:
+        load_prompts.cache_clear()
 
 
 def test_finish_last_list_rows_make_no_final_call(walk, tmp_path):

@@ -4,6 +4,7 @@ variables (item names, attribute values, ratings, scores) and calls the template
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class PromptSet:
     history_attributes: tuple[str, ...]
     demos: tuple[dict, ...]
     templates: dict
+    fingerprint: str = ""  # sha256 of the file's bytes (12 hex digits): part of an LLM run's identity
 
     def render(self, key: str, **variables) -> str:
         try:
@@ -60,8 +62,9 @@ def load_prompts(domain: str, folder: str | None = None) -> PromptSet:
         raise ToolrecError(f"no prompts for domain {domain!r} (looked for {path})",
                            "add a prompts/<domain>.yaml or set TOOLREC_PROMPTS to a folder that has one")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+        raw = path.read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ToolrecError(f"{path}: not valid YAML ({exc})", "fix the file") from None
     missing = [k for k in TEMPLATE_KEYS if k not in data]
     if missing:
@@ -72,7 +75,8 @@ def load_prompts(domain: str, folder: str | None = None) -> PromptSet:
     except jinja2.TemplateSyntaxError as exc:
         raise ToolrecError(f"{path}: template syntax error line {exc.lineno}: {exc.message}", "fix the template") from None
     return PromptSet(domain, path, data.get("item", "item"), data.get("items", "items"),
-                     tuple(data.get("history_attributes", ())), tuple(data.get("demos") or ()), templates)
+                     tuple(data.get("history_attributes", ())), tuple(data.get("demos") or ()), templates,
+                     hashlib.sha256(raw).hexdigest()[:12])
 
 
 def _rating(value) -> str:

@@ -8,7 +8,8 @@ shards may also live in separate folders (one per node) and `report` merges them
 
 Re-running into a folder: everything that changes the results (dataset and its fingerprint,
 split part, top-N, the user sample, the seeds, the history protocol, the shard, and the LLM,
-backend, grammar mode and temperature once an LLM method is in the run) must match run.json,
+backend, grammar mode, temperature, repeated-list mode and the prompt file's fingerprint once
+an LLM method is in the run) must match run.json,
 or the command is refused. What may differ:
 the methods (new ones are added to the run), --concurrency and --server (they change speed,
 not results).
@@ -29,7 +30,7 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.results import latest_by_key, read_jsonl
 
 IDENTITY = ("dataset", "dataset_fingerprint", "part", "top_n", "users", "seeds", "history")
-LLM_IDENTITY = ("llm", "backend", "grammar", "temperature", "repeated_lists")
+LLM_IDENTITY = ("llm", "backend", "grammar", "temperature", "repeated_lists", "prompts")
 
 
 @dataclass
@@ -58,6 +59,10 @@ class RunConfig:
     # How the agent shows a list identical to an earlier one (AgentConfig.repeated_lists);
     # part of an LLM run's identity. A folder written before the option listed them ("full").
     repeated_lists: str | None = "full"
+    # The prompt file's fingerprint (PromptSet.fingerprint) when an LLM method ran; part of an
+    # LLM run's identity: results under other prompts are not mixed into it. None in a folder
+    # written before it was recorded (such a folder cannot be continued with an LLM method).
+    prompts: str | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -130,10 +135,11 @@ def check_compatible(old: RunConfig, new: RunConfig, where: Path) -> None:
     if old.uses_llm and new.uses_llm:
         diffs += _mismatch(old, new, LLM_IDENTITY)
     if diffs:
-        raise ToolrecError(
-            f"{where} holds a run with another configuration ({'; '.join(diffs)})",
-            "re-run with the same options (only methods may be added), or pass another --out folder",
-        )
+        fix = "re-run with the same options (only methods may be added), or pass another --out folder"
+        if any(d.startswith("prompts:") for d in diffs):
+            fix = ("the prompt file (prompts/<domain>.yaml, or $TOOLREC_PROMPTS) is not the one this folder's "
+                   "LLM results were made with: pass another --out folder, or restore that file")
+        raise ToolrecError(f"{where} holds a run with another configuration ({'; '.join(diffs)})", fix)
 
 
 def merge_config(old: RunConfig, new: RunConfig) -> RunConfig:
@@ -143,6 +149,7 @@ def merge_config(old: RunConfig, new: RunConfig) -> RunConfig:
     if old.uses_llm and not new.uses_llm:
         merged.llm, merged.backend, merged.grammar, merged.uses_llm = old.llm, old.backend, old.grammar, True
         merged.finish, merged.temperature, merged.repeated_lists = old.finish, old.temperature, old.repeated_lists
+        merged.prompts = old.prompts
     return merged
 
 
@@ -226,8 +233,8 @@ class RunView:
 
 def _group_key(cfg: RunConfig) -> tuple:
     return tuple(getattr(cfg, f) if not isinstance(getattr(cfg, f), list) else tuple(getattr(cfg, f)) for f in IDENTITY) + (
-        (cfg.llm, cfg.backend, cfg.grammar, cfg.temperature) if cfg.uses_llm else (None, None, None, None),
-    )
+        tuple(getattr(cfg, f) for f in LLM_IDENTITY) if cfg.uses_llm else (None,) * len(LLM_IDENTITY),
+    )  # shards made under other prompts (or list modes) are other runs
 
 
 def load_runs(folders: list[Path]) -> list[RunView]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from toolrec_local.agent.context import REPEATED_LISTS
+from toolrec_local.agent.prompts import load_prompts
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.methods import (FINISH_CHOICES, HISTORY_PROTOCOLS, ToolBox, build_score_method, needs_llm,
                                        parse_method_names)
@@ -122,6 +123,7 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
         expected={str(s): len(u) for s, u in plan.items()}, history=opts.history,
         finish=opts.finish if uses_llm else None, temperature=opts.temperature if uses_llm else 0.0,
         repeated_lists=opts.repeated_lists if uses_llm else None,
+        prompts=load_prompts(ds.domain).fingerprint if uses_llm else None,
     )
     out = Path(opts.out or default_out(opts))
 
