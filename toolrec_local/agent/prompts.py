@@ -155,12 +155,12 @@ class Renderer:
         message that is the same for every call (every rule the calls share), then the user
         (head), every list under its tool mark with its scores in the order gathered, and the
         call's own short instruction last (the candidates' number, the attribute, K), so that
-        calls of one user share their leading bytes and each computes few new tokens. A list identical to an earlier one
-        carries that one's mark as `same_as` (the templates then name it instead of listing it
-        again; None with repeated_lists "full"). `style` "chatrec"/"llmrank" picks a
-        baseline's own templates when the domain has them (same answer format); those also
-        get the user's history lines (`history`, oldest first) and the most recent item's
-        name (`recent`)."""
+        calls of one user share their leading bytes and each computes few new tokens. A list
+        identical to an earlier one carries that one's mark as `same_as` (the templates then name
+        it instead of listing it again; None with repeated_lists "full"). `style`
+        "chatrec"/"llmrank" picks a baseline's own templates when the domain has them (same
+        answer format); those also get the user's history lines (`history`, oldest first) and
+        the most recent item's name (`recent`)."""
         if style != "rank" and f"{style}_user" not in self.p.templates:
             style = "rank"
         groups, first_mark = [], {}
