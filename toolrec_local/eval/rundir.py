@@ -147,9 +147,9 @@ def merge_config(old: RunConfig, new: RunConfig) -> RunConfig:
     merged = RunConfig(**{**asdict(new), "shard": new.shard})
     merged.methods = list(dict.fromkeys(old.methods + new.methods))
     if old.uses_llm and not new.uses_llm:
-        merged.llm, merged.backend, merged.grammar, merged.uses_llm = old.llm, old.backend, old.grammar, True
-        merged.finish, merged.temperature, merged.repeated_lists = old.finish, old.temperature, old.repeated_lists
-        merged.prompts = old.prompts
+        for f in (*LLM_IDENTITY, "finish"):  # the LLM part of the run stays the folder's
+            setattr(merged, f, getattr(old, f))
+        merged.uses_llm = True
     return merged
 
 
