@@ -61,11 +61,11 @@ def start_demo_server(llm: str, port: int, log: Path, extra: list[str]) -> tuple
 
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
     cmd = [sys.executable, "-m", "toolrec_local", "serve", "--llm", llm, "--port", str(port), *extra]
-    from toolrec_local.llm.server import _die_with_parent
+    from toolrec_local.llm.server import stop_with_parent
 
     with open(log, "wb") as fh:  # the server goes down with this script, however it ends
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                preexec_fn=stop_with_parent if sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
     while time.monotonic() - t0 < 900:
@@ -180,30 +180,31 @@ async def replay(url: str, users: list[list[dict]], in_flight: int) -> dict:
             "users_per_min": round(60 * len(users) / wall, 2)}
 
 
-async def measure(ds, suite, method, plan: dict[int, list[int]], level: str, folder: Path) -> dict:
-    from toolrec_local.eval.capacity import plan_for_suite
-    from toolrec_local.eval.results import ResultsWriter, read_jsonl
-    from toolrec_local.eval.runner import Runner
+async def measure(opts, suite, plan: dict[int, list[int]], level: str, folder: Path) -> dict:
+    """One level: the run assembled as `eval` assembles it (the suite built once, these users,
+    this concurrency), in its own folder."""
+    from dataclasses import replace
+
+    from toolrec_local.eval.results import read_jsonl
+    from toolrec_local.eval.session import assemble_run, open_run
     from toolrec_local.llm.server_metrics import ServerWatch
 
     concurrency = None if level == "auto" else int(level)
-    cap = await plan_for_suite(suite, concurrency)
-    watch = ServerWatch(cap.watch.urls if cap.watch else [])  # the runner reads its own
-    await watch.read()
-    mark = watch.mark()
-    phases_before = await phase_sums(watch.urls)
-    kv: list[float] = []
-    sampler = asyncio.create_task(sample_kv(watch, 2.0, kv))
-    folder.mkdir(parents=True, exist_ok=True)
-    with ResultsWriter(folder / "results.jsonl", folder / "trajectories.jsonl") as writer:
-        runner = Runner(ds, writer, concurrency=concurrency or 1, slots=cap.slots, route=cap.route,
-                        watch=cap.watch, on_update=lambda name, tally: None)
+    run = assemble_run(replace(opts, concurrency=concurrency, out=folder), suite=suite, plan=plan)
+    async with open_run(run) as (_, runner):
+        watch = ServerWatch(runner.watch.urls if runner.watch else [])  # the runner reads its own
+        await watch.read()
+        mark = watch.mark()
+        phases_before = await phase_sums(watch.urls)
+        kv: list[float] = []
+        sampler = asyncio.create_task(sample_kv(watch, 2.0, kv))
         t0 = time.perf_counter()
         try:
-            await runner.run_llm(method, plan)
+            await runner.run(run.methods, plan)
         finally:
             wall = time.perf_counter() - t0
             sampler.cancel()
+    slots = runner.slots
     await watch.read()
     use = watch.since(mark)
     phases = {k: v - phases_before.get(k, 0.0) for k, v in (await phase_sums(watch.urls)).items()}
@@ -229,9 +230,9 @@ async def measure(ds, suite, method, plan: dict[int, list[int]], level: str, fol
         "tokens_out_per_user": per_user("tokens_out"),
         "user_wall_s_mean": round(user_wall / n, 1),
         "share_outside_llm": round(1 - sum(r["latency_s"] for r in ok) / user_wall, 4) if user_wall else None,
-        "most_in_flight": sum(s.most_in_flight for s in cap.slots),
-        "limit_at_end": [s.limit() for s in cap.slots],
-        "capacity_tokens": [s.capacity_tokens for s in cap.slots],
+        "most_in_flight": sum(s.most_in_flight for s in slots),
+        "limit_at_end": [s.limit() for s in slots],
+        "capacity_tokens": [s.capacity_tokens for s in slots],
         "server": use.as_dict() if use is not None else None,
         "server_request_mean": per_request,  # seconds per request: in all, queued, prefill, decode
         "kv_usage_mean": round(sum(kv) / len(kv), 3) if kv else None,
@@ -240,11 +241,10 @@ async def measure(ds, suite, method, plan: dict[int, list[int]], level: str, fol
     }
 
 
-async def bench(ds, suite, name: str, levels: list[str], plan: dict, warmup: dict, urls: list[str],
+async def bench(opts, suite, levels: list[str], plan: dict, warmup: dict, urls: list[str],
                 save=lambda results: None, save_requests: Path | None = None) -> list[dict]:
     """All levels in one event loop: the HTTP clients belong to the loop they were made in.
     `save` gets the results after each level (a run cut short keeps the levels done)."""
-    method = suite.methods[name]
     results = []
     recorder = Recorder(suite.backends[0]) if len(suite.backends) == 1 and len(urls) == 1 else None
     try:
@@ -252,7 +252,7 @@ async def bench(ds, suite, name: str, levels: list[str], plan: dict, warmup: dic
         with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
             if warmup:
                 print(f"warm-up: {sum(len(v) for v in warmup.values())} other users", file=sys.stderr)
-                await measure(ds, suite, method, warmup, "4", Path(tmp) / "warmup")
+                await measure(opts, suite, warmup, "4", Path(tmp) / "warmup")
             for level in levels:
                 reset = all([await reset_prefix_cache(u) for u in urls])
                 if not reset:
@@ -261,7 +261,7 @@ async def bench(ds, suite, name: str, levels: list[str], plan: dict, warmup: dic
                 print(f"concurrency {level}: {sum(len(v) for v in plan.values())} users ...", file=sys.stderr)
                 if recorder is not None:
                     recorder.requests, recorder.on = {}, level == levels[-1]
-                r = await measure(ds, suite, method, plan, level, Path(tmp) / f"c{level}")
+                r = await measure(opts, suite, plan, level, Path(tmp) / f"c{level}")
                 r["prefix_cache_reset"] = reset
                 if recorder is not None and recorder.on:  # the machine's own limit for this work
                     recorder.on = False
@@ -308,8 +308,7 @@ def main() -> int:
 
     from toolrec_local.data import load_dataset
     from toolrec_local.errors import ToolrecError
-    from toolrec_local.eval.llm_methods import build_llm_methods
-    from toolrec_local.eval.methods import ToolBox
+    from toolrec_local.eval.session import EvalOptions, assemble_run
 
     levels = [x.strip() for x in args.levels.split(",") if x.strip()]
     load = {"start": os.getloadavg()}
@@ -344,8 +343,9 @@ def main() -> int:
             proc, url, said = start_demo_server(args.llm, args.port, log, args.serve_arg)
             print(f"  up after {time.monotonic() - t0:.0f} s", file=sys.stderr)
             urls = [url]
-        suite = build_llm_methods([args.method], ds, ToolBox(ds), llm=args.llm, backend="vllm", servers=urls)
-        results = asyncio.run(bench(ds, suite, args.method, levels, plan, {99: warm} if warm else {}, urls, save,
+        opts = EvalOptions.of(dataset=args.dataset, methods=args.method, llm=args.llm, backend="vllm", servers=urls)
+        suite = assemble_run(opts, plan=plan).suite  # built once: every level runs on the same backends
+        results = asyncio.run(bench(opts, suite, levels, plan, {99: warm} if warm else {}, urls, save,
                                       args.save_requests))
     except ToolrecError as exc:
         print(f"error: {exc.message}" + (f"\nfix: {exc.hint}" if exc.hint else ""), file=sys.stderr)

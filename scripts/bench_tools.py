@@ -177,7 +177,7 @@ def tools_part(root: Path, preset: str, retrain: bool) -> dict:
     """Both fusion starts on the same frozen SASRec; what each gives the agent."""
     import numpy as np
 
-    from toolrec_local.eval.llm_methods import multi_candidates
+    from toolrec_local.agent.baselines import multi_candidates
 
     _, base, _, _ = train_or_load(root, preset, "sasrec", preset, False)
     out = {"preset": preset}

@@ -13,7 +13,8 @@ from test_agent_support import ConstraintIgnoringBackend, CooccurrenceRetrieval
 
 from toolrec_local.agent.actions import Retrieval
 from toolrec_local.agent.context import AgentConfig, AgentContext
-from toolrec_local.agent.loop import llm_rank, run_agent, run_plan
+from toolrec_local.agent.baselines import llm_rank
+from toolrec_local.agent.loop import run_agent, run_plan
 from toolrec_local.agent.memory import ToolList, interleave
 from toolrec_local.llm.backends.scripted import ScriptedBackend
 from toolrec_local.llm.protocol import ActionGrammar, ItemListGrammar
@@ -76,7 +77,7 @@ def test_retrieval_rank_finish(ml100k, tool):
     # the final step: the LLM's answer over every candidate is the final list
     final_options = interleave([r.items for r in traj.rounds[:3]])
     assert backend.calls[5].constraint.options == options_of(ml100k, final_options)
-    assert traj.final_items == final_options[:10] == traj.finish.items
+    assert traj.final_items == final_options[:10] == traj.final_step.items
     assert traj.last_list_items == traj.rounds[2].items  # what the last-list ablation answers
     totals = traj.totals()
     assert totals["llm_calls"] == 6 and traj.totals(with_finish=False)["llm_calls"] == 5
@@ -117,7 +118,7 @@ def test_finish_sends_one_request_with_every_gathered_list_and_returns_the_llms_
     everything = set(traj.rounds[0].items) | set(traj.rounds[1].items)
     assert set(options_of(ds, everything)) == set(final_call.constraint.options)
     assert traj.final_items == chosen["items"] and len(traj.final_items) == 10
-    assert traj.finish.usage.calls == 1 and traj.finish.action == "Finish"
+    assert traj.final_step.usage.calls == 1 and traj.final_step.action == "Finish"
     assert "the LLM's top 10 of the" in traj.final_note
     d = traj.to_dict()
     assert d["finish"]["observation"] == [ds.item_ids[i] for i in chosen["items"]] and d["finish"]["llm_calls"] == 1
@@ -132,7 +133,7 @@ def test_last_list_ablation_makes_no_final_call_and_returns_the_last_list(ml100k
     assert len(backend.calls) == 3 and traj.finish_mode == "last-list"
     assert traj.final_items == traj.rounds[1].items[:10] == traj.last_list_items
     assert "cut Retrieval[genre, 20] to 10" in traj.final_note
-    assert traj.finish.usage.calls == 0 and traj.totals()["llm_calls"] == traj.totals(with_finish=False)["llm_calls"] == 3
+    assert traj.final_step.usage.calls == 0 and traj.totals()["llm_calls"] == traj.totals(with_finish=False)["llm_calls"] == 3
     assert "the latest list becomes the top 10" in ctx.renderer.system
     assert "ranked once more into the final top 10" in AgentContext(ml100k, tool, None, AgentConfig()).renderer.system
 
@@ -211,7 +212,7 @@ def test_free_text_invalid_action_and_tolerant_reading(ml100k, tool):
     assert backend.calls[1].messages[-1]["content"].startswith("Observation: Invalid action:")
     assert traj.rounds[1].action == "Retrieval[genre, 25]" and len(traj.rounds[1].items) == 25
     assert traj.totals()["grammar_violations"] == 0  # only counted in grammar mode
-    assert traj.finish.invalid_items == 0 and traj.finish.repairs == 0  # the numbered answer was read
+    assert traj.final_step.invalid_items == 0 and traj.final_step.repairs == 0  # the numbered answer was read
     assert_valid_final(traj, ml100k)
 
 
@@ -318,7 +319,8 @@ def test_llm_rank_drops_history_and_ranks_under_the_grammar(ml100k, tool):
     lists = [ToolList(Retrieval(None, 31), [i for i, _ in pairs], [s for _, s in pairs])]
     backend = ScriptedBackend([last_k])
     ctx = AgentContext(ml100k, tool, backend, AgentConfig())
-    items, stats = asyncio.run(llm_rank(ctx, USER, lists, 10, attribute="genre", include_profile=False))
+    items, rnd = asyncio.run(llm_rank(ctx, USER, lists, 10, attribute="genre", include_profile=False))
+    stats = rnd.stats()
     assert items == lists[0].items[1:][-10:]
     messages, constraint = backend.calls[0].messages, backend.calls[0].constraint
     assert len(constraint.options) == 30 and constraint.k == 10
@@ -417,7 +419,7 @@ def test_the_final_step_is_fitted_or_skipped(ml100k, tool):
     traj, backend, ctx = run(ml100k, tool, FITTED_TURNS + [first_k], context_tokens=limit, history_len=5)
     assert_fitted(ctx, backend.calls, limit)
     assert_cut_in_turn(ml100k, backend.calls[-1].constraint, [r.items for r in traj.rounds[:4]])
-    assert traj.finish.usage.calls == 1 and traj.final_items == traj.finish.items
+    assert traj.final_step.usage.calls == 1 and traj.final_items == traj.final_step.items
     limit = 1080  # not even 10 candidates fit: the last-list answer, said
     traj, backend, _ = run(ml100k, tool, FITTED_TURNS, context_tokens=limit, history_len=5)
     assert len(backend.calls) == 6 and traj.final_items == traj.last_list_items == traj.rounds[3].items
@@ -431,7 +433,7 @@ def test_repeated_lists_are_shown_once_when_the_context_is_short(ml100k, tool):
     turns = ["Thought: a\nAction: Retrieval[None, 10]"] * 6 + [first_k]
     traj, backend, ctx = run(ml100k, tool, turns, context_tokens=1500, max_rounds=6, n_demos=0, repeated_lists="full")
     prompt = backend.calls[-1].messages[-1]["content"]
-    assert traj.finish.usage.calls == 1 and prompt.count("Retrieval[None, 10]:") == 1
+    assert traj.final_step.usage.calls == 1 and prompt.count("Retrieval[None, 10]:") == 1
     assert all(prompt.count(f"\n{o}, ") == 1 for o in backend.calls[-1].constraint.options)
     assert "each candidate shown once" in traj.final_note
     _, unlimited, _ = run(ml100k, tool, turns, context_tokens=0, max_rounds=6, n_demos=0, repeated_lists="full")
@@ -523,16 +525,26 @@ def test_view_shows_rounds_names_and_the_target(ml100k, tool):
     assert "Final step: the LLM ranks every gathered list" in text and "the LLM's top 10 of the 20 candidates" in text
 
 
-@pytest.mark.parametrize("name, config, expected", [
-    ("vllm:tiny-random", {}, 2048),  # the card's --max-model-len
-    ("local:smollm2-135m", {}, 8192),  # the card's context_length
-    ("vllm:tiny-random", {"context_tokens": 1000}, 1000),  # said explicitly
-    ("vllm:tiny-random", {"context_tokens": 0}, None),  # no limit
-    ("scripted", {}, None),  # not named after a card
+@pytest.mark.parametrize("served, config, expected", [
+    (2048, {}, 2048),  # what the backend says it serves
+    (2048, {"context_tokens": 1000}, 1000),  # said explicitly
+    (2048, {"context_tokens": 0}, None),  # no limit
+    (None, {}, None),  # a backend that does not say
 ])
-def test_context_comes_from_the_model_card_unless_given(ml100k, tool, name, config, expected):
-    ctx = AgentContext(ml100k, tool, ScriptedBackend([], name=name), AgentConfig(**config))
+def test_context_is_the_backends_unless_given(ml100k, tool, served, config, expected):
+    ctx = AgentContext(ml100k, tool, ScriptedBackend([], context=served), AgentConfig(**config))
     assert ctx.context_tokens == expected
+
+
+@pytest.mark.parametrize("card, backend, expected", [
+    ("tiny-random", "vllm", 2048),  # the card's --max-model-len
+    ("tiny-random", "local", 4096),  # its context_length
+    ("smollm2-135m", "local", 8192),
+])
+def test_the_card_says_what_context_a_backend_serves(card, backend, expected):
+    from toolrec_local.llm.registry import load_card
+
+    assert load_card(card).context_for(backend) == expected
 
 
 def test_interleave_takes_from_each_list_in_turn():

@@ -113,8 +113,8 @@ def rank_end_to_end(ds, tool, real, config, users) -> list:
         assert len(rank.items) == 10 and set(rank.items) <= gathered
         assert rank.grammar_violations == rank.invalid_items == rank.repairs == 0
         # the final step: the real model ranks both retrievals and the Rank list into the top 10
-        assert t.finish.usage.calls >= 1 and t.finish.grammar_violations == t.finish.invalid_items == 0
-        assert t.final_items == t.finish.items and len(set(t.final_items)) == 10 and set(t.final_items) <= gathered
+        assert t.final_step.usage.calls >= 1 and t.final_step.grammar_violations == t.final_step.invalid_items == 0
+        assert t.final_items == t.final_step.items and len(set(t.final_items)) == 10 and set(t.final_items) <= gathered
         assert t.last_list_items == rank.items
     return trajs
 

@@ -180,6 +180,6 @@ def test_a_demo_item_is_never_a_candidate(ml100k):
     first, retry = backend.calls[-2].messages[-1]["content"], backend.calls[-1].messages[-1]["content"]
     assert "D111" not in first  # not offered
     assert f"'{demo_line}' is not in the catalogue" in retry  # named as wrong, then answered again
-    assert traj.finish.invalid_items == 1 and traj.finish.retries == 1 and traj.finish.repairs == 0
+    assert traj.final_step.invalid_items == 1 and traj.final_step.retries == 1 and traj.final_step.repairs == 0
     gathered = set(traj.rounds[0].items) | set(traj.rounds[1].items)
     assert len(traj.final_items) == 10 and set(traj.final_items) <= gathered

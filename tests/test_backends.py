@@ -430,18 +430,17 @@ def test_one_key_variable_for_vllm_and_openai_uses_its_own(monkeypatch):
 def test_context_is_what_the_vllm_server_reports(monkeypatch):
     """A server started with another --max-model-len than the card's (2048 for tiny-random):
     the agent fits its prompts to what /v1/models reports."""
-    from toolrec_local.agent.context import model_context
     from toolrec_local.llm.factory import make_backend
 
     monkeypatch.setenv("TOOLREC_API_KEY", "k")
     with FakeAPI(obeying, models=[{"id": "tiny-random", "max_model_len": 700}]) as api:
-        assert model_context(make_backend("tiny-random", "vllm", base_url=api.base_url)) == 700
+        assert make_backend("tiny-random", "vllm", base_url=api.base_url).context_tokens() == 700
         assert api.model_auth == ["Bearer k"]
     with FakeAPI(obeying, models=[{"id": "tiny-random", "max_model_len": 700}]) as a, \
             FakeAPI(obeying, models=[{"id": "tiny-random", "max_model_len": 600}]) as b:
-        assert model_context(make_backend("tiny-random", "vllm", base_url=[a.base_url, b.base_url])) == 600
+        assert make_backend("tiny-random", "vllm", base_url=[a.base_url, b.base_url]).context_tokens() == 600
     with FakeAPI(obeying, models=["tiny-random"]) as api:  # a server that does not say: the card
-        assert model_context(make_backend("tiny-random", "vllm", base_url=api.base_url)) == 2048
+        assert make_backend("tiny-random", "vllm", base_url=api.base_url).context_tokens() == 2048
 
 
 def test_vllm_step_budget_never_exceeds_the_served_context():

@@ -116,7 +116,7 @@ def walk(tmp_home):
 
 
 def run(tmp_path, suite, notes=None, **kw):
-    opts = EvalOptions(dataset="walk", methods="toolrec", llm="tiny", seeds=1, out=tmp_path / "run", **kw)
+    opts = EvalOptions.of(dataset="walk", methods="toolrec", llm="tiny", seeds=1, out=tmp_path / "run", **kw)
     return evaluate(opts, tool_loader=rule_loader, llm_factory=lambda names, ds, tools, **_: suite,
                     on_note=(notes.append if notes is not None else None))
 
@@ -177,7 +177,7 @@ def test_progress_lines_appear_while_users_are_in_flight(walk, tmp_path, monkeyp
     try:
         suite = MeteredSuite(walk, [server.url], calls=2, delay=0.6, on_call=on_call)
         with EvalProgress(console, log_every_s=0.1) as progress:
-            opts = EvalOptions(dataset="walk", methods="toolrec", llm="tiny", seeds=1, users=2, out=tmp_path / "run")
+            opts = EvalOptions.of(dataset="walk", methods="toolrec", llm="tiny", seeds=1, users=2, out=tmp_path / "run")
             evaluate(opts, tool_loader=rule_loader, llm_factory=lambda *a, **k: suite, on_update=progress.update)
     finally:
         server.close()

@@ -10,7 +10,8 @@ import pytest
 
 from fixtures_eval import RuleTool, prepare_walk, rule_loader, scripted_agent
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.llm_methods import build_llm_methods, multi_candidates
+from toolrec_local.agent.baselines import multi_candidates
+from toolrec_local.eval.catalog import build_llm_methods
 from toolrec_local.agent.memory import interleave
 from toolrec_local.eval.results import load_trajectory, read_jsonl
 from toolrec_local.eval.session import EvalOptions, evaluate
@@ -40,7 +41,7 @@ def test_every_llm_method_runs_through_the_runner(walk, tmp_path):
     holder = {}
     methods = "toolrec,toolrec-b,plan,llmrank,chatrec,single,multi"
     summary, folder = evaluate(
-        EvalOptions(dataset="walk", methods=methods, llm="tiny", users=6, seeds=1, concurrency=4, out=tmp_path / "run"),
+        EvalOptions.of(dataset="walk", methods=methods, llm="tiny", users=6, seeds=1, concurrency=4, out=tmp_path / "run"),
         tool_loader=rule_loader, llm_factory=scripted_factory(holder))
     recs = read_jsonl(folder / "results.jsonl").records
     assert len(recs) == 7 * 6 and all(r["status"] == "ok" for r in recs), [r["error"] for r in recs if r["error"]]
@@ -66,10 +67,10 @@ def test_every_llm_method_runs_through_the_runner(walk, tmp_path):
 
 def test_llmrank_leaves_out_the_profile_and_chatrec_uses_it(walk, tmp_path):
     holder = {}
-    evaluate(EvalOptions(dataset="walk", methods="llmrank", llm="tiny", users=3, seeds=1, out=tmp_path / "a"),
+    evaluate(EvalOptions.of(dataset="walk", methods="llmrank", llm="tiny", users=3, seeds=1, out=tmp_path / "a"),
              tool_loader=rule_loader, llm_factory=scripted_factory(holder))
     llmrank_prompts = [c.messages[-1]["content"] for c in holder["backend"].calls]
-    evaluate(EvalOptions(dataset="walk", methods="chatrec", llm="tiny", users=3, seeds=1, out=tmp_path / "b"),
+    evaluate(EvalOptions.of(dataset="walk", methods="chatrec", llm="tiny", users=3, seeds=1, out=tmp_path / "b"),
              tool_loader=rule_loader, llm_factory=scripted_factory(holder))
     chatrec_prompts = [c.messages[-1]["content"] for c in holder["backend"].calls]
     assert all("The user:" not in p for p in llmrank_prompts)
@@ -102,7 +103,7 @@ def test_agent_methods_need_attribute_tools(walk, tmp_path):
         return t
 
     with pytest.raises(ToolrecError, match="attribute retrieval tools"):
-        evaluate(EvalOptions(dataset="walk", methods="multi", llm="tiny", users=3, seeds=1, out=tmp_path / "x"),
+        evaluate(EvalOptions.of(dataset="walk", methods="multi", llm="tiny", users=3, seeds=1, out=tmp_path / "x"),
                  tool_loader=bare_loader, llm_factory=lambda n, d, t, **kw: build_llm_methods(
                      n, d, t, **kw, backend_obj=ScriptedBackend([])))
 
@@ -123,7 +124,7 @@ def test_an_unreachable_server_is_one_clear_error(walk, tmp_path):
         return build_llm_methods(names, ds, tools, **kw, backend_obj=be)
 
     with pytest.raises(ToolrecError, match="cannot reach"):
-        evaluate(EvalOptions(dataset="walk", methods="pop,llmrank", llm="tiny", users=3, seeds=1, out=tmp_path / "x"),
+        evaluate(EvalOptions.of(dataset="walk", methods="pop,llmrank", llm="tiny", users=3, seeds=1, out=tmp_path / "x"),
                  tool_loader=rule_loader, llm_factory=factory)
     # checked before any method runs: nothing written, nothing recorded as failed
     assert read_jsonl(tmp_path / "x" / "results.jsonl").records == []
@@ -135,7 +136,7 @@ def test_with_several_servers_each_user_sticks_to_one(walk, tmp_path):
     def factory(names, ds, tools, **kw):
         return build_llm_methods(names, ds, tools, **kw, backend_obj=backends)
 
-    evaluate(EvalOptions(dataset="walk", methods="toolrec,llmrank", llm="tiny", users=8, seeds=1, concurrency=4,
+    evaluate(EvalOptions.of(dataset="walk", methods="toolrec,llmrank", llm="tiny", users=8, seeds=1, concurrency=4,
                          out=tmp_path / "run"), tool_loader=rule_loader, llm_factory=factory)
     assert all(b.closed for b in backends) and all(b.calls for b in backends)
     for i, b in enumerate(backends):
@@ -156,7 +157,7 @@ def test_chatrec_has_its_own_prompt_and_single_the_rank_tools(walk, tmp_path):
     holder = {}
     sent = {}
     for i, method in enumerate(("chatrec", "single")):
-        evaluate(EvalOptions(dataset="walk", methods=method, llm="tiny", users=3, seeds=1, out=tmp_path / method),
+        evaluate(EvalOptions.of(dataset="walk", methods=method, llm="tiny", users=3, seeds=1, out=tmp_path / method),
                  tool_loader=rule_loader, llm_factory=scripted_factory(holder))
         sent[method] = [c.messages for c in holder["backend"].calls]
         assert all(len(c.constraint.options) == 30 for c in holder["backend"].calls)  # SASRec's 30
@@ -183,7 +184,7 @@ def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path, monkey
         return build_llm_methods(names, ds, tools, **kw, backend_obj=holder["backend"])
 
     summary, folder = evaluate(
-        EvalOptions(dataset="walk", methods="sasrec,toolrec,plan", llm="tiny", users=4, seeds=1, concurrency=1, out=out,
+        EvalOptions.of(dataset="walk", methods="sasrec,toolrec,plan", llm="tiny", users=4, seeds=1, concurrency=1, out=out,
                     finish="both", temperature=0.5),
         tool_loader=rule_loader, llm_factory=factory)
     calls = len(holder["backend"].calls)
@@ -218,21 +219,21 @@ def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path, monkey
     assert "toolrec/last-list" in console.export_text()
     # the temperature is part of the run's identity
     with pytest.raises(ToolrecError, match="temperature"):
-        evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=out, finish="both"),
+        evaluate(EvalOptions.of(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=out, finish="both"),
                  tool_loader=rule_loader, llm_factory=scripted_factory(holder))
     # and so is how repeated lists are shown (a folder from before the option listed them in full)
     with pytest.raises(ToolrecError, match="repeated_lists: 'refer' in the folder, 'full' now"):
-        evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=out, finish="both",
+        evaluate(EvalOptions.of(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=out, finish="both",
                              temperature=0.5, repeated_lists="full"),
                  tool_loader=rule_loader, llm_factory=scripted_factory(holder))
     with pytest.raises(ToolrecError, match="--repeated-lists"):
-        evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=tmp_path / "x",
+        evaluate(EvalOptions.of(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=tmp_path / "x",
                              repeated_lists="once"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
 
     # and so is the prompt file: LLM results made under other prompts are not mixed into the run
     from toolrec_local.agent.prompts import load_prompts, prompts_dir
 
-    same = EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=out, finish="both",
+    same = EvalOptions.of(dataset="walk", methods="toolrec", llm="tiny", users=4, seeds=1, out=out, finish="both",
                        temperature=0.5)
     assert run["prompts"] == load_prompts("movies").fingerprint and len(run["prompts"]) == 12
     evaluate(same, tool_loader=rule_loader, llm_factory=scripted_factory(holder))  # the same prompts: continues
@@ -261,7 +262,7 @@ def test_finish_both_writes_both_rows_from_one_trajectory(walk, tmp_path, monkey
 def test_finish_last_list_rows_make_no_final_call(walk, tmp_path):
     holder = {}
     summary, folder = evaluate(
-        EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=3, seeds=1, out=tmp_path / "run",
+        EvalOptions.of(dataset="walk", methods="toolrec", llm="tiny", users=3, seeds=1, out=tmp_path / "run",
                     finish="last-list"),
         tool_loader=rule_loader, llm_factory=scripted_factory(holder))
     recs = read_jsonl(folder / "results.jsonl").records
@@ -272,7 +273,7 @@ def test_finish_last_list_rows_make_no_final_call(walk, tmp_path):
         assert traj["finish_mode"] == "last-list" and traj["final"] == traj["rounds"][2]["observation"][:10]
     assert json.loads((folder / "run.json").read_text())["finish"] == "last-list"
     with pytest.raises(ToolrecError, match="--finish"):
-        evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=3, seeds=1, out=tmp_path / "x",
+        evaluate(EvalOptions.of(dataset="walk", methods="toolrec", llm="tiny", users=3, seeds=1, out=tmp_path / "x",
                              finish="last"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
 
 
@@ -282,9 +283,9 @@ def test_a_variant_missing_from_a_resumed_run_is_filled_in(walk, tmp_path):
     holder = {}
     out = tmp_path / "run"
     opts = dict(dataset="walk", methods="toolrec", llm="tiny", users=3, seeds=1, out=out)
-    evaluate(EvalOptions(**opts), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    evaluate(EvalOptions.of(**opts), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
     before = [r for r in read_jsonl(out / "results.jsonl").records]
-    summary, _ = evaluate(EvalOptions(**opts, finish="both"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    summary, _ = evaluate(EvalOptions.of(**opts, finish="both"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
     after = read_jsonl(out / "results.jsonl").records
     assert after[:3] == before and [r["method"] for r in after[3:]] == ["toolrec/last-list"] * 3
     assert summary["methods"]["toolrec"]["users"]["ok"] == summary["methods"]["toolrec/last-list"]["users"]["ok"] == 3
@@ -292,7 +293,7 @@ def test_a_variant_missing_from_a_resumed_run_is_filled_in(walk, tmp_path):
 
 def test_llmrank_has_its_own_recency_prompt(walk, tmp_path):
     holder = {}
-    evaluate(EvalOptions(dataset="walk", methods="llmrank", llm="tiny", users=2, seeds=1, out=tmp_path / "a"),
+    evaluate(EvalOptions.of(dataset="walk", methods="llmrank", llm="tiny", users=2, seeds=1, out=tmp_path / "a"),
              tool_loader=rule_loader, llm_factory=scripted_factory(holder))
     for call in holder["backend"].calls:
         prompt = call.messages[-1]["content"]

@@ -17,6 +17,7 @@ from toolrec_local.eval.report import summary_table, write_report
 from toolrec_local.eval.results import read_jsonl
 from toolrec_local.eval.rundir import RunConfig
 from toolrec_local.eval.session import EvalOptions, evaluate
+from toolrec_local.settings import RunSettings
 from toolrec_local.eval.summary import summarize
 
 AGENT_TURNS = ["Thought: the plain recommender first.\nAction: Retrieval[None, 20]",
@@ -49,8 +50,8 @@ def walk(tmp_home):
 def test_history_keep_ranks_history_items_and_is_the_run_identity(walk, tmp_path):
     ds = walk
     kw = dict(dataset="walk", methods="pop,sasrec,tool:genre", users=30, seeds=1)
-    excl, f_excl = evaluate(EvalOptions(**kw, out=tmp_path / "excl"), tool_loader=rule_loader)
-    keep, f_keep = evaluate(EvalOptions(**kw, history="keep", out=tmp_path / "keep"), tool_loader=rule_loader)
+    excl, f_excl = evaluate(EvalOptions.of(**kw, out=tmp_path / "excl"), tool_loader=rule_loader)
+    keep, f_keep = evaluate(EvalOptions.of(**kw, history="keep", out=tmp_path / "keep"), tool_loader=rule_loader)
     assert json.loads((f_keep / "run.json").read_text())["history"] == "keep"
     assert json.loads((f_excl / "run.json").read_text())["history"] == "exclude"
     assert (excl["history"], keep["history"]) == ("exclude", "keep")
@@ -68,7 +69,7 @@ def test_history_keep_ranks_history_items_and_is_the_run_identity(walk, tmp_path
     assert keep["methods"]["sasrec"]["recall@5"]["mean"] == 1.0
     assert keep["methods"]["tool:genre"]["ndcg@20"]["mean"] < excl["methods"]["tool:genre"]["ndcg@20"]["mean"]
     with pytest.raises(ToolrecError, match="history: 'exclude' in the folder, 'keep' now"):
-        evaluate(EvalOptions(**kw, history="keep", out=f_excl), tool_loader=rule_loader)
+        evaluate(EvalOptions.of(**kw, history="keep", out=f_excl), tool_loader=rule_loader)
     # named in the terminal table's title, and in the report's table title and notes
     assert "history kept" in rendered(summary_table(keep)) and "history excluded" in rendered(summary_table(excl))
     md = write_report([f_excl, f_keep], tmp_path / "rep")[0].read_text()
@@ -78,7 +79,7 @@ def test_history_keep_ranks_history_items_and_is_the_run_identity(walk, tmp_path
     assert "except the user's history, `--history exclude`; every method" in md
     assert "Protocol of each table: walk · no LLM: `--history exclude`; walk · no LLM · history kept: `--history keep`." in md
     with pytest.raises(ToolrecError, match="unknown --history"):
-        evaluate(EvalOptions(**kw, history="drop", out=tmp_path / "bad"), tool_loader=rule_loader)
+        evaluate(EvalOptions.of(**kw, history="drop", out=tmp_path / "bad"), tool_loader=rule_loader)
     assert not (tmp_path / "bad").exists()
 
 
@@ -87,7 +88,7 @@ def test_ml100k_keep_moves_the_baselines_and_not_toolrec(ml100k, ml100k_tools, s
     """Real trained tools and the real agent loop (a scripted LLM): under keep the score methods
     rank history items too, so pop and SASRec move; ToolRec never lists history items, so its
     lists, ranks and figures are the same on the same users."""
-    from toolrec_local.eval.llm_methods import build_llm_methods
+    from toolrec_local.eval.catalog import build_llm_methods
     from toolrec_local.llm.backends.scripted import ScriptedBackend
 
     def factory(names, ds, tools, **kw):
@@ -95,7 +96,7 @@ def test_ml100k_keep_moves_the_baselines_and_not_toolrec(ml100k, ml100k_tools, s
 
     runs = {}
     for history in ("exclude", "keep"):
-        opts = EvalOptions(dataset="ml-100k", methods="pop,sasrec,toolrec", llm="tiny", users=6, seeds=1,
+        opts = EvalOptions.of(dataset="ml-100k", methods="pop,sasrec,toolrec", llm="tiny", users=6, seeds=1,
                            concurrency=4, history=history, out=tmp_path / history)
         runs[history] = evaluate(opts, llm_factory=factory)
     (excl, f_excl), (keep, f_keep) = runs["exclude"], runs["keep"]
@@ -127,7 +128,7 @@ def test_summary_compares_methods_on_the_pairs_all_of_them_finished():
              rec("toolrec", 0, "d", None, "failed")]
     recs += [rec("toolrec/last-list", 0, u, r) for u, r in zip(users[:3], (0, 3, 2))]
     cfg = RunConfig(dataset="d", dataset_fingerprint="x", methods=["pop", "sasrec", "toolrec"], seeds=[0, 1], users=4,
-                    uses_llm=True, llm="m", expected={"0": 4, "1": 4})
+                    uses_llm=True, settings=RunSettings(llm="m"), expected={"0": 4, "1": 4})
     s = summarize(cfg, recs, cfg.expected)
     assert s["paired"] == {"users": 2, "per_seed": {"0": 2}, "methods": ["pop", "sasrec", "toolrec", "toolrec/last-list"],
                            "partial": True}
@@ -155,7 +156,7 @@ def test_a_partial_run_is_compared_on_the_users_every_method_finished(walk, tmp_
     ds = walk
     sample = [ds.user_ids[u] for u in ds.sample_users(20, 0)]
     failing = set(sample[1::2])
-    opts = EvalOptions(dataset="walk", methods="pop,sasrec,toolrec", llm="tiny", users=20, seeds=1, concurrency=2,
+    opts = EvalOptions.of(dataset="walk", methods="pop,sasrec,toolrec", llm="tiny", users=20, seeds=1, concurrency=2,
                        out=tmp_path / "run")
     summary, folder = evaluate(opts, tool_loader=rule_loader,
                                llm_factory=lambda *a, **k: ScriptedSuite(["toolrec"], ds, fail_users=failing))
@@ -197,7 +198,7 @@ def test_a_partial_run_is_compared_on_the_users_every_method_finished(walk, tmp_
 
 # ---- point 9: a refused run leaves no folder -----------------------------------------------------
 def test_a_run_refused_at_connect_leaves_no_folder_and_an_existing_one_untouched(walk, tmp_path):
-    from toolrec_local.eval.llm_methods import build_llm_methods
+    from toolrec_local.eval.catalog import build_llm_methods
     from toolrec_local.llm.backends.scripted import ScriptedBackend
 
     class Unreachable(ScriptedBackend):
@@ -209,15 +210,15 @@ def test_a_run_refused_at_connect_leaves_no_folder_and_an_existing_one_untouched
         return build_llm_methods(names, ds, tools, **kw, backend_obj=holder[-1])
 
     holder: list = []
-    opts = EvalOptions(dataset="walk", methods="pop,toolrec", llm="tiny", users=5, seeds=1, out=tmp_path / "new")
+    opts = EvalOptions.of(dataset="walk", methods="pop,toolrec", llm="tiny", users=5, seeds=1, out=tmp_path / "new")
     with pytest.raises(ToolrecError, match="cannot reach"):
         evaluate(opts, tool_loader=rule_loader, llm_factory=factory)
     assert not (tmp_path / "new").exists() and holder[-1].closed and not holder[-1].calls
 
-    _, folder = evaluate(EvalOptions(dataset="walk", methods="pop", users=5, seeds=1, out=tmp_path / "old"),
+    _, folder = evaluate(EvalOptions.of(dataset="walk", methods="pop", users=5, seeds=1, out=tmp_path / "old"),
                          tool_loader=rule_loader)
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     with pytest.raises(ToolrecError, match="cannot reach"):
-        evaluate(EvalOptions(dataset="walk", methods="pop,toolrec", llm="tiny", users=5, seeds=1, out=folder),
+        evaluate(EvalOptions.of(dataset="walk", methods="pop,toolrec", llm="tiny", users=5, seeds=1, out=folder),
                  tool_loader=rule_loader, llm_factory=factory)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

@@ -23,7 +23,7 @@ def walk(tmp_home):
 def run(tmp_path, methods, suite=None, **kw):
     kw.setdefault("users", 40)
     kw.setdefault("seeds", 2)
-    opts = EvalOptions(dataset="walk", methods=methods, out=tmp_path / "run", **kw)
+    opts = EvalOptions.of(dataset="walk", methods=methods, out=tmp_path / "run", **kw)
     factory = (lambda names, ds, tools, **_: suite) if suite is not None else None
     return evaluate(opts, tool_loader=rule_loader, llm_factory=factory)
 
@@ -79,7 +79,7 @@ def test_users_are_the_seeded_samples_and_all_users_is_everyone(walk, tmp_path):
     for seed in (0, 1):
         expected = sorted(walk.user_ids[u] for u in walk.sample_users(40, seed))
         assert sorted(r["user"] for r in recs if r["seed"] == seed) == expected
-    summary, folder2 = evaluate(EvalOptions(dataset="walk", methods="pop", all_users=True, out=tmp_path / "all"))
+    summary, folder2 = evaluate(EvalOptions.of(dataset="walk", methods="pop", all_users=True, out=tmp_path / "all"))
     recs2 = lines(folder2)
     assert len(recs2) == len(walk.eval_users) and {r["seed"] for r in recs2} == {0}
 
@@ -182,11 +182,11 @@ def test_shards_split_the_work_and_merge_to_the_whole(walk, tmp_path):
     whole_summary, whole = run(tmp_path, "pop,sasrec")
     out = tmp_path / "sharded"
     for i in (1, 3):
-        evaluate(EvalOptions(dataset="walk", methods="pop,sasrec", users=40, seeds=2, out=out, shard=(i, 3)),
+        evaluate(EvalOptions.of(dataset="walk", methods="pop,sasrec", users=40, seeds=2, out=out, shard=(i, 3)),
                  tool_loader=rule_loader)
     view = load_runs([out])[0]
     assert view.missing_shards == ["2/3"]
-    evaluate(EvalOptions(dataset="walk", methods="pop,sasrec", users=40, seeds=2, out=out, shard=(2, 3)),
+    evaluate(EvalOptions.of(dataset="walk", methods="pop,sasrec", users=40, seeds=2, out=out, shard=(2, 3)),
              tool_loader=rule_loader)
     view = load_runs([out])[0]
     assert view.missing_shards == []
@@ -197,16 +197,16 @@ def test_shards_split_the_work_and_merge_to_the_whole(walk, tmp_path):
     assert merged["methods"]["pop"]["recall@10"] == pytest.approx(whole_summary["methods"]["pop"]["recall@10"])
     assert merged["methods"]["pop"]["users"]["expected"] == 80
     with pytest.raises(ToolrecError, match="shards of 3"):
-        evaluate(EvalOptions(dataset="walk", methods="pop", users=40, seeds=2, out=out, shard=(1, 2)))
+        evaluate(EvalOptions.of(dataset="walk", methods="pop", users=40, seeds=2, out=out, shard=(1, 2)))
     with pytest.raises(ToolrecError, match="shards of 3"):
-        evaluate(EvalOptions(dataset="walk", methods="pop", users=40, seeds=2, out=out))
+        evaluate(EvalOptions.of(dataset="walk", methods="pop", users=40, seeds=2, out=out))
 
 
 @pytest.mark.parametrize("methods, kw, match", [
     ("pop,nonsense", {}, "unknown method 'nonsense'"),
     ("tool:colour", {}, "no attribute 'colour'"),
     ("pop,toolrec", {}, "need an LLM"),
-    ("toolrec", {"llm": "tiny", "backend": "carrier-pigeon"}, "unknown backend"),
+    ("toolrec", {"llm": "tiny", "backend": "carrier-pigeon"}, "unknown --backend"),
     ("", {}, "no method"),
 ])
 def test_user_errors_are_toolrec_errors(walk, tmp_path, methods, kw, match):
@@ -217,7 +217,7 @@ def test_user_errors_are_toolrec_errors(walk, tmp_path, methods, kw, match):
 
 def test_missing_checkpoint_is_a_toolrec_error(walk, tmp_path):
     with pytest.raises(ToolrecError, match="checkpoint|train"):
-        evaluate(EvalOptions(dataset="walk", methods="sasrec", out=tmp_path / "run"))
+        evaluate(EvalOptions.of(dataset="walk", methods="sasrec", out=tmp_path / "run"))
 
 
 def test_rule_tool_sanity(walk):
@@ -235,7 +235,7 @@ def test_shards_in_separate_folders_merge_into_one_run_in_the_report(walk, tmp_p
     _, whole = run(tmp_path, "pop,sasrec")
     folders = [tmp_path / f"node{i}" for i in (1, 2)]
     for i, folder in zip((1, 2), folders):
-        evaluate(EvalOptions(dataset="walk", methods="pop,sasrec", users=40, seeds=2, out=folder, shard=(i, 2)),
+        evaluate(EvalOptions.of(dataset="walk", methods="pop,sasrec", users=40, seeds=2, out=folder, shard=(i, 2)),
                  tool_loader=rule_loader)
     views = load_runs(folders)
     assert len(views) == 1 and views[0].missing_shards == []
@@ -255,7 +255,7 @@ def test_report_puts_runs_with_different_llms_side_by_side(walk, tmp_path):
 
     for llm in ("model-a", "model-b"):
         suite = ScriptedSuite(["toolrec"], walk)
-        evaluate(EvalOptions(dataset="walk", methods="sasrec,toolrec", llm=llm, users=10, seeds=2, out=tmp_path / llm),
+        evaluate(EvalOptions.of(dataset="walk", methods="sasrec,toolrec", llm=llm, users=10, seeds=2, out=tmp_path / llm),
                  tool_loader=rule_loader, llm_factory=lambda n, d, t, **kw: suite)
     md, out, summaries = write_report([tmp_path / "model-a", tmp_path / "model-b"], tmp_path / "rep")
     text = md.read_text()
@@ -272,7 +272,7 @@ def test_grammar_mode_is_part_of_an_llm_run_identity(walk, tmp_path):
     run(tmp_path, "toolrec", suite, llm="tiny", users=5, seeds=1)
     with pytest.raises(ToolrecError, match="grammar"):
         run(tmp_path, "toolrec", ScriptedSuite(["toolrec"], walk), llm="tiny", users=5, seeds=1, grammar=False)
-    evaluate(EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=5, seeds=1, grammar=False,
+    evaluate(EvalOptions.of(dataset="walk", methods="toolrec", llm="tiny", users=5, seeds=1, grammar=False,
                          out=tmp_path / "free"), tool_loader=rule_loader,
              llm_factory=lambda n, d, t, **kw: ScriptedSuite(["toolrec"], walk))
     labels = sorted(v.label for v in load_runs([tmp_path / "run", tmp_path / "free"]))

@@ -189,7 +189,7 @@ def test_failures_in_a_row_after_finished_users_stop_the_method(tmp_home, tmp_pa
     ds = prepare_walk(tmp_home)
     sample = [ds.user_ids[u] for u in ds.sample_users(60, 0)]
     suite = ScriptedSuite(["toolrec"], ds, fail_users=sample[3:])
-    opts = EvalOptions(dataset="walk", methods="toolrec", llm="tiny", users=60, seeds=1, concurrency=1,
+    opts = EvalOptions.of(dataset="walk", methods="toolrec", llm="tiny", users=60, seeds=1, concurrency=1,
                        out=tmp_path / "run")
     with pytest.raises(ToolrecError) as err:
         evaluate(opts, tool_loader=rule_loader, llm_factory=lambda *a, **k: suite)
@@ -327,7 +327,7 @@ def test_garbage_from_the_llm_is_bounded_recorded_and_the_list_stays_valid(fault
     else:
         assert all(r.note.startswith("Invalid action:") for r in traj.rounds)
         assert all(rr["note"].startswith("Invalid action:") for rr in record["rounds"])
-        assert backend.calls["rank"] == 1 + MAX_RETRIES and traj.finish.repairs == 1  # the final step, repaired
+        assert backend.calls["rank"] == 1 + MAX_RETRIES and traj.final_step.repairs == 1  # the final step, repaired
         assert "nothing gathered: added the backbone's top 10" in traj.final_note and "repaired" in traj.final_note
 
 

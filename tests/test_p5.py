@@ -153,7 +153,7 @@ def test_eval_runs_p5_as_a_list_method(p5, tmp_path):
     from toolrec_local.eval.session import EvalOptions, evaluate
 
     _, ds, rec, _ = p5
-    summary, folder = evaluate(EvalOptions(dataset="rule", methods="pop,p5", all_users=True, out=tmp_path / "run"))
+    summary, folder = evaluate(EvalOptions.of(dataset="rule", methods="pop,p5", all_users=True, out=tmp_path / "run"))
     recs = [r for r in read_jsonl(folder / "results.jsonl").records if r["method"] == "p5"]
     assert len(recs) == len(ds.eval_users)
     lists = dict(zip((int(u) for u in ds.eval_users), rec.lists(ds.eval_users, "test", k=10)))
@@ -167,7 +167,8 @@ def test_eval_runs_p5_as_a_list_method(p5, tmp_path):
     from toolrec_local.eval.report import write_report
 
     # `--history keep` reaches the beam search: the rule's successor (in the history) comes back
-    from toolrec_local.eval.methods import ListMethod, ToolBox, build_score_method
+    from toolrec_local.eval.catalog import build_score_method
+    from toolrec_local.eval.methods import ListMethod, ToolBox
 
     method = build_score_method("p5", ds, ToolBox(ds))
     users = ds.eval_users[:40]

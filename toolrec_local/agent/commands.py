@@ -8,6 +8,9 @@ from typing import Optional
 import typer
 
 from toolrec_local.console import console, print_json
+from toolrec_local.settings import RunSettings
+
+RUN = RunSettings()  # the options' defaults, defined there
 
 HELP = """Run ToolRec for one user: the LLM, as a surrogate user, calls the retrieval tools and
 the rank tool round by round; at Finish (or the round cap) it ranks every gathered list into
@@ -25,7 +28,7 @@ def recommend(
     dataset: str = typer.Option(..., "--dataset", "-d", help="A prepared dataset, e.g. ml-100k."),
     user: str = typer.Option(..., "--user", "-u", help="The dataset's own user id."),
     llm: str = typer.Option(..., "--llm", help="Model name (toolrec-local models list)."),
-    backend: str = typer.Option("vllm", "--backend", help="vllm (a vLLM server), local (in process), openai."),
+    backend: str = typer.Option(RUN.backend, "--backend", help="vllm (a vLLM server), local (in process), openai."),
     server: Optional[str] = typer.Option(None, "--server", help="Server base URL (vllm default http://127.0.0.1:8000/v1)."),
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="Weights folder for --backend local."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="API key (default: TOOLREC_API_KEY for a vLLM server, OPENAI_API_KEY for --backend openai)."),
@@ -33,12 +36,12 @@ def recommend(
     history_len: int = typer.Option(10, "--history-len", min=0, help="History items shown to the LLM."),
     max_rounds: int = typer.Option(8, "--max-rounds", min=1, help="Round cap; at the cap the agent finishes."),
     demos: int = typer.Option(2, "--demos", min=0, help="In-context demonstrations in the prompt."),
-    top_n: int = typer.Option(10, "--top-n", min=1, help="Length of the final list."),
+    top_n: int = typer.Option(RUN.top_n, "--top-n", min=1, help="Length of the final list."),
     context: Optional[int] = typer.Option(None, "--context", min=0, help="The model's context in tokens, prompts are fitted into it (default: what the vLLM server reports, else the model card; 0: no limit)."),
-    part: str = typer.Option("test", "--part", help="Split: test (predict the last item) or valid."),
+    part: str = typer.Option(RUN.part, "--part", help="Split: test (predict the last item) or valid."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed passed to the LLM."),
-    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
-    finish: str = typer.Option("llm", "--finish", help="The final step: llm (the LLM ranks every gathered list) or last-list (the last list, cut or padded; no LLM call)."),
+    temperature: float = typer.Option(RUN.temperature, "--temperature", help="Sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
+    finish: str = typer.Option(RUN.finish, "--finish", help="The final step: llm (the LLM ranks every gathered list) or last-list (the last list, cut or padded; no LLM call)."),
     no_grammar: bool = typer.Option(False, "--no-grammar", help="Free text and a tolerant parser instead of grammar-constrained output."),
     plan: bool = typer.Option(False, "--plan", help="The 'w/ Plan' variant: write the whole plan, then execute it."),
     json_out: bool = typer.Option(False, "--json", help="Print the trajectory as JSON."),
@@ -49,23 +52,22 @@ def recommend(
     from toolrec_local.agent.loop import run_agent, run_plan
     from toolrec_local.agent.view import show
     from toolrec_local.data import load_dataset
-    from toolrec_local.errors import ToolrecError
     from toolrec_local.llm.factory import make_backend
     from toolrec_local.recsys.retrieval import RetrievalTool
 
-    if part not in ("test", "valid"):
-        raise ToolrecError(f"unknown --part {part!r}", "use test or valid")
+    settings = RunSettings(llm=llm, backend=backend, top_n=top_n, part=part, grammar=not no_grammar,
+                           temperature=temperature, finish=finish)
     ds = load_dataset(dataset)
     uid = ds.user(user)
     tool = RetrievalTool.load(ds, backbone=backbone)
-    config = AgentConfig(top_n=top_n, max_rounds=max_rounds, history_len=history_len, n_demos=demos,
-                         grammar=not no_grammar, context_tokens=context, temperature=temperature, finish=finish)
+    config = AgentConfig.of(settings, max_rounds=max_rounds, history_len=history_len, n_demos=demos,
+                            context_tokens=context)
     llm_backend = make_backend(llm, backend, base_url=server, api_key=api_key, model_path=model_path)
     ctx = AgentContext(ds, tool, llm_backend, config)
 
     async def go():
         try:
-            return await (run_plan if plan else run_agent)(ctx, uid, part=part, seed=seed)
+            return await (run_plan if plan else run_agent)(ctx, uid, part=settings.part, seed=seed)
         finally:
             await llm_backend.aclose()
 

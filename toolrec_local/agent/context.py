@@ -4,23 +4,23 @@ backend, the configuration, and the prompts rendered for them."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from toolrec_local.agent.prompts import Renderer, load_prompts
 from toolrec_local.errors import ToolrecError
 from toolrec_local.llm.meter import note_call
-from toolrec_local.llm.protocol import ActionGrammar, Backend, Completion, Constraint
+from toolrec_local.llm.protocol import ActionGrammar, Backend, Completion, Constraint, context_tokens
+from toolrec_local.settings import RunSettings, setting_fields
 
-
-FINISH_MODES = ("llm", "last-list")
-REPEATED_LISTS = ("refer", "full")
 LIST_DENSITY = 0.7  # item-list prompts start at this share of chars_per_token
 
 
 @dataclass(frozen=True)
-class AgentConfig:
-    top_n: int = 10  # N of the final list
+class AgentConfig(RunSettings):
+    """The run's settings (top_n, grammar, temperature, finish, repeated_lists, ...: checked
+    there) and the agent's own."""
+
     max_rounds: int = 8  # the paper's cap; at the cap the agent finishes
     history_len: int = 10  # history items shown (most recent)
     n_demos: int = 2  # in-context demonstrations (prompts/<domain>.yaml has them)
@@ -33,21 +33,10 @@ class AgentConfig:
     rank_max_candidates: int | None = None
     rank_with_names: bool = True  # Rank options are "<id>, <name>" (False: "<id>")
     max_retries: int = 3  # tool re-runs after memory rejects items, before the repair
-    # What Finish (and the round cap) does: "llm" - the authors' final step, the LLM ranks
-    # every gathered list into the top N; "last-list" - the ablation: the last stored list,
-    # cut or padded by retrieval score, no LLM call.
-    finish: str = "llm"
-    # A tool list identical to one gathered earlier (a repeated call: same items, same scores):
-    # "refer" - its observation, and its place in the Rank and final prompts, name the earlier
-    # list instead of listing the same lines again (the information is the same; the prompt is
-    # shorter and stays cached); "full" - listed again, as the authors' code does.
-    repeated_lists: str = "refer"
-    grammar: bool = True  # False: free text, tolerant parser ("--no-grammar")
     action_max_tokens: int = 128
-    temperature: float = 0.0  # 0: greedy (the paper ran ChatGPT at its default, 1)
     prompts_dir: str | None = None  # default: the repository's prompts/
-    # The model's context (e.g. vLLM --max-model-len); None: the backend's model card says it
-    # (see `model_context`); 0: no limit. With a limit, every prompt is fitted into it
+    # The model's context (e.g. vLLM --max-model-len); None: the backend says what it serves
+    # (`llm.protocol.context_tokens`); 0: no limit. With a limit, every prompt is fitted into it
     # with room for the reply and `context_margin`: older observations are shortened first,
     # then demonstrations dropped, then older thoughts omitted, each for good (so the prompt's
     # leading bytes stay cached: agent/conversation.py); a run whose prompt cannot fit any
@@ -60,13 +49,12 @@ class AgentConfig:
     context_margin: int = 64
 
     def __post_init__(self):
+        super().__post_init__()
         checks = {
-            "top_n": self.top_n >= 1, "max_rounds": self.max_rounds >= 1, "history_len": self.history_len >= 0,
+            "max_rounds": self.max_rounds >= 1, "history_len": self.history_len >= 0,
             "n_demos": self.n_demos >= 0, "show_items": self.show_items >= 1, "max_k": self.max_k >= 1,
             "default_k": 1 <= self.default_k <= self.max_k,
             "rank_max_candidates": self.rank_max_candidates is None or self.rank_max_candidates >= 1,
-            "finish": self.finish in FINISH_MODES, "repeated_lists": self.repeated_lists in REPEATED_LISTS,
-            "temperature": 0.0 <= self.temperature <= 2.0,
             "max_retries": self.max_retries >= 0,
             "observation_window": self.observation_window is None or self.observation_window >= 1,
             "context_tokens": self.context_tokens is None or self.context_tokens == 0 or self.context_tokens >= 256,
@@ -75,12 +63,12 @@ class AgentConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ToolrecError(f"agent settings out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}",
-                               "use positive values (default_k within 1..max_k, temperature 0..2, "
-                               f"finish one of {', '.join(FINISH_MODES)}, repeated_lists one of "
-                               f"{', '.join(REPEATED_LISTS)})")
+                               "use positive values (default_k within 1..max_k)")
 
-    def with_(self, **changes) -> "AgentConfig":
-        return replace(self, **changes)
+    @classmethod
+    def of(cls, settings: RunSettings, **agent) -> "AgentConfig":
+        """The agent's configuration for a run: its settings whole, and the agent's own fields."""
+        return cls(**{f: getattr(settings, f) for f in setting_fields()}, **agent)
 
 
 @dataclass
@@ -98,7 +86,7 @@ class AgentContext:
         self.renderer = Renderer(
             self.dataset, load_prompts(self.dataset.domain, self.config.prompts_dir), attrs,
             top_n=self.config.top_n, max_k=self.config.max_k, history_len=self.config.history_len,
-            n_demos=self.config.n_demos, show_items=self.config.show_items, finish=self.config.finish,
+            n_demos=self.config.n_demos, show_items=self.config.show_items, finish=self.config.finish_mode,
             repeated_lists=self.config.repeated_lists,
         )
 
@@ -107,7 +95,7 @@ class AgentContext:
         # they start lower; both only ever go down, to what the backend's counts show.
         self.density = {"action": self.config.chars_per_token, "list": self.config.chars_per_token * LIST_DENSITY}
         limit = self.config.context_tokens
-        self.context_tokens = model_context(self.backend) if limit is None else (limit or None)
+        self.context_tokens = context_tokens(self.backend) if limit is None else (limit or None)
 
     @cached_property
     def attributes(self) -> tuple[str, ...]:
@@ -152,31 +140,3 @@ class AgentContext:
             self.density[kind] = min(self.density[kind], chars / per_request)
         return c, wall
 
-
-def model_context(backend) -> int | None:
-    """The context of the backend's model. A backend that can ask its server says what the
-    server enforces (vLLM: `max_model_len` in /v1/models, whatever `--max-model-len` it was
-    started with). Otherwise the card (backends are named "<kind>:<card>"): for vllm the card's
-    `--max-model-len` server argument (what `toolrec-local serve` starts it with), else the
-    card's context_length. None for a backend that neither asks nor is named after a card."""
-    ask = getattr(backend, "served_context", None)
-    served = ask() if callable(ask) else None
-    if served:
-        return int(served)
-    kind, _, card_name = getattr(backend, "name", "").partition(":")
-    if not card_name:
-        return None
-    from toolrec_local.llm.registry import load_card
-
-    try:
-        card = load_card(card_name)
-    except ToolrecError:
-        return None
-    args = list(card.vllm_args)
-    if kind == "vllm":
-        for pos, arg in enumerate(args):
-            if arg == "--max-model-len" and pos + 1 < len(args):
-                return int(args[pos + 1])
-            if arg.startswith("--max-model-len="):
-                return int(arg.split("=", 1)[1])
-    return int(card.context_length)

@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 
 from toolrec_local.llm.protocol import Completion
 
+# The cost and counters every LLM method's record carries (the eval runner writes them, the
+# summary adds them up): the LLM's usage, then what memory and the parser counted.
+USAGE_FIELDS = ("llm_calls", "tokens_in", "tokens_out", "latency_s")
+COUNT_FIELDS = ("retries", "repairs", "grammar_violations")
+STAT_FIELDS = USAGE_FIELDS + COUNT_FIELDS + ("invalid_items", "overhead_s", "rounds")
+
 
 @dataclass
 class Usage:
@@ -48,6 +54,13 @@ class Round:
     invalid_items: int = 0  # items memory rejected (history, unknown, duplicate, not a candidate)
     overhead_s: float = 0.0  # time spent outside the LLM (rendering, tools, memory)
 
+    def stats(self) -> dict:
+        """This step's cost and counters: STAT_FIELDS but rounds."""
+        return {"llm_calls": self.usage.calls, "tokens_in": self.usage.tokens_in, "tokens_out": self.usage.tokens_out,
+                "latency_s": round(self.usage.latency_s, 4), "retries": self.retries, "repairs": self.repairs,
+                "grammar_violations": self.grammar_violations, "invalid_items": self.invalid_items,
+                "overhead_s": round(self.overhead_s, 6)}
+
 
 @dataclass
 class Trajectory:
@@ -63,7 +76,7 @@ class Trajectory:
     finish_mode: str = "llm"  # "llm": the final step ranks every gathered list; "last-list": no LLM call
     # The final step, after Finish or the cap: the LLM's ranking over every gathered list
     # ("llm"), or the last list cut or padded ("last-list": no call, zero usage).
-    finish: Round | None = None
+    final_step: Round | None = None
     # What the "last-list" ablation answers from this same trajectory (no LLM cost): the last
     # stored list cut or padded by score, computed before the final step.
     last_list_items: list[int] = field(default_factory=list)
@@ -71,24 +84,16 @@ class Trajectory:
     item_ids: list[str] = field(default_factory=list, repr=False, compare=False)  # dataset's raw ids
 
     def _steps(self, with_finish: bool) -> list[Round]:
-        return self.rounds + ([self.finish] if with_finish and self.finish is not None else [])
+        return self.rounds + ([self.final_step] if with_finish and self.final_step is not None else [])
 
     def totals(self, with_finish: bool = True) -> dict:
         """Cost and counters of the run; `with_finish=False`: without the final step's LLM call
         (what the "last-list" answer cost)."""
         steps = self._steps(with_finish)
-        return {
-            "rounds": len(self.rounds),
-            "tokens_in": sum(r.usage.tokens_in for r in steps),
-            "tokens_out": sum(r.usage.tokens_out for r in steps),
-            "llm_calls": sum(r.usage.calls for r in steps),
-            "latency_s": round(sum(r.usage.latency_s for r in steps), 4),
-            "overhead_s": round(sum(r.overhead_s for r in steps), 6),
-            "retries": sum(r.retries for r in steps),
-            "repairs": sum(r.repairs for r in steps),
-            "grammar_violations": sum(r.grammar_violations for r in steps),
-            "invalid_items": sum(r.invalid_items for r in steps),
-        }
+        out = {"rounds": len(self.rounds), **{f: sum(r.stats()[f] for r in steps) for f in STAT_FIELDS if f != "rounds"}}
+        out["latency_s"] = round(sum(r.usage.latency_s for r in steps), 4)  # rounded once, as a sum
+        out["overhead_s"] = round(sum(r.overhead_s for r in steps), 6)
+        return out
 
     def tools_used(self) -> set[str]:
         return {r.action.split("[")[0] for r in self.rounds if r.action.split("[")[0] in ("Retrieval", "Rank", "Finish")}
@@ -114,7 +119,7 @@ class Trajectory:
         if last:
             out["variant_of"] = self.finish_mode
         else:
-            out["finish"] = _round_dict(self.finish, raw) if self.finish is not None else None
+            out["finish"] = _round_dict(self.final_step, raw) if self.final_step is not None else None
             out["last_list"] = {"final": raw(self.last_list_items), "note": self.last_list_note,
                                 "totals": self.totals(with_finish=False)}
         return out

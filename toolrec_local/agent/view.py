@@ -55,9 +55,9 @@ def show(console, ds, traj: Trajectory, limit: int = 10) -> None:
     console.print(Panel(head, title="ToolRec", title_align="left"))
     for r in traj.rounds:
         console.print(round_panel(ds, r, target, limit))
-    if traj.finish is not None:  # the final step: an LLM call like any other (none for last-list)
+    if traj.final_step is not None:  # the final step: an LLM call like any other (none for last-list)
         how = "the LLM ranks every gathered list" if traj.finish_mode == "llm" else "the last list (no LLM call)"
-        console.print(round_panel(ds, traj.finish, target, limit, title=f"Final step: {how}"))
+        console.print(round_panel(ds, traj.final_step, target, limit, title=f"Final step: {how}"))
     hit = traj.final_items.index(target) + 1 if target in traj.final_items else None
     verdict = Text(f"target at #{hit}", style="bold green") if hit else Text("target not in the list", style="dim")
     ended = "Finish" if traj.finished_by == "finish" else f"the {traj.finished_by}"

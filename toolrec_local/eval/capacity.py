@@ -144,7 +144,7 @@ async def plan_for_suite(suite, concurrency: int | None, api_key: str | None = N
     """Slots for the LLM methods of `suite`: one per backend (users stick to a backend by
     `suite.backend_of`), sized from each vLLM server's /metrics; other backends (OpenAI, the
     scripted ones of the tests) get `concurrency` users, or FALLBACK_USERS under auto."""
-    from toolrec_local.agent.context import model_context
+    from toolrec_local.llm.protocol import context_tokens
     from toolrec_local.llm.server_metrics import ServerWatch
 
     backends = list(getattr(suite, "backends", None) or [])
@@ -158,7 +158,7 @@ async def plan_for_suite(suite, concurrency: int | None, api_key: str | None = N
         return Plan(fixed_slots([""], users), lambda user: 0, None, notes)
     slots, notes = [], []
     for backend, those in zip(backends, urls):
-        got, said = await plan_slots(those[:1], concurrency, context_tokens=model_context(backend), api_key=api_key)
+        got, said = await plan_slots(those[:1], concurrency, context_tokens=context_tokens(backend), api_key=api_key)
         slots += got
         notes += said
     watch = ServerWatch([u[0] for u in urls if u], api_key)

@@ -8,6 +8,9 @@ from typing import List, Optional
 import typer
 
 from toolrec_local.console import console, err_console, print_json
+from toolrec_local.settings import RunSettings
+
+RUN = RunSettings()  # the options' defaults: one per setting, defined there
 
 EVAL_HELP = """Evaluate methods on a dataset: leave-one-out, full ranking, Recall/NDCG @5/@10/@20.
 
@@ -43,35 +46,35 @@ def register(app: typer.Typer) -> None:
 def eval_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help="A prepared dataset (toolrec-local data list)."),
     method: str = typer.Option(..., "--method", "-m", help="Comma-separated methods, e.g. pop,sasrec,tool:genre,toolrec."),
-    llm: Optional[str] = typer.Option(None, "--llm", help="Model name (toolrec-local models list); needed by LLM methods."),
+    llm: Optional[str] = typer.Option(RUN.llm, "--llm", help="Model name (toolrec-local models list); needed by LLM methods."),
     users: int = typer.Option(200, "--users", help="Users sampled per seed (the paper: 200)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="User samples (seeds 0..n-1). Default 3; 1 with --all-users."),
     all_users: bool = typer.Option(False, "--all-users", help="Every test user instead of a sample."),
     concurrency: str = typer.Option("auto", "--concurrency", "-c", help="Users in flight per server: auto (as many as the vLLM server's KV cache holds) or a number, which also caps auto's count. local runs one at a time."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/DATASET-LLM)."),
-    backend: str = typer.Option("vllm", "--backend", help="vllm (OpenAI-compatible vLLM server), local (in process), openai."),
+    backend: str = typer.Option(RUN.backend, "--backend", help="vllm (OpenAI-compatible vLLM server), local (in process), openai."),
     server: List[str] = typer.Option([], "--server", help="Server base URL; repeat to spread users over replicas."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="API key (default: TOOLREC_API_KEY for a vLLM server, OPENAI_API_KEY for --backend openai)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="Run slice i of n (e.g. 2/4) of the (seed, user) pairs."),
-    top_n: int = typer.Option(10, "--top-n", help="Length of the recommended list (N)."),
+    top_n: int = typer.Option(RUN.top_n, "--top-n", help="Length of the recommended list (N)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Users scored per batch by the non-LLM methods."),
     no_grammar: bool = typer.Option(False, "--no-grammar", help="Let the LLM write free text (the paper's setting) instead of grammar-constrained output."),
-    history: str = typer.Option("exclude", "--history", help="exclude: rank among items outside the user's history; keep: score methods rank history items too (RecBole's protocol)."),
-    finish: str = typer.Option("llm", "--finish", help="The agent methods' final step: llm (the LLM ranks every gathered list, as the authors' code), last-list (the ablation: the last list cut or padded, no LLM call; rows named e.g. toolrec/last-list), or both (both rows from one run)."),
-    temperature: float = typer.Option(0.0, "--temperature", help="LLM sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
-    repeated_lists: str = typer.Option("refer", "--repeated-lists", help="A tool list identical to an earlier one (a repeated call): refer (its observation and its place in the Rank and final prompts name the earlier list) or full (listed again, as the authors' code does)."),
+    history: str = typer.Option(RUN.history, "--history", help="exclude: rank among items outside the user's history; keep: score methods rank history items too (RecBole's protocol)."),
+    finish: str = typer.Option(RUN.finish, "--finish", help="The agent methods' final step: llm (the LLM ranks every gathered list, as the authors' code), last-list (the ablation: the last list cut or padded, no LLM call; rows named e.g. toolrec/last-list), or both (both rows from one run)."),
+    temperature: float = typer.Option(RUN.temperature, "--temperature", help="LLM sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
+    repeated_lists: str = typer.Option(RUN.repeated_lists, "--repeated-lists", help="A tool list identical to an earlier one (a repeated call): refer (its observation and its place in the Rank and final prompts name the earlier list) or full (listed again, as the authors' code does)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     from toolrec_local.eval.progress import EvalProgress
     from toolrec_local.eval.rundir import parse_shard
     from toolrec_local.eval.session import EvalOptions, evaluate
 
+    settings = RunSettings(llm=llm, backend=backend, top_n=top_n, grammar=not no_grammar, history=history,
+                           finish=finish, temperature=temperature, repeated_lists=repeated_lists)
     opts = EvalOptions(
-        dataset=dataset, methods=method, llm=llm, users=users, seeds=seeds, all_users=all_users,
-        concurrency=parse_concurrency(concurrency), out=out, backend=backend, servers=list(server), api_key=api_key,
-        shard=parse_shard(shard), top_n=top_n, batch_size=batch_size, grammar=not no_grammar,
-        history=history,
-        finish=finish, temperature=temperature, repeated_lists=repeated_lists,
+        dataset=dataset, methods=method, settings=settings, users=users, seeds=seeds, all_users=all_users,
+        concurrency=parse_concurrency(concurrency), out=out, servers=list(server), api_key=api_key,
+        shard=parse_shard(shard), batch_size=batch_size,
     )
     with EvalProgress(err_console) as progress:
         summary, folder = evaluate(opts, on_update=progress.update, on_note=progress.note)

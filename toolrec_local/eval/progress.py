@@ -93,17 +93,18 @@ class EvalProgress:
 
 def llm_figures(tally: Tally) -> str:
     """e.g. "57 rounds 112 calls  out 38.0 tok/s  12/14 in flight  cache 93%  prefill 410 tok/s  KV 61%"."""
-    if not (tally.calls or tally.in_flight):
+    live = tally.live
+    if not (live.calls or live.in_flight):
         return ""
-    parts = [(f"{tally.rounds} rounds " if tally.rounds else "") + f"{tally.calls} calls",
-             f"out {tally.tokens_per_s:.1f} tok/s"]
-    if tally.in_flight or tally.limit:
-        parts.append(f"{tally.in_flight}/{tally.limit} in flight" if tally.limit else f"{tally.in_flight} in flight")
-    if tally.server is not None and tally.server.hit_rate is not None:
-        parts.append(f"cache {100 * tally.server.hit_rate:.0f}%")
-    recent = tally.server_recent
+    parts = [(f"{live.rounds} rounds " if live.rounds else "") + f"{live.calls} calls",
+             f"out {live.tokens_per_s:.1f} tok/s"]
+    if live.in_flight or live.limit:
+        parts.append(f"{live.in_flight}/{live.limit} in flight" if live.limit else f"{live.in_flight} in flight")
+    if live.server is not None and live.server.hit_rate is not None:
+        parts.append(f"cache {100 * live.server.hit_rate:.0f}%")
+    recent = live.server_recent
     if recent is not None and recent.seconds > 0:
         parts.append(f"prefill {recent.computed_tokens / recent.seconds:.0f} tok/s")
-    if tally.kv_usage is not None:
-        parts.append(f"KV {100 * tally.kv_usage:.0f}%")
+    if live.kv_usage is not None:
+        parts.append(f"KV {100 * live.kv_usage:.0f}%")
     return "  ".join(parts)

@@ -19,12 +19,13 @@ from pathlib import Path
 from rich.table import Table
 
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.methods import HISTORY_PROTOCOLS, needs_llm
+from toolrec_local.eval.catalog import TABLE, needs_llm
+from toolrec_local.settings import HISTORY_PROTOCOLS
 from toolrec_local.eval.rundir import RunView, load_runs
 from toolrec_local.eval.summary import summarize
 
 COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")
-AGENT_METHODS = ("toolrec", "toolrec-b", "plan")
+AGENT_METHODS = tuple(m.name for m in TABLE if m.kind == "agent")
 HISTORY_TITLES = {"exclude": "history excluded", "keep": "history kept"}
 
 

@@ -7,12 +7,12 @@ A folder holds either one unsharded run or shards of one run (same configuration
 shards may also live in separate folders (one per node) and `report` merges them.
 
 Re-running into a folder: everything that changes the results (dataset and its fingerprint,
-split part, top-N, the user sample, the seeds, the history protocol, the shard, and the LLM,
-backend, grammar mode, temperature, repeated-list mode and the prompt file's fingerprint once
-an LLM method is in the run) must match run.json,
-or the command is refused. What may differ:
-the methods (new ones are added to the run), --concurrency and --server (they change speed,
-not results).
+the user sample, the seeds, the shard, and the run's settings that are identity: split part,
+top-N and the history protocol always, the LLM part (LLM, backend, grammar mode, temperature,
+repeated-list mode, the prompt file's fingerprint, ...: `RunSettings`) once an LLM method is in
+the run) must match run.json, or the command is refused. What may differ: the methods (new
+ones are added to the run), --concurrency and --server (they change speed, not results).
+run.json is flat: the settings' fields stand beside the run's own.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ import json
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.results import latest_by_key, read_jsonl
+from toolrec_local.settings import RunSettings, legacy_value, setting_fields
 
-IDENTITY = ("dataset", "dataset_fingerprint", "part", "top_n", "users", "seeds", "history")
-LLM_IDENTITY = ("llm", "backend", "grammar", "temperature", "repeated_lists", "prompts")
+IDENTITY = ("dataset", "dataset_fingerprint", "users", "seeds") + setting_fields(llm=False, identity=True)
+LLM_IDENTITY = setting_fields(llm=True, identity=True)
 
 
 @dataclass
@@ -40,41 +41,45 @@ class RunConfig:
     methods: list[str]
     seeds: list[int]
     users: int | None  # None = every evaluation user
-    llm: str | None = None
-    backend: str | None = None
-    part: str = "test"
-    top_n: int = 10
+    # What the results are made with (top-N, split part, history protocol, and the LLM part once
+    # an LLM method ran into the folder); its fields read as the config's own (cfg.llm).
+    settings: RunSettings = field(default_factory=RunSettings)
     shard: tuple[int, int] | None = None  # (i, n), 1-based i
     servers: list[str] = field(default_factory=list)
     concurrency: int = 1
     command: list[str] = field(default_factory=list)
     uses_llm: bool = False
-    grammar: bool = True  # LLM output grammar-constrained (False: --no-grammar, free text)
     expected: dict[str, int] = field(default_factory=dict)  # seed -> users this run (shard) evaluates
-    history: str = "exclude"  # --history: "keep" = score methods rank history items too (older runs: exclude)
-    # The agent methods' final step of the latest invocation (llm | last-list | both); the
-    # record names say which one each row used (toolrec vs toolrec/last-list).
-    finish: str | None = None
-    temperature: float = 0.0  # LLM sampling temperature (0: greedy); part of an LLM run's identity
-    # How the agent shows a list identical to an earlier one (AgentConfig.repeated_lists);
-    # part of an LLM run's identity. A folder written before the option listed them ("full").
-    repeated_lists: str | None = "full"
-    # The prompt file's fingerprint (PromptSet.fingerprint) when an LLM method ran; part of an
-    # LLM run's identity: results under other prompts are not mixed into it. None in a folder
-    # written before it was recorded (such a folder cannot be continued with an LLM method).
-    prompts: str | None = None
+
+    def __getattr__(self, name: str):
+        if name in RunSettings.__dataclass_fields__:  # only called for names the config itself lacks
+            return getattr(self.settings, name)
+        raise AttributeError(name)
 
     def to_json(self) -> dict:
-        d = asdict(self)
+        """Flat: the settings' fields in place of `settings`; without an LLM method in the run,
+        its LLM fields are null."""
+        d: dict = {}
+        for f in fields(self):
+            if f.name == "settings":
+                llm = set(setting_fields(llm=True))
+                d.update({k: (getattr(self.settings, k) if self.uses_llm or k not in llm else None)
+                          for k in setting_fields()})
+            else:
+                d[f.name] = getattr(self, f.name)
         d["shard"] = list(self.shard) if self.shard else None
+        d["servers"], d["command"], d["methods"] = list(self.servers), list(self.command), list(self.methods)
         return d
 
     @classmethod
     def from_json(cls, d: dict, where: str) -> "RunConfig":
-        known = {f for f in cls.__dataclass_fields__}
+        """A field the file does not record (or records as null) reads as the value such a
+        folder was made with (`settings.legacy_value`)."""
+        own = {f.name for f in fields(cls)} - {"settings"}
         try:
-            cfg = cls(**{k: v for k, v in d.items() if k in known})
-        except TypeError as exc:
+            settings = RunSettings(**{k: d[k] if d.get(k) is not None else legacy_value(k) for k in setting_fields()})
+            cfg = cls(**{k: v for k, v in d.items() if k in own}, settings=settings)
+        except (TypeError, ToolrecError) as exc:
             raise ToolrecError(f"{where}: not a run configuration ({exc})", "use another --out folder") from None
         if cfg.shard:
             cfg.shard = (int(cfg.shard[0]), int(cfg.shard[1]))
@@ -144,11 +149,9 @@ def check_compatible(old: RunConfig, new: RunConfig, where: Path) -> None:
 
 def merge_config(old: RunConfig, new: RunConfig) -> RunConfig:
     """The folder's configuration after `new` ran into it: methods added, LLM set once used."""
-    merged = RunConfig(**{**asdict(new), "shard": new.shard})
-    merged.methods = list(dict.fromkeys(old.methods + new.methods))
-    if old.uses_llm and not new.uses_llm:
-        for f in (*LLM_IDENTITY, "finish"):  # the LLM part of the run stays the folder's
-            setattr(merged, f, getattr(old, f))
+    merged = replace(new, methods=list(dict.fromkeys(old.methods + new.methods)))
+    if old.uses_llm and not new.uses_llm:  # the LLM part of the run stays the folder's
+        merged.settings = new.settings.with_(**{f: getattr(old.settings, f) for f in setting_fields(llm=True)})
         merged.uses_llm = True
     return merged
 

@@ -23,12 +23,12 @@ from toolrec_local.eval.capacity import ServerSlots, fixed_slots
 from toolrec_local.eval.methods import ListMethod, LLMMethod, Outcome, ScoreMethod
 from toolrec_local.metrics import MISSING, mask_history, rank_in_list, ranks_from_scores, top_n_from_scores
 from toolrec_local.eval.results import FAILED, OK, ResultsWriter
+from toolrec_local.agent.trajectory import STAT_FIELDS
 from toolrec_local.llm.meter import UserMeter, metering
 from toolrec_local.llm.server_metrics import CacheUse, ServerWatch
+from toolrec_local.settings import RunSettings
 
 TICK_S = 5.0  # the live figures (and the servers' /metrics) are refreshed at least this often
-STAT_FIELDS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "retries", "repairs", "grammar_violations",
-               "invalid_items", "overhead_s", "rounds")
 
 
 def plan_users(ds, users: int | None, seeds: list[int], shard: tuple[int, int] | None) -> dict[int, list[int]]:
@@ -48,8 +48,38 @@ def plan_users(ds, users: int | None, seeds: list[int], shard: tuple[int, int] |
 
 
 @dataclass
+class Live:
+    """An LLM method's figures for the progress display, counted per LLM call (not only when a
+    user finishes) and read from the servers' /metrics."""
+
+    calls: int = 0
+    rounds: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    in_flight: int = 0
+    limit: int | None = None  # users the servers admit at once now (None: no limit known)
+    # from the servers' /metrics (None without them): since the method started, the last interval
+    server: CacheUse | None = None
+    server_recent: CacheUse | None = None
+    kv_usage: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def catch_up(self, stats: dict, meter: UserMeter) -> None:
+        """What a finished user's record counts and did not pass through the meter (a method
+        that calls no AgentContext)."""
+        self.calls += max(0, int(stats.get("llm_calls", 0)) - meter.calls)
+        self.tokens_in += max(0, int(stats.get("tokens_in", 0)) - meter.tokens_in)
+        self.tokens_out += max(0, int(stats.get("tokens_out", 0)) - meter.tokens_out)
+        self.rounds += max(0, int(stats.get("rounds", 0)) - meter.rounds)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_out / max(1e-9, time.monotonic() - self.started)
+
+
+@dataclass
 class Tally:
-    """Running figures of one method in this invocation (for the progress display)."""
+    """One method's results in this run so far (users done before included), and its live figures."""
 
     total: int = 0  # this method's work in the run, done before included
     done: int = 0  # ok, before or now
@@ -57,27 +87,15 @@ class Tally:
     hits10: float = 0.0  # over the users done (before and now)
     ndcg10: float = 0.0
     scored: int = 0
-    tokens_out: int = 0
-    started: float = field(default_factory=time.monotonic)
     last_error: str = ""
-    # LLM methods, live: counted per LLM call, not only when a user finishes
-    calls: int = 0
-    rounds: int = 0
-    tokens_in: int = 0
-    in_flight: int = 0
-    limit: int | None = None  # users the servers admit at once now (None: no limit known)
-    # from the servers' /metrics (None without them): since the method started, the last interval
-    server: CacheUse | None = None
-    server_recent: CacheUse | None = None
-    kv_usage: float | None = None
+    live: Live = field(default_factory=Live)
 
-    def add(self, rank: float, tokens_out: int) -> None:
+    def add(self, rank: float) -> None:
         self.done += 1
         self.scored += 1
         if rank < 10:
             self.hits10 += 1
             self.ndcg10 += 1.0 / np.log2(rank + 2.0)
-        self.tokens_out += tokens_out
 
     @property
     def recall10(self) -> float:
@@ -86,10 +104,6 @@ class Tally:
     @property
     def ndcg(self) -> float:
         return self.ndcg10 / self.scored if self.scored else 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens_out / max(1e-9, time.monotonic() - self.started)
 
 
 def _now() -> str:
@@ -119,16 +133,16 @@ def make_record(ds, method: str, seed: int, user: int, part: str, *, final: list
 
 
 class Runner:
-    def __init__(self, ds, writer: ResultsWriter, *, part: str = "test", top_n: int = 10, batch_size: int = 256,
+    def __init__(self, ds, writer: ResultsWriter, settings: RunSettings = RunSettings(), *, batch_size: int = 256,
                  concurrency: int = 1, on_update: Callable[[str, Tally], None] | None = None,
-                 max_failures_in_a_row: int | None = None, exclude_history: bool = True,
-                 slots: list[ServerSlots] | None = None, route: Callable[[int], int] | None = None,
-                 watch: ServerWatch | None = None, tick_s: float | None = None):
+                 max_failures_in_a_row: int | None = None, slots: list[ServerSlots] | None = None,
+                 route: Callable[[int], int] | None = None, watch: ServerWatch | None = None,
+                 tick_s: float | None = None):
         self.ds = ds
-        self.exclude_history = exclude_history  # False: `--history keep`, score methods rank history items too
         self.writer = writer
-        self.part = part
-        self.top_n = top_n
+        self.part = settings.part
+        self.top_n = settings.top_n
+        self.exclude_history = settings.history == "exclude"  # False: `--history keep`, score methods rank history too
         self.batch_size = max(1, batch_size)
         self.concurrency = max(1, concurrency)
         self.on_update = on_update or (lambda name, tally: None)
@@ -153,9 +167,30 @@ class Runner:
             for u in users:
                 rec = self.writer.index.get((method, seed, self.ds.user_ids[u]))
                 if rec is not None and rec["status"] == OK:
-                    t.add(MISSING if rec["rank"] is None else float(rec["rank"]), 0)
+                    t.add(MISSING if rec["rank"] is None else float(rec["rank"]))
         self.on_update(method, t)
         return t
+
+    def _done(self, method: str, seed: int, user: int) -> bool:
+        rec = self.writer.index.get((method, seed, self.ds.user_ids[user]))
+        return rec is not None and rec["status"] == OK
+
+    def record(self, method: str, seed: int, user: int, *, final: list[int], rank: float, stats: dict | None = None,
+               trajectory: dict | None = None, error: str | None = None, trace: str | None = None,
+               wall_s: float = 0.0) -> None:
+        """The one place a record is written (and counted): `error` makes it a failed one."""
+        rec = make_record(self.ds, method, seed, user, self.part, final=final, rank=rank, stats=stats,
+                          status=OK if error is None else FAILED, error=error, wall_s=wall_s)
+        if trace is not None:
+            rec["traceback"] = trace
+        self.writer.write(rec, trajectory)
+        tally = self.tallies[method]
+        if error is None:
+            tally.add(rank)
+        else:
+            tally.failed += 1
+            tally.last_error = error
+        self.on_update(method, tally)
 
     # ---- score methods ----------------------------------------------------
     def run_scores(self, method: ScoreMethod, plan: dict[int, list[int]]) -> Tally:
@@ -194,146 +229,53 @@ class Runner:
             per_user = (time.perf_counter() - t0) / len(batch)
             for u, final, rank in zip(batch, finals, ranks):
                 for seed in by_user[int(u)]:
-                    self.writer.write(make_record(self.ds, name, seed, int(u), self.part, final=final,
-                                                  rank=rank, wall_s=per_user))
-                    tally.add(rank, 0)
-                    self.on_update(name, tally)
+                    self.record(name, seed, int(u), final=final, rank=rank, wall_s=per_user)
         return tally
 
     # ---- LLM methods ------------------------------------------------------
     async def run_llm(self, method: LLMMethod, plan: dict[int, list[int]]) -> Tally:
         """Users run concurrently, each server admitting users while they fit (`self.slots`,
-        see capacity.py; by default `concurrency` users on one server). Every LLM call updates
-        the live tally, and a ticker refreshes it with the servers' /metrics every `tick_s`,
-        so the progress moves even while no user finishes. A method's variants (e.g.
-        toolrec/last-list) are recorded from the same run."""
-        variants = getattr(method, "variants", ())
-        todo = self.todo(method.name, plan, also=variants)
-        tally = self._tally(method.name, plan)
-        for v in variants:
-            self._tally(v, plan)
-        slots = self.slots or fixed_slots([""], self.concurrency)
-        queues: list[list[tuple[int, int]]] = [[] for _ in slots]
-        for seed, user in todo:
-            queues[self.route(user) % len(slots)].append((seed, user))
-        state = {"in_a_row": 0, "ok": 0, "stop": False}
-        max_in_a_row = self.max_failures_in_a_row or max(10, 2 * sum(s.limit() or self.concurrency for s in slots))
+        see capacity.py; by default `concurrency` users on one server); see `LLMPass`."""
+        return await LLMPass(self, method, plan).run()
 
-        def on_call(meter: UserMeter, c, new_round: bool) -> None:
-            tally.calls += max(1, c.calls)
-            tally.rounds += new_round
-            tally.tokens_in += c.tokens_in
-            tally.tokens_out += c.tokens_out
-            self.on_update(method.name, tally)
-
-        async def one(seed: int, user: int, slot: ServerSlots, meter: UserMeter) -> None:
-            t0 = time.perf_counter()
-            try:
-                with metering(meter):
-                    out: Outcome = await method.run(user, seed, self.part)
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure of one user is recorded, then retried on re-run
-                await slot.release(meter, finished=False)
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if isinstance(exc, ToolrecError) and exc.hint:
-                    error += f" ({exc.hint})"
-                rec = make_record(self.ds, method.name, seed, user, self.part, final=[], rank=MISSING,
-                                  status=FAILED, error=error, wall_s=time.perf_counter() - t0)
-                rec["traceback"] = traceback.format_exc(limit=6)
-                for v in variants:  # a variant has no answer without its method's run
-                    if not self._done(v, seed, user):
-                        self.writer.write({**rec, "method": v})
-                        self.tallies[v].failed += 1
-                self.writer.write(rec)
-                tally.failed += 1
-                tally.last_error = error
-                state["in_a_row"] += 1
-                if state["in_a_row"] >= max_in_a_row:  # the server died: stop, not fail them all
-                    state["stop"] = True
-            else:
-                await slot.release(meter, finished=True)
-                _, target = self.ds.split(user, self.part)
-                for v, variant in out.variants.items():  # written first: a kill in between redoes the user
-                    if v in variants and not self._done(v, seed, user):
-                        self._write_ok(v, seed, user, variant, target, time.perf_counter() - t0 - variant.saved_s)
-                if self._done(method.name, seed, user):  # only a variant was missing
-                    self.on_update(method.name, tally)
-                    return
-                rank = rank_in_list(out.final, target)
-                rec = make_record(self.ds, method.name, seed, user, self.part, final=out.final[: self.top_n],
-                                  rank=rank if rank < self.top_n else MISSING, stats=out.stats,
-                                  wall_s=time.perf_counter() - t0)
-                self.writer.write(rec, out.trajectory)
-                # what did not pass through the meter (a method that calls no AgentContext)
-                tally.calls += max(0, int(out.stats.get("llm_calls", 0)) - meter.calls)
-                tally.tokens_in += max(0, int(out.stats.get("tokens_in", 0)) - meter.tokens_in)
-                tally.rounds += max(0, int(out.stats.get("rounds", 0)) - meter.rounds)
-                tally.add(rank if rank < self.top_n else MISSING,
-                          max(0, int(out.stats.get("tokens_out", 0)) - meter.tokens_out))
-                state["in_a_row"] = 0
-                state["ok"] += 1
-            finally:
-                tally.in_flight -= 1
-            self.on_update(method.name, tally)
-
-        async def dispatch(slot: ServerSlots, queue: list[tuple[int, int]], group: asyncio.TaskGroup) -> None:
-            for seed, user in queue:
-                meter = UserMeter(on_call=on_call)
-                await slot.admit(meter)
-                if state["stop"]:
-                    await slot.release(meter, finished=False)
-                    return
-                tally.in_flight += 1
-                group.create_task(one(seed, user, slot, meter))
-
-        async def tick() -> None:
-            while True:
-                await asyncio.sleep(self.tick_s)
-                await self._read_servers(tally, slots, mark)
-                self.on_update(method.name, tally)
-
-        await self._read_servers(tally, slots, None)
-        mark = self.watch.mark() if self.watch is not None else {}
-        ticker = asyncio.create_task(tick())
+    async def run_user(self, method: LLMMethod, seed: int, user: int, meter: UserMeter) -> bool:
+        """Run one user of an LLM method and record what is missing of it: the method's record and
+        its variants' (e.g. toolrec/last-list, from the same run). True when the run finished;
+        a failure is recorded for each missing name (retried on re-run)."""
+        names = [n for n in (*method.variants, method.name) if not self._done(n, seed, user)]  # variants first:
+        t0 = time.perf_counter()  # a kill in between redoes the user
         try:
-            async with asyncio.TaskGroup() as group:
-                for slot, queue in zip(slots, queues):
-                    if queue:
-                        group.create_task(dispatch(slot, queue, group))
-        finally:
-            ticker.cancel()
-        await self._read_servers(tally, slots, mark)
-        self.on_update(method.name, tally)
-        if state["stop"]:
-            what = (f"the first {state['in_a_row']} users all failed" if state["ok"] == 0 else
-                    f"{state['in_a_row']} users in a row failed after {state['ok']} finished")
-            raise ToolrecError(
-                f"method {method.name}: {what}, stopped (last error: {tally.last_error})",
-                "fix the cause (is the LLM server up? see --server), then re-run the same command: "
-                "finished users are kept, failed ones are retried",
-            )
-        return tally
+            with metering(meter):
+                out: Outcome = await method.run(user, seed, self.part)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of one user is recorded, then retried on re-run
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if isinstance(exc, ToolrecError) and exc.hint:
+                error += f" ({exc.hint})"
+            trace = traceback.format_exc(limit=6)
+            for name in names:  # a variant has no answer without its method's run
+                self.record(name, seed, user, final=[], rank=MISSING, error=error, trace=trace,
+                            wall_s=time.perf_counter() - t0)
+            return False
+        wall = time.perf_counter() - t0
+        _, target = self.ds.split(user, self.part)
+        for name in names:
+            answer = out if name == method.name else out.variants.get(name)
+            if answer is None:
+                continue
+            rank = rank_in_list(answer.final, target)
+            self.record(name, seed, user, final=answer.final[: self.top_n], rank=rank if rank < self.top_n else MISSING,
+                        stats=answer.stats, trajectory=answer.trajectory, wall_s=wall - answer.saved_s)
+            self.tallies[name].live.catch_up(answer.stats, meter if name == method.name else UserMeter())
+        return True
 
-    def _done(self, method: str, seed: int, user: int) -> bool:
-        rec = self.writer.index.get((method, seed, self.ds.user_ids[user]))
-        return rec is not None and rec["status"] == OK
-
-    def _write_ok(self, method: str, seed: int, user: int, out: Outcome, target: int, wall_s: float) -> None:
-        """The record of a variant (e.g. toolrec/last-list) of a finished run."""
-        rank = rank_in_list(out.final, target)
-        rank = rank if rank < self.top_n else MISSING
-        self.writer.write(make_record(self.ds, method, seed, user, self.part, final=out.final[: self.top_n], rank=rank,
-                                      stats=out.stats, wall_s=wall_s), out.trajectory)
-        self.tallies[method].add(rank, int(out.stats.get("tokens_out", 0)))
-        self.on_update(method, self.tallies[method])
-
-    async def _read_servers(self, tally: Tally, slots: list[ServerSlots], mark: dict | None) -> None:
+    async def read_servers(self, live: Live, slots: list[ServerSlots], mark: dict | None) -> None:
         """The figures the progress shows beside the users: users in flight and the limit now,
         and from the servers' /metrics (since `mark`, the method's start) the prefix-cache hit
         rate, KV use and token rates."""
         limits = [s.limit() for s in slots]
-        tally.limit = None if any(x is None for x in limits) else sum(limits)
+        live.limit = None if any(x is None for x in limits) else sum(limits)
         if self.watch is None:
             return
         try:
@@ -341,9 +283,9 @@ class Runner:
         except Exception:  # noqa: BLE001 - a figure for the display; never stops a run
             return
         if mark is not None:
-            tally.server = self.watch.since(mark)
-        tally.server_recent = self.watch.last_interval()
-        tally.kv_usage = self.watch.kv_usage()
+            live.server = self.watch.since(mark)
+        live.server_recent = self.watch.last_interval()
+        live.kv_usage = self.watch.kv_usage()
 
     async def run(self, methods: list, plan: dict[int, list[int]]) -> dict[str, Tally]:
         for m in methods:
@@ -354,3 +296,88 @@ class Runner:
             else:
                 await self.run_llm(m, plan)
         return self.tallies
+
+
+class LLMPass:
+    """One LLM method's users in this invocation, scheduled: queued per server (`runner.route`),
+    admitted while the server's slots fit them, each run and recorded by `Runner.run_user`.
+    Every LLM call updates the live figures, and a ticker refreshes them with the servers'
+    /metrics every `tick_s`, so the progress moves even while no user finishes. Too many
+    failures in a row (the server died) stop the pass with one error, not a failed run of all."""
+
+    def __init__(self, runner: Runner, method: LLMMethod, plan: dict[int, list[int]]):
+        self.runner, self.method = runner, method
+        todo = runner.todo(method.name, plan, also=method.variants)
+        self.tally = runner._tally(method.name, plan)
+        for v in method.variants:
+            runner._tally(v, plan)
+        self.slots = runner.slots or fixed_slots([""], runner.concurrency)
+        self.queues: list[list[tuple[int, int]]] = [[] for _ in self.slots]
+        for seed, user in todo:
+            self.queues[runner.route(user) % len(self.slots)].append((seed, user))
+        self.max_in_a_row = runner.max_failures_in_a_row or max(
+            10, 2 * sum(s.limit() or runner.concurrency for s in self.slots))
+        self.in_a_row = self.finished = 0
+        self.stopped = False
+        self.mark: dict | None = None
+
+    def update(self) -> None:
+        self.runner.on_update(self.method.name, self.tally)
+
+    def on_call(self, meter: UserMeter, c, new_round: bool) -> None:
+        live = self.tally.live
+        live.calls += max(1, c.calls)
+        live.rounds += new_round
+        live.tokens_in += c.tokens_in
+        live.tokens_out += c.tokens_out
+        self.update()
+
+    async def one(self, seed: int, user: int, slot: ServerSlots, meter: UserMeter) -> None:
+        try:
+            ok = await self.runner.run_user(self.method, seed, user, meter)
+        finally:
+            self.tally.live.in_flight -= 1
+        await slot.release(meter, finished=ok)
+        self.in_a_row = 0 if ok else self.in_a_row + 1
+        self.finished += ok
+        self.stopped = self.stopped or self.in_a_row >= self.max_in_a_row
+        self.update()
+
+    async def dispatch(self, slot: ServerSlots, queue: list[tuple[int, int]], group: asyncio.TaskGroup) -> None:
+        for seed, user in queue:
+            meter = UserMeter(on_call=self.on_call)
+            await slot.admit(meter)
+            if self.stopped:
+                await slot.release(meter, finished=False)
+                return
+            self.tally.live.in_flight += 1
+            group.create_task(self.one(seed, user, slot, meter))
+
+    async def tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.runner.tick_s)
+            await self.runner.read_servers(self.tally.live, self.slots, self.mark)
+            self.update()
+
+    async def run(self) -> Tally:
+        await self.runner.read_servers(self.tally.live, self.slots, None)
+        self.mark = self.runner.watch.mark() if self.runner.watch is not None else {}
+        ticker = asyncio.create_task(self.tick())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for slot, queue in zip(self.slots, self.queues):
+                    if queue:
+                        group.create_task(self.dispatch(slot, queue, group))
+        finally:
+            ticker.cancel()
+        await self.runner.read_servers(self.tally.live, self.slots, self.mark)
+        self.update()
+        if self.stopped:
+            what = (f"the first {self.in_a_row} users all failed" if self.finished == 0 else
+                    f"{self.in_a_row} users in a row failed after {self.finished} finished")
+            raise ToolrecError(
+                f"method {self.method.name}: {what}, stopped (last error: {self.tally.last_error})",
+                "fix the cause (is the LLM server up? see --server), then re-run the same command: "
+                "finished users are kept, failed ones are retried",
+            )
+        return self.tally

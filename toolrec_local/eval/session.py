@@ -1,161 +1,167 @@
-"""One `eval` invocation: check the options, build the methods, open the run folder, run what
-is left, write summary.json. The CLI is a thin layer over `evaluate`."""
+"""One `eval` invocation: check the options, assemble the run (`assemble_run`: the users'
+plan, the methods, run.json's configuration; `open_run`: the servers' capacity, the run folder,
+the writer and the runner), run what is left, write summary.json. The CLI and the benchmark
+scripts are thin layers over these."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import AsyncIterator, Callable
 
-from toolrec_local.agent.context import REPEATED_LISTS
 from toolrec_local.agent.prompts import load_prompts
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.methods import (FINISH_CHOICES, HISTORY_PROTOCOLS, ToolBox, build_score_method, needs_llm,
-                                       parse_method_names)
+from toolrec_local.eval.catalog import build_score_method, needs_llm, parse_method_names
+from toolrec_local.eval.methods import ToolBox
 from toolrec_local.eval.results import ResultsWriter
 from toolrec_local.eval.rundir import RunConfig, RunFolder, command_line, load_runs
 from toolrec_local.eval.runner import Runner, Tally, plan_users
 from toolrec_local.eval.summary import summarize
-
-BACKENDS = ("vllm", "local", "openai")
+from toolrec_local.settings import RunSettings, split_settings
 
 
 @dataclass
 class EvalOptions:
+    """What one `eval` invocation runs: the run's settings (what its results are made with) and
+    how this invocation goes about it (which users, how many at once, where)."""
+
     dataset: str
     methods: str
-    llm: str | None = None
+    settings: RunSettings = field(default_factory=RunSettings)
     users: int = 200
     seeds: int | None = None  # None: 3 for sampled users, 1 with all_users
     all_users: bool = False
     concurrency: int | None = None  # None: auto, each server's KV cache decides (eval/capacity.py)
     out: Path | None = None
-    backend: str = "vllm"
     servers: list[str] = field(default_factory=list)
     api_key: str | None = None
     shard: tuple[int, int] | None = None
-    top_n: int = 10
-    part: str = "test"
     batch_size: int = 256
-    grammar: bool = True
-    history: str = "exclude"  # or "keep": score methods rank history items too (HISTORY_PROTOCOLS)
-    finish: str = "llm"  # the agent methods' final step: llm | last-list | both (methods.FINISH_CHOICES)
-    temperature: float = 0.0  # LLM sampling temperature (0: greedy)
-    repeated_lists: str = "refer"  # the agent: "refer" names a repeated identical list, "full" lists it again
+
+    @classmethod
+    def of(cls, **options) -> "EvalOptions":
+        """Options and settings as one set of keywords: EvalOptions.of(dataset=..., llm=..., finish=...)."""
+        settings, rest = split_settings(options)
+        return cls(**rest, settings=RunSettings(**settings))
 
 
 def default_out(opts: EvalOptions) -> Path:
-    return Path("runs") / f"{opts.dataset}-{opts.llm or 'no-llm'}"
+    return Path("runs") / f"{opts.dataset}-{opts.settings.llm or 'no-llm'}"
 
 
 def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
+    """The method names; what RunSettings cannot check alone (its fields are checked there)."""
     names = parse_method_names(opts.methods, attributes)
     llm_names = [n for n in names if needs_llm(n)]
-    if llm_names and not opts.llm:
+    if llm_names and not opts.settings.llm:
         raise ToolrecError(f"method(s) {', '.join(llm_names)} need an LLM", "pass --llm NAME (see: toolrec-local models list)")
-    if opts.backend not in BACKENDS:
-        raise ToolrecError(f"unknown backend {opts.backend!r}", f"use one of: {', '.join(BACKENDS)}")
     if opts.users < 1:
         raise ToolrecError("--users must be at least 1", "e.g. --users 200")
     if opts.seeds is not None and opts.seeds < 1:
         raise ToolrecError("--seeds must be at least 1", "e.g. --seeds 3")
-    if opts.top_n < 1:
-        raise ToolrecError("--top-n must be at least 1", "the paper uses 10")
-    if opts.history not in HISTORY_PROTOCOLS:
-        raise ToolrecError(f"unknown --history {opts.history!r}",
-                           "use exclude (rank among items outside the history) or keep (RecBole's protocol)")
-    if opts.part not in ("test", "valid"):
-        raise ToolrecError(f"unknown split part {opts.part!r}", "use test or valid")
-    if opts.servers and opts.backend == "local":
+    if opts.servers and opts.settings.backend == "local":
         raise ToolrecError("--server is for the vllm and openai backends", "drop --server, or pass --backend vllm")
-    if opts.finish not in FINISH_CHOICES:
-        raise ToolrecError(f"unknown --finish {opts.finish!r}", f"use one of: {', '.join(FINISH_CHOICES)}")
-    if not 0.0 <= opts.temperature <= 2.0:
-        raise ToolrecError(f"--temperature {opts.temperature} is out of range", "use 0 (greedy) up to 2; the paper ran at 1")
-    if opts.repeated_lists not in REPEATED_LISTS:
-        raise ToolrecError(f"unknown --repeated-lists {opts.repeated_lists!r}", f"use one of: {', '.join(REPEATED_LISTS)}")
+    if opts.concurrency is not None and opts.concurrency < 1:
+        raise ToolrecError("--concurrency must be at least 1", "pass a number, or auto (the default)")
     return names
 
 
-def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | None = None,
-             tool_loader: Callable | None = None, llm_factory: Callable | None = None,
-             on_note: Callable[[str], None] | None = None) -> tuple[dict, Path]:
-    """Run (or resume) an evaluation; return (summary, run folder). `tool_loader` and
-    `llm_factory` let tests put in small tools and scripted LLMs; `on_note` hears how many
-    users run at once and why."""
+@dataclass
+class Run:
+    """A run assembled, nothing run yet: every method built (a missing checkpoint failed
+    already), the users planned, the configuration run.json will hold."""
+
+    opts: EvalOptions
+    ds: object
+    methods: list
+    suite: object | None  # the LLM methods' LLMSuite (backends not reached yet), None without
+    plan: dict[int, list[int]]
+    config: RunConfig
+    concurrency: int | None
+    out: Path
+
+
+def assemble_run(opts: EvalOptions, *, tool_loader: Callable | None = None, llm_factory: Callable | None = None,
+                 suite=None, plan: dict[int, list[int]] | None = None) -> Run:
+    """`tool_loader` and `llm_factory` let tests put in small tools and scripted LLMs; `suite`
+    (LLM methods built before, e.g. by a benchmark running several levels) and `plan` (other
+    users than the sample's) replace what would be built."""
     from toolrec_local.data import load_dataset
 
     ds = load_dataset(opts.dataset)
     names = check_options(opts, list(ds.attributes))
     uses_llm = any(needs_llm(n) for n in names)
+    settings = opts.settings.with_(prompts=load_prompts(ds.domain).fingerprint) if uses_llm else opts.settings
     seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.all_users else 3)))
     users = None if opts.all_users else opts.users
-    concurrency = 1 if (uses_llm and opts.backend == "local") else opts.concurrency
-    if concurrency is not None and concurrency < 1:
-        raise ToolrecError("--concurrency must be at least 1", "pass a number, or auto (the default)")
-    plan = plan_users(ds, users, seeds, opts.shard)
-
-    # Build every method before anything runs: a missing checkpoint fails now, not halfway.
+    concurrency = 1 if (uses_llm and settings.backend == "local") else opts.concurrency
+    plan = plan if plan is not None else plan_users(ds, users, seeds, opts.shard)
     tools = ToolBox(ds, tool_loader)
-    methods = []
-    suite = None
-    if uses_llm:
+    if uses_llm and suite is None:
         factory = llm_factory
         if factory is None:
-            from toolrec_local.eval.llm_methods import build_llm_methods as factory
-        suite = factory(
-            [n for n in names if needs_llm(n)], ds, tools, llm=opts.llm, backend=opts.backend,
-            servers=opts.servers, api_key=opts.api_key, top_n=opts.top_n, grammar=opts.grammar,
-            finish=opts.finish, temperature=opts.temperature, repeated_lists=opts.repeated_lists,
-        )
-    for n in names:
-        methods.append(suite.methods[n] if needs_llm(n) else build_score_method(n, ds, tools))
-
+            from toolrec_local.eval.catalog import build_llm_methods as factory
+        suite = factory([n for n in names if needs_llm(n)], ds, tools, settings=settings, servers=opts.servers,
+                        api_key=opts.api_key)
+    methods = [suite.methods[n] if needs_llm(n) else build_score_method(n, ds, tools) for n in names]
     recorded = [n for m in methods for n in (m.name, *getattr(m, "variants", ()))]  # e.g. toolrec/last-list
     config = RunConfig(
-        dataset=ds.name, dataset_fingerprint=ds.fingerprint, methods=recorded, seeds=seeds, users=users,
-        llm=opts.llm if uses_llm else None, backend=opts.backend if uses_llm else None, part=opts.part,
-        top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency or "auto",
-        command=command_line(), uses_llm=uses_llm, grammar=opts.grammar if uses_llm else True,
-        expected={str(s): len(u) for s, u in plan.items()}, history=opts.history,
-        finish=opts.finish if uses_llm else None, temperature=opts.temperature if uses_llm else 0.0,
-        repeated_lists=opts.repeated_lists if uses_llm else None,
-        prompts=load_prompts(ds.domain).fingerprint if uses_llm else None,
+        dataset=ds.name, dataset_fingerprint=ds.fingerprint, methods=recorded, seeds=sorted(plan), users=users,
+        settings=settings, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency or "auto",
+        command=command_line(), uses_llm=uses_llm, expected={str(s): len(u) for s, u in plan.items()},
     )
-    out = Path(opts.out or default_out(opts))
+    return Run(opts, ds, methods, suite if uses_llm else None, plan, config, concurrency,
+               Path(opts.out or default_out(opts)))
 
-    async def run() -> tuple[dict, Path]:
-        if suite is not None:  # each server's capacity, read from its /metrics
-            from toolrec_local.eval.capacity import plan_for_suite
 
-            cap = await plan_for_suite(suite, concurrency, opts.api_key)
-            for note in cap.notes:
-                (on_note or (lambda text: None))(note)
-        folder = RunFolder(out, config)  # opened once the server answered: a refused run leaves no folder
-        try:
-            with ResultsWriter(folder.paths["results"], folder.paths["trajectories"]) as writer:
-                runner = Runner(ds, writer, part=opts.part, top_n=opts.top_n, batch_size=opts.batch_size,
-                                concurrency=concurrency or 1, on_update=on_update,
-                                exclude_history=opts.history == "exclude")
-                if suite is not None:
-                    runner.slots, runner.route, runner.watch = cap.slots, cap.route, cap.watch
-                try:
-                    await runner.run(methods, plan)
-                except BaseException:
-                    try:  # what finished is summarised; a summary that cannot be written hides nothing
-                        write_summary(folder.folder)
-                    except (OSError, ToolrecError):
-                        pass
-                    raise
-                server = {n: t.server.as_dict() for n, t in runner.tallies.items() if t.server is not None}
-                return write_summary(folder.folder, {"llm_server": server} if server else None), folder.folder
-        finally:
-            folder.close()
+@asynccontextmanager
+async def open_run(run: Run, *, on_update: Callable[[str, Tally], None] | None = None,
+                   on_note: Callable[[str], None] | None = None) -> AsyncIterator[tuple[RunFolder, Runner]]:
+    """The run's folder (configuration checked and saved, lock held) and its runner, with each
+    server's capacity read from its /metrics (`on_note` hears how many users run at once and
+    why). The suite's backends must have been reached (`LLMSuite.start`)."""
+    cap = None
+    if run.suite is not None:
+        from toolrec_local.eval.capacity import plan_for_suite
 
-    return asyncio.run(_started(suite, run))
+        cap = await plan_for_suite(run.suite, run.concurrency, run.opts.api_key)
+        for note in cap.notes:
+            (on_note or (lambda text: None))(note)
+    folder = RunFolder(run.out, run.config)  # opened once the server answered: a refused run leaves no folder
+    try:
+        with ResultsWriter(folder.paths["results"], folder.paths["trajectories"]) as writer:
+            yield folder, Runner(run.ds, writer, run.config.settings, batch_size=run.opts.batch_size,
+                                 concurrency=run.concurrency or 1, on_update=on_update,
+                                 slots=cap.slots if cap else None, route=cap.route if cap else None,
+                                 watch=cap.watch if cap else None)
+    finally:
+        folder.close()
+
+
+def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | None = None,
+             tool_loader: Callable | None = None, llm_factory: Callable | None = None,
+             on_note: Callable[[str], None] | None = None) -> tuple[dict, Path]:
+    """Run (or resume) an evaluation; return (summary, run folder)."""
+    run = assemble_run(opts, tool_loader=tool_loader, llm_factory=llm_factory)
+
+    async def body() -> tuple[dict, Path]:
+        async with open_run(run, on_update=on_update, on_note=on_note) as (folder, runner):
+            try:
+                await runner.run(run.methods, run.plan)
+            except BaseException:
+                try:  # what finished is summarised; a summary that cannot be written hides nothing
+                    write_summary(folder.folder)
+                except (OSError, ToolrecError):
+                    pass
+                raise
+            server = {n: t.live.server.as_dict() for n, t in runner.tallies.items() if t.live.server is not None}
+            return write_summary(folder.folder, {"llm_server": server} if server else None), folder.folder
+
+    return asyncio.run(_started(run.suite, body))
 
 
 async def _started(suite, body: Callable):

@@ -17,14 +17,14 @@ from collections import Counter
 
 import numpy as np
 
-from toolrec_local.eval.methods import BASELINES, TOOLREC, needs_llm
+from toolrec_local.agent.trajectory import COUNT_FIELDS, USAGE_FIELDS
+from toolrec_local.eval.catalog import BASELINES, TOOLREC, needs_llm
 from toolrec_local.metrics import MISSING, mean_std, metric_means, relative_improvement
 from toolrec_local.eval.results import OK
 
 NS = (5, 10, 20)
 METRICS = tuple(f"{m}@{n}" for n in NS for m in ("recall", "ndcg"))
-COST_FIELDS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "wall_s")
-COUNT_FIELDS = ("retries", "repairs", "grammar_violations")
+COST_FIELDS = USAGE_FIELDS + ("wall_s",)  # per user; COUNT_FIELDS are summed
 
 
 def _rank(rec: dict) -> float:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.llm.protocol import Backend
-
-BACKENDS = ("vllm", "local", "openai")
+from toolrec_local.settings import BACKENDS
 DEFAULT_VLLM_URL = "http://127.0.0.1:8000/v1"
 STRUCTURED_BACKENDS = ("xgrammar", "guidance", "outlines")
 # The one key variable of this project: `toolrec-local serve` makes vLLM require it, and the
@@ -56,7 +55,7 @@ def make_backend(llm: str, backend: str, base_url: str | list[str] | None = None
             base_url = base_url[0]
         from toolrec_local.llm.backends.openai_api import OpenAIBackend
 
-        return OpenAIBackend(card.served_name, api_key=api_key, base_url=base_url)
+        return OpenAIBackend(card.served_name, api_key=api_key, base_url=base_url, context=card.context_for(backend))
     if card.kind != "open-weight":
         raise ToolrecError(f"model {llm!r} is an API model; it cannot run on the {backend} backend",
                            "use --backend openai for it")
@@ -67,10 +66,12 @@ def make_backend(llm: str, backend: str, base_url: str | list[str] | None = None
         from toolrec_local.llm.backends.vllm import VLLMBackend
 
         return VLLMBackend(base_url or DEFAULT_VLLM_URL, card.served_name, api_key=api_key,
-                           structured_backend=structured_backend, name=f"vllm:{card.name}")
+                           structured_backend=structured_backend, name=f"vllm:{card.name}",
+                           card_context=card.context_for(backend))
     if structured_backend not in (None, "guidance"):
         raise ToolrecError(f"the local backend constrains with llguidance, not {structured_backend!r}",
                            "drop --structured-backend (or pass guidance) with --backend local")
     from toolrec_local.llm.backends.local import LocalBackend
 
-    return LocalBackend(card.require_weights(Path(model_path) if model_path else None), name=f"local:{card.name}")
+    return LocalBackend(card.require_weights(Path(model_path) if model_path else None), name=f"local:{card.name}",
+                        context=card.context_for(backend))

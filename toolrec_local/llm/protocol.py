@@ -84,3 +84,10 @@ class Backend(Protocol):
     ) -> Completion: ...
 
     async def aclose(self) -> None: ...
+
+
+def context_tokens(backend) -> int | None:
+    """The context `backend` serves (its `context_tokens()`: what its server enforces, else
+    its model card's); None for a backend that does not say (the tests' scripted ones)."""
+    ask = getattr(backend, "context_tokens", None)
+    return ask() if callable(ask) else None

@@ -55,6 +55,17 @@ class ModelCard:
         if self.served_name is None:
             self.served_name = self.name
 
+    def context_for(self, backend: str) -> int:
+        """The context the model runs with on `backend`: for vllm the `--max-model-len` server
+        argument `toolrec-local serve` starts it with, else (or without one) context_length."""
+        args = list(self.vllm_args) if backend == "vllm" else []
+        for pos, arg in enumerate(args):
+            if arg == "--max-model-len" and pos + 1 < len(args):
+                return int(args[pos + 1])
+            if arg.startswith("--max-model-len="):
+                return int(arg.split("=", 1)[1])
+        return int(self.context_length)
+
     # -- weights -------------------------------------------------------------------------
     def default_dir(self) -> Path:
         """Where the weights are expected: `local_path` if the card sets one, else

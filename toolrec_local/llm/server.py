@@ -279,7 +279,8 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
-def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
+def stop_with_parent():  # pragma: no cover - runs in the child between fork and exec
+    """A subprocess `preexec_fn` (Linux): the child gets SIGTERM when its parent dies."""
     try:
         import ctypes
 
@@ -327,7 +328,7 @@ class VLLMServer:
             self.proc = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.env, start_new_session=True,
-                preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
+                preexec_fn=stop_with_parent if die_with_parent and sys.platform == "linux" else None,
             )
         finally:
             log.close()

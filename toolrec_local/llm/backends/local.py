@@ -85,12 +85,16 @@ def decode_threads() -> int:
 
 class LocalBackend(StepwiseBackend):
     def __init__(self, model_path: str | Path, *, name: str | None = None, dtype: torch.dtype = torch.float32,
-                 list_mode: str = "optimistic"):
+                 list_mode: str = "optimistic", context: int | None = None):
         self.model_path = Path(model_path)
+        self._context = context  # the model card's context_length
         self.name = name or f"local:{self.model_path.name}"
         self.list_mode = check_list_mode(list_mode)
         self._m = load(model_path, dtype)
         self._lock = asyncio.Lock()
+
+    def context_tokens(self) -> int | None:
+        return self._context
 
     async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
                     max_tokens: int, temperature: float, seed: int | None, stop_when=None) -> Step:

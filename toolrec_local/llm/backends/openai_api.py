@@ -70,7 +70,7 @@ class _Client(openai.AsyncOpenAI):
 class OpenAIBackend:
     def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None,
                  timeout_s: float = 120.0, connect_timeout_s: float = 10.0, retries: int = 3,
-                 backoff_s: float | None = None, name: str | None = None):
+                 backoff_s: float | None = None, name: str | None = None, context: int | None = None):
         """`api_key`: --api-key, else OPENAI_API_KEY (never the vLLM servers' TOOLREC_API_KEY).
         `retries`: the client's max_retries. `backoff_s`: the first backoff step (default: the
         client's, 0.5 s, doubling up to 8 s, jittered)."""
@@ -79,6 +79,7 @@ class OpenAIBackend:
             raise ToolrecError("no OpenAI API key", "set OPENAI_API_KEY or pass --api-key")
         self.model = model
         self.name = name or f"openai:{model}"
+        self._context = context  # the model card's context_length
         self.retries = retries
 
         def make_client():
@@ -97,6 +98,9 @@ class OpenAIBackend:
             self._clients.clear()  # clients of finished loops cannot be closed from this one
             self._clients[loop] = self._make_client()
         return self._clients[loop]
+
+    def context_tokens(self) -> int | None:
+        return self._context
 
     async def generate(self, messages: list[Message], constraint: Constraint, *, max_tokens: int = 256,
                        temperature: float = 0.0, seed: int | None = None) -> Completion:

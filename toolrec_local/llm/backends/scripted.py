@@ -33,11 +33,15 @@ class ScriptedCall:
 
 
 class ScriptedBackend:
-    def __init__(self, turns: list[Turn], name: str = "scripted"):
+    def __init__(self, turns: list[Turn], name: str = "scripted", context: int | None = None):
         self.turns = list(turns)
         self.name = name
+        self.context = context  # the context it says it serves (None: it does not say)
         self.calls: list[ScriptedCall] = []
         self.closed = False
+
+    def context_tokens(self) -> int | None:
+        return self.context
 
     @property
     def remaining(self) -> int:

@@ -59,7 +59,7 @@ class VLLMBackend(StepwiseBackend):
     def __init__(self, base_urls: str | list[str], model: str, *, api_key: str | None = None,
                  timeout_s: float = 300.0, connect_timeout_s: float = 3.0, retries: int = 3,
                  backoff_s: float = 0.5, structured_backend: str | None = None,
-                 name: str | None = None, list_mode: str = "optimistic"):
+                 name: str | None = None, list_mode: str = "optimistic", card_context: int | None = None):
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise ToolrecError("no vLLM server URL given", SERVE_HINT)
@@ -75,6 +75,7 @@ class VLLMBackend(StepwiseBackend):
         self.retries = retries
         self.backoff_s = backoff_s
         self.name = name or f"vllm:{model}"
+        self._card_context = card_context  # what the model card starts the server with
         self.list_mode = check_list_mode(list_mode)
         timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
 
@@ -114,6 +115,11 @@ class VLLMBackend(StepwiseBackend):
                 + (", ".join(served) or "nothing"),
                 "pass the --llm that server serves, or point --server at a server of this model (toolrec-local serve --llm NAME)",
             )
+
+    def context_tokens(self) -> int | None:
+        """The context this backend serves: what the servers enforce (`served_context`), else
+        the model card's `--max-model-len` (what `toolrec-local serve` starts them with)."""
+        return self.served_context() or self._card_context
 
     def served_context(self) -> int | None:
         """The context the servers serve this model with: the smallest `max_model_len` their
