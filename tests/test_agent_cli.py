@@ -52,7 +52,7 @@ def rule_home(tmp_path_factory):
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "nope", "--user", "1", "--llm", "tiny-random"], "is not prepared"),
     (["--dataset", "rule", "--user", "nobody", "--llm", "tiny-random"], "user 'nobody' is not in dataset"),
-    (["--dataset", "rule", "--user", "u1", "--llm", "tiny-random", "--backend", "carrier-pigeon"], "unknown backend"),
+    (["--dataset", "rule", "--user", "u1", "--llm", "tiny-random", "--backend", "carrier-pigeon"], "unknown --backend"),
     (["--dataset", "rule", "--user", "u1", "--llm", "no-such-model"], "no-such-model"),
     (["--dataset", "rule", "--user", "u1", "--llm", "tiny-random", "--part", "train"], "unknown --part"),
 ])

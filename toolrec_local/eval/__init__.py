@@ -1,12 +1,14 @@
 """Evaluation: the methods compared, the resumable runner, the run folder and the report.
 Metrics (Recall/NDCG@N) live in `toolrec_local.metrics`, below both recsys and eval.
 
-    methods.py      method names; score methods (pop, sasrec, bert4rec, *-bert, tool:<attr>), list methods (p5)
-    llm_methods.py  LLM methods over the agent (toolrec, toolrec-b, plan, llmrank, chatrec, single, multi)
+    catalog.py      the method table: one entry per method (kind, backbone, needs, builder), the only place names are
+    methods.py      the kinds of method (score, list, LLM) and the non-LLM builders (pop, backbones, P5, tool:<attr>)
+    llm_methods.py  the LLM builders over the agent (agent loop, plan, the ranking baselines) and their suite
     runner.py       every (method, seed, user) once: batches for score and list methods, asyncio for LLM ones
     results.py      results.jsonl / trajectories.jsonl: append, flush per line, torn-line repair
     rundir.py       run.json (what must match on re-run), shards, the writer's lock, reading runs back
-    session.py      one `eval` invocation: check options, build methods, run, write summary.json
+    session.py      one `eval` invocation: assemble_run (plan, methods, run.json), open_run (capacity, folder,
+                    writer, runner), run, write summary.json; the run's settings are toolrec_local/settings.py
     summary.py      mean ± std over seeds on the users every method finished (paired), LLM cost,
                     termination rounds, Table 2's improvement row
     report.py       Markdown tables and matplotlib plots (metrics, rounds, runs side by side)
