@@ -32,7 +32,7 @@ from toolrec_local.eval.methods import (CANDIDATES, FINISH_CHOICES, FINISH_METHO
                                         ToolBox, backbone_of)
 
 AGENT_STATS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "retries", "repairs", "grammar_violations",
-               "invalid_items", "overhead_s", "rounds")
+               "invalid_items", "overhead_s", "rounds", "fallbacks")
 NEEDS_ATTRIBUTE_TOOLS = ("toolrec", "toolrec-b", "plan", "multi")
 
 
@@ -97,7 +97,8 @@ def _rank_outcome(ds, items: list[int], stats: dict, lists: list, method: str) -
 
 def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend: str, servers: list[str] | None = None,
                       api_key: str | None = None, top_n: int = 10, grammar: bool = True, backend_obj=None,
-                      finish: str = "llm", temperature: float = 0.0, repeated_lists: str = "refer") -> LLMSuite:
+                      finish: str = "llm", temperature: float = 0.0, repeated_lists: str = "refer",
+                      answer_space: str = "gathered", history: str = "exclude") -> LLMSuite:
     """The LLM methods by name (suite.methods[name]); an agent method's records are named
     after `finish` (LLMMethod.name, LLMMethod.variants)."""
     from toolrec_local.agent.loop import AgentConfig, AgentContext, llm_rank, run_agent, run_plan
@@ -119,7 +120,8 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
     if finish not in FINISH_CHOICES:
         raise ToolrecError(f"unknown finish {finish!r}", f"use one of: {', '.join(FINISH_CHOICES)}")
     config = AgentConfig(top_n=top_n, grammar=grammar, temperature=temperature,
-                         finish="last-list" if finish == "last-list" else "llm", repeated_lists=repeated_lists)
+                         finish="last-list" if finish == "last-list" else "llm", repeated_lists=repeated_lists,
+                         answer_space=answer_space, history=history)
     suite = LLMSuite({}, backends)
 
     def ctx(backbone: str, user: int) -> AgentContext:

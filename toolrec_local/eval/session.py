@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from toolrec_local.agent.context import REPEATED_LISTS
+from toolrec_local.agent.context import ANSWER_SPACES, REPEATED_LISTS
 from toolrec_local.agent.prompts import load_prompts
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.methods import (FINISH_CHOICES, HISTORY_PROTOCOLS, ToolBox, build_score_method, needs_llm,
-                                       parse_method_names)
+from toolrec_local.eval.methods import (FINISH_CHOICES, FINISH_METHODS, HISTORY_PROTOCOLS, ToolBox, build_score_method,
+                                       needs_llm, parse_method_names)
 from toolrec_local.eval.results import ResultsWriter
 from toolrec_local.eval.rundir import RunConfig, RunFolder, command_line, load_runs
 from toolrec_local.eval.runner import Runner, Tally, plan_users
@@ -45,6 +45,7 @@ class EvalOptions:
     finish: str = "llm"  # the agent methods' final step: llm | last-list | both (methods.FINISH_CHOICES)
     temperature: float = 0.0  # LLM sampling temperature (0: greedy)
     repeated_lists: str = "refer"  # the agent: "refer" names a repeated identical list, "full" lists it again
+    answer_space: str = "gathered"  # the agent's Rank and final step: gathered items, or the whole catalogue
 
 
 def default_out(opts: EvalOptions) -> Path:
@@ -77,6 +78,9 @@ def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
         raise ToolrecError(f"--temperature {opts.temperature} is out of range", "use 0 (greedy) up to 2; the paper ran at 1")
     if opts.repeated_lists not in REPEATED_LISTS:
         raise ToolrecError(f"unknown --repeated-lists {opts.repeated_lists!r}", f"use one of: {', '.join(REPEATED_LISTS)}")
+    if opts.answer_space not in ANSWER_SPACES:
+        raise ToolrecError(f"unknown --answer-space {opts.answer_space!r}",
+                           "use gathered (only items the tools returned) or catalogue (any item outside the history)")
     return names
 
 
@@ -91,6 +95,7 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
     ds = load_dataset(opts.dataset)
     names = check_options(opts, list(ds.attributes))
     uses_llm = any(needs_llm(n) for n in names)
+    uses_agent = any(n in FINISH_METHODS for n in names)  # --finish and --answer-space are theirs
     seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.all_users else 3)))
     users = None if opts.all_users else opts.users
     concurrency = 1 if (uses_llm and opts.backend == "local") else opts.concurrency
@@ -110,6 +115,7 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
             [n for n in names if needs_llm(n)], ds, tools, llm=opts.llm, backend=opts.backend,
             servers=opts.servers, api_key=opts.api_key, top_n=opts.top_n, grammar=opts.grammar,
             finish=opts.finish, temperature=opts.temperature, repeated_lists=opts.repeated_lists,
+            answer_space=opts.answer_space, history=opts.history,
         )
     for n in names:
         methods.append(suite.methods[n] if needs_llm(n) else build_score_method(n, ds, tools))
@@ -121,7 +127,8 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
         top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency or "auto",
         command=command_line(), uses_llm=uses_llm, grammar=opts.grammar if uses_llm else True,
         expected={str(s): len(u) for s, u in plan.items()}, history=opts.history,
-        finish=opts.finish if uses_llm else None, temperature=opts.temperature if uses_llm else 0.0,
+        finish=opts.finish if uses_agent else None, answer_space=opts.answer_space if uses_agent else None,
+        temperature=opts.temperature if uses_llm else 0.0,
         repeated_lists=opts.repeated_lists if uses_llm else None,
         prompts=load_prompts(ds.domain).fingerprint if uses_llm else None,
     )
