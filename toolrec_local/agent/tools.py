@@ -90,7 +90,7 @@ async def run_rank(state: RunState, action: Rank, rnd: Round) -> ToolList | None
     k, note = clamp(action.k, min(cfg.max_k, len(state.memory.candidates(cfg.rank_max_candidates))))
     rnd.note = _join(rnd.note, note)
     items = await rank_lists(state, list(state.memory.lists), action.attribute, k, rnd)
-    return state.memory.store(Rank(action.attribute, len(items)), items, [state.memory.score(i) for i in items])
+    return state.memory.store(Rank(action.attribute, len(items)), items)  # the LLM's order, no scores
 
 
 async def rank_lists(state: RunState, lists: list[ToolList], attribute: str | None, k: int, rnd: Round, *,
