@@ -60,6 +60,9 @@ def eval_cmd(
     finish: str = typer.Option("llm", "--finish", help="The agent methods' final step: llm (the LLM ranks every gathered list, as the authors' code), last-list (the ablation: the last list cut or padded, no LLM call; rows named e.g. toolrec/last-list), or both (both rows from one run)."),
     temperature: float = typer.Option(0.0, "--temperature", help="LLM sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
     repeated_lists: str = typer.Option("refer", "--repeated-lists", help="A tool list identical to an earlier one (a repeated call): refer (its observation and its place in the Rank and final prompts name the earlier list) or full (listed again, as the authors' code does)."),
+    max_rounds: int = typer.Option(7, "--max-rounds", min=1, help="The agent methods: Decision rounds (a Finish or an unreadable reply counts as one), the forced final step not counted: at the cap the agent finishes. Default 7, the authors' cap."),
+    demos: int = typer.Option(3, "--demos", min=0, help="The agent methods: In-context demonstrations in the agent's prompt: the first N of prompts/<domain>.yaml (default 3, as many as the authors ship)."),
+    observe_items: Optional[int] = typer.Option(None, "--observe-items", min=1, help="The agent methods: Items of each tool list shown in the agent's observation (default: the whole list, as in the authors' code)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     from toolrec_local.eval.progress import EvalProgress
@@ -72,6 +75,7 @@ def eval_cmd(
         shard=parse_shard(shard), top_n=top_n, batch_size=batch_size, grammar=not no_grammar,
         history=history,
         finish=finish, temperature=temperature, repeated_lists=repeated_lists,
+        max_rounds=max_rounds, demos=demos, observe_items=observe_items,
     )
     with EvalProgress(err_console) as progress:
         summary, folder = evaluate(opts, on_update=progress.update, on_note=progress.note)
