@@ -147,13 +147,18 @@ def test_cap_forces_the_final_step(ml100k, tool):
 
 
 def test_finish_with_too_few_candidates_adds_a_marked_backbone_list(ml100k, tool):
+    """The backbone items added for the final step are marked as a top-up, never as an agent
+    call (Retrieval[None, 6]) that was not made, and the top-up is counted."""
     turns = ["Thought: a.\nAction: Retrieval[genre, 4]", "Thought: done.\nAction: Finish", last_k]
     traj, backend, _ = run(ml100k, tool, turns)
     prompt = backend.calls[-1].messages[-1]["content"]
-    assert "Retrieval[genre, 4]:" in prompt and "Retrieval[None, 6]:" in prompt
+    assert "Retrieval[genre, 4]:" in prompt and "Top-up from the backbone, 6 items:" in prompt
+    assert "Retrieval[None" not in prompt
     assert len(backend.calls[-1].constraint.options) == 10
     assert set(traj.rounds[0].items) <= set(traj.final_items)
-    assert "4 gathered: added the backbone's top 6 as Retrieval[None, 6]" in traj.final_note
+    assert '4 gathered: shown with "Top-up from the backbone, 6 items", the backbone\'s next 6' in traj.final_note
+    assert traj.totals()["fallbacks"]["topup"] == 1 and traj.finish.fallbacks == {"topup": 1}
+    assert traj.to_dict()["finish"]["fallbacks"] == {"topup": 1}
     assert_valid_final(traj, ml100k)
 
 
@@ -162,7 +167,8 @@ def test_finish_before_any_list_ranks_the_backbones_top_n(ml100k, tool):
     assert_valid_final(traj, ml100k)
     backbone = [i for i, _ in tool.retrieve(USER, None, 10)]
     assert set(traj.final_items) == set(backbone) and "nothing gathered" in traj.final_note
-    assert "Retrieval[None, 10]:" in backend.calls[-1].messages[-1]["content"]
+    assert "Top-up from the backbone, 10 items:" in backend.calls[-1].messages[-1]["content"]
+    assert traj.totals()["fallbacks"]["topup"] == 1
 
 
 def test_cap_finishes_with_the_latest_list(ml100k, tool):

@@ -15,6 +15,8 @@ from toolrec_local.llm.protocol import ActionGrammar, Backend, Completion, Const
 
 FINISH_MODES = ("llm", "last-list")
 REPEATED_LISTS = ("refer", "full")
+ANSWER_SPACES = ("gathered", "catalogue")
+HISTORY_MODES = ("exclude", "keep")
 LIST_DENSITY = 0.7  # item-list prompts start at this share of chars_per_token
 
 
@@ -46,6 +48,13 @@ class AgentConfig:
     # list instead of listing the same lines again (the information is the same; the prompt is
     # shorter and stays cached); "full" - listed again, as the authors' code does.
     repeated_lists: str = "refer"
+    # What Rank and the final step may answer: "gathered" - only items the tools returned for
+    # this user; "catalogue" - any catalogue item (the authors' code accepts any id; their
+    # prompts ask for items from the lists shown). Both: distinct, none from the history.
+    answer_space: str = "gathered"
+    # "keep": the agent's retrieval lists hold history items too (the authors' RecBole tools do
+    # not mask them); answers never do. "exclude": the tools mask the history.
+    history: str = "exclude"
     grammar: bool = True  # False: free text, tolerant parser ("--no-grammar")
     action_max_tokens: int = 128
     temperature: float = 0.0  # 0: greedy (the paper ran ChatGPT at its default, 1)
@@ -71,6 +80,7 @@ class AgentConfig:
             "default_k": 1 <= self.default_k <= self.max_k,
             "rank_max_candidates": self.rank_max_candidates is None or self.rank_max_candidates >= 1,
             "finish": self.finish in FINISH_MODES, "repeated_lists": self.repeated_lists in REPEATED_LISTS,
+            "answer_space": self.answer_space in ANSWER_SPACES, "history": self.history in HISTORY_MODES,
             "temperature": 0.0 <= self.temperature <= 2.0,
             "max_retries": self.max_retries >= 0,
             "observation_window": self.observation_window is None or self.observation_window >= 1,
@@ -82,7 +92,8 @@ class AgentConfig:
             raise ToolrecError(f"agent settings out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}",
                                "use positive values (default_k within 1..max_k, temperature 0..2, "
                                f"finish one of {', '.join(FINISH_MODES)}, repeated_lists one of "
-                               f"{', '.join(REPEATED_LISTS)})")
+                               f"{', '.join(REPEATED_LISTS)}, answer_space one of {', '.join(ANSWER_SPACES)}, "
+                               f"history one of {', '.join(HISTORY_MODES)})")
 
     def with_(self, **changes) -> "AgentConfig":
         return replace(self, **changes)

@@ -18,7 +18,7 @@ from toolrec_local.agent.context import AgentConfig, AgentContext
 from toolrec_local.agent.conversation import Conversation, Step
 from toolrec_local.agent.memory import ToolList, interleave
 from toolrec_local.agent.tools import RunState, conclude, final_list, new_state, rank_lists, run_rank, run_retrieval
-from toolrec_local.agent.trajectory import Round, Trajectory
+from toolrec_local.agent.trajectory import FALLBACKS, Round, Trajectory, add_counts
 from toolrec_local.llm.grammar import conforms
 
 __all__ = ["AgentConfig", "AgentContext", "run_agent", "run_plan", "llm_rank"]
@@ -49,6 +49,7 @@ async def run_agent(ctx: AgentContext, user: int, part: str = "test", seed: int 
         if finished:
             traj.finished_by = "finish"
             break
+    traj.fallbacks = dict(talk.fallbacks, context_ended=int(traj.finished_by == "context"))
     await _final_step(state, traj)
     return traj
 
@@ -57,13 +58,15 @@ async def _final_step(state: RunState, traj: Trajectory) -> None:
     """After Finish or the cap: the last-list answer (always, it costs no LLM call), then the
     final step the configuration asks for; its list is the answer."""
     started, state.llm_s = time.perf_counter(), 0.0
-    traj.last_list_items, traj.last_list_note = final_list(state)
+    traj.last_list_items, traj.last_list_note = final_list(state, traj.last_list_fallbacks)
     step = Round(0, action="Finish")  # n=0: the final step, not a round
     if state.ctx.config.finish == "llm":
-        step.items, note = await conclude(state, step, (list(traj.last_list_items), traj.last_list_note))
+        step.items, note = await conclude(state, step, (list(traj.last_list_items), traj.last_list_note,
+                                                        traj.last_list_fallbacks))
         step.note = "; ".join(x for x in (note, step.note) if x)  # then what the ranking call itself noted
     else:
         step.items, step.note = list(traj.last_list_items), traj.last_list_note
+        add_counts(step.fallbacks, traj.last_list_fallbacks)
     step.overhead_s = time.perf_counter() - started - state.llm_s
     traj.finish = step
     traj.final_items, traj.final_note = list(step.items), step.note
@@ -143,10 +146,11 @@ async def llm_rank(ctx: AgentContext, user: int, lists: list[ToolList], k: int, 
 
 def _stats(rnd: Round, overhead_s: float) -> dict:
     return {
+        "fallbacks": add_counts(dict.fromkeys(FALLBACKS, 0), rnd.fallbacks),
         "llm_calls": rnd.usage.calls, "tokens_in": rnd.usage.tokens_in, "tokens_out": rnd.usage.tokens_out,
         "latency_s": round(rnd.usage.latency_s, 4), "retries": rnd.retries, "repairs": rnd.repairs,
         "grammar_violations": rnd.grammar_violations, "invalid_items": rnd.invalid_items,
-        "overhead_s": round(overhead_s, 6), "note": rnd.note,
+        "overhead_s": round(overhead_s, 6), "note": rnd.note, "shown": rnd.shown, "picked": rnd.picked,
     }
 
 
@@ -159,11 +163,12 @@ async def run_plan(ctx: AgentContext, user: int, part: str = "test", seed: int =
     traj = _trajectory(ctx, state, target)
     traj.finished_by = "plan"
     talk = Conversation(ctx, ctx.renderer.task(state.head) + "\n" + ctx.renderer.plan_note())
-    actions = []
+    actions, ended = [], False
     for n in range(1, cfg.max_rounds + 1):
         started, state.llm_s = time.perf_counter(), 0.0
         messages = talk.messages()
         if messages is None:
+            ended = True  # the plan is cut where its prompt stopped fitting
             break
         rnd = Round(n)
         traj.rounds.append(rnd)
@@ -178,6 +183,7 @@ async def run_plan(ctx: AgentContext, user: int, part: str = "test", seed: int =
         rnd.overhead_s = time.perf_counter() - started - state.llm_s
         if isinstance(action, Finish):
             break
+    traj.fallbacks = dict(talk.fallbacks, context_ended=int(ended))
     for rnd, action in zip(traj.rounds, actions):  # execution, in plan order
         if isinstance(action, Finish):
             break

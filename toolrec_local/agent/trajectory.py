@@ -10,6 +10,25 @@ from dataclasses import dataclass, field
 
 from toolrec_local.llm.protocol import Completion
 
+# Fallbacks that change a result, counted per user (Round.fallbacks, Trajectory.fallbacks;
+# `totals()["fallbacks"]`), summed per method in summary.json, shown by `eval` and `report`.
+FALLBACKS = {
+    "candidates_cut": "Rank/final prompts cut to fit the context (candidates dropped, shown once, or K reduced)",
+    "final_skipped": "final rankings skipped (their prompt did not fit; the last-list answer used)",
+    "topup": "final steps topped up from the backbone (fewer than N gathered)",
+    "context_shortened": "agent prompts shortened to fit the context (observations or thoughts)",
+    "demos_dropped": "demonstrations dropped to fit the context",
+    "context_ended": "agent runs ended because their prompt no longer fit",
+    "padded": "final lists padded by retrieval score",
+}
+
+
+def add_counts(into: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
+    for name, n in counts.items():
+        if n:
+            into[name] = into.get(name, 0) + n
+    return into
+
 
 @dataclass
 class Usage:
@@ -47,6 +66,14 @@ class Round:
     grammar_violations: int = 0  # grammar mode only: replies outside the grammar's language
     invalid_items: int = 0  # items memory rejected (history, unknown, duplicate, not a candidate)
     overhead_s: float = 0.0  # time spent outside the LLM (rendering, tools, memory)
+    # An LLM ranking step only: the lists its prompt showed, in order, as (mark, items), and how
+    # many leading items of its answer the LLM wrote (the rest were filled by a repair).
+    shown: list[tuple[str, list[int]]] = field(default_factory=list)
+    picked: int = 0
+    fallbacks: dict[str, int] = field(default_factory=dict)  # FALLBACKS taken in this step
+
+    def count(self, fallback: str, n: int = 1) -> None:
+        add_counts(self.fallbacks, {fallback: n})
 
 
 @dataclass
@@ -68,6 +95,8 @@ class Trajectory:
     # stored list cut or padded by score, computed before the final step.
     last_list_items: list[int] = field(default_factory=list)
     last_list_note: str = ""
+    last_list_fallbacks: dict[str, int] = field(default_factory=dict)  # the last-list answer's padding
+    fallbacks: dict[str, int] = field(default_factory=dict)  # the agent's own prompt (conversation.py)
     item_ids: list[str] = field(default_factory=list, repr=False, compare=False)  # dataset's raw ids
 
     def _steps(self, with_finish: bool) -> list[Round]:
@@ -77,6 +106,9 @@ class Trajectory:
         """Cost and counters of the run; `with_finish=False`: without the final step's LLM call
         (what the "last-list" answer cost)."""
         steps = self._steps(with_finish)
+        fallbacks = dict.fromkeys(FALLBACKS, 0)
+        for counts in [r.fallbacks for r in steps] + [self.fallbacks] + ([] if with_finish else [self.last_list_fallbacks]):
+            add_counts(fallbacks, counts)
         return {
             "rounds": len(self.rounds),
             "tokens_in": sum(r.usage.tokens_in for r in steps),
@@ -88,6 +120,7 @@ class Trajectory:
             "repairs": sum(r.repairs for r in steps),
             "grammar_violations": sum(r.grammar_violations for r in steps),
             "invalid_items": sum(r.invalid_items for r in steps),
+            "fallbacks": fallbacks,
         }
 
     def tools_used(self) -> set[str]:
@@ -121,6 +154,7 @@ class Trajectory:
 
 
 def _round_dict(r: Round, raw) -> dict:
+    shown = {"shown": [{"mark": m, "items": raw(items)} for m, items in r.shown], "picked": r.picked} if r.shown else {}
     return {
         "thought": r.thought,
         "action": r.action,
@@ -134,4 +168,6 @@ def _round_dict(r: Round, raw) -> dict:
         "repairs": r.repairs,
         "grammar_violations": r.grammar_violations,
         "invalid_items": r.invalid_items,
+        **shown,
+        **({"fallbacks": dict(r.fallbacks)} if r.fallbacks else {}),
     }

@@ -23,8 +23,12 @@ if many users in a row fail (server down), the command stops with exit code 2.
 
 Protocol: --history exclude (default) ranks every method's target among the items outside the
 user's history; --history keep lets score methods rank history items too, as RecBole's
-sequential full ranking (the paper's SASRec, BERT4Rec and P5 rows) does. LLM methods never
-return history items, so their rows are the same under both. A folder holds one protocol.
+sequential full ranking (the paper's SASRec, BERT4Rec and P5 rows) does, and the agent's
+retrieval lists show history items (the authors' tools do not mask them). LLM methods never
+return history items. --answer-space catalogue lets the agent's Rank and final step answer any
+catalogue item outside the history (default gathered: only items its tools returned);
+--history keep --answer-space catalogue is the authors' condition. A folder holds one protocol,
+one --finish and one --answer-space.
 Methods are compared on the (seed, user) pairs every one of them finished ("paired").
 
 Scaling: users run concurrently against the vLLM server, as many as its KV cache holds
@@ -59,6 +63,7 @@ def eval_cmd(
     history: str = typer.Option("exclude", "--history", help="exclude: rank among items outside the user's history; keep: score methods rank history items too (RecBole's protocol)."),
     finish: str = typer.Option("llm", "--finish", help="The agent methods' final step: llm (the LLM ranks every gathered list, as the authors' code), last-list (the ablation: the last list cut or padded, no LLM call; rows named e.g. toolrec/last-list), or both (both rows from one run)."),
     temperature: float = typer.Option(0.0, "--temperature", help="LLM sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
+    answer_space: str = typer.Option("gathered", "--answer-space", help="What the agent's Rank and final step may answer: gathered (only items its tools returned) or catalogue (any catalogue item outside the history, as the authors' code accepts; with --history keep: the authors' condition)."),
     repeated_lists: str = typer.Option("refer", "--repeated-lists", help="A tool list identical to an earlier one (a repeated call): refer (its observation and its place in the Rank and final prompts name the earlier list) or full (listed again, as the authors' code does)."),
     max_rounds: int = typer.Option(7, "--max-rounds", min=1, help="The agent methods: Decision rounds (a Finish or an unreadable reply counts as one), the forced final step not counted: at the cap the agent finishes. Default 7, the authors' cap."),
     demos: int = typer.Option(3, "--demos", min=0, help="The agent methods: In-context demonstrations in the agent's prompt: the first N of prompts/<domain>.yaml (default 3, as many as the authors ship)."),
@@ -74,7 +79,7 @@ def eval_cmd(
         concurrency=parse_concurrency(concurrency), out=out, backend=backend, servers=list(server), api_key=api_key,
         shard=parse_shard(shard), top_n=top_n, batch_size=batch_size, grammar=not no_grammar,
         history=history,
-        finish=finish, temperature=temperature, repeated_lists=repeated_lists,
+        finish=finish, temperature=temperature, repeated_lists=repeated_lists, answer_space=answer_space,
         max_rounds=max_rounds, demos=demos, observe_items=observe_items,
     )
     with EvalProgress(err_console) as progress:
@@ -86,11 +91,13 @@ def eval_cmd(
         out_json["run_dir"] = str(folder)
         print_json(out_json)
     else:
-        from toolrec_local.eval.report import summary_table
+        from toolrec_local.eval.report import fallback_line, summary_table
 
         console.print(summary_table(summary))
         for line in server_lines(summary):
             console.print(line, highlight=False)
+        if fallback_line(summary):
+            console.print(f"[yellow]{fallback_line(summary)}[/]", highlight=False)
         console.print(f"results in [bold]{folder}[/]  (report: toolrec-local report {folder})")
     _warn_incomplete(summary)
 

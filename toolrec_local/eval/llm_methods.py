@@ -32,7 +32,7 @@ from toolrec_local.eval.methods import (CANDIDATES, FINISH_CHOICES, FINISH_METHO
                                         ToolBox, backbone_of)
 
 AGENT_STATS = ("llm_calls", "tokens_in", "tokens_out", "latency_s", "retries", "repairs", "grammar_violations",
-               "invalid_items", "overhead_s", "rounds")
+               "invalid_items", "overhead_s", "rounds", "fallbacks")
 NEEDS_ATTRIBUTE_TOOLS = ("toolrec", "toolrec-b", "plan", "multi")
 
 
@@ -91,14 +91,16 @@ def _rank_outcome(ds, items: list[int], stats: dict, lists: list, method: str) -
     raw = lambda xs: [ds.item_ids[i] for i in xs]  # noqa: E731
     record_stats = {k: stats.get(k, 0) for k in AGENT_STATS if k != "rounds"}
     trajectory = {"method": method, "groups": [{"mark": lst.mark, "items": raw(lst.items)} for lst in lists],
-                  "final": raw(items), "note": stats.get("note", ""), "totals": record_stats}
+                  "final": raw(items), "note": stats.get("note", ""), "totals": record_stats,
+                  "shown": [{"mark": m, "items": raw(xs)} for m, xs in stats.get("shown", [])], "picked": stats.get("picked")}
     return Outcome(final=list(items), stats=record_stats, trajectory=trajectory)
 
 
 def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend: str, servers: list[str] | None = None,
                       api_key: str | None = None, top_n: int = 10, grammar: bool = True, backend_obj=None,
                       finish: str = "llm", temperature: float = 0.0, repeated_lists: str = "refer",
-                      max_rounds: int = 7, demos: int = 3, observe_items: int | None = None) -> LLMSuite:
+                      answer_space: str = "gathered", history: str = "exclude", max_rounds: int = 7, demos: int = 3,
+                      observe_items: int | None = None) -> LLMSuite:
     """The LLM methods by name (suite.methods[name]); an agent method's records are named
     after `finish` (LLMMethod.name, LLMMethod.variants)."""
     from toolrec_local.agent.loop import AgentConfig, AgentContext, llm_rank, run_agent, run_plan
@@ -121,7 +123,8 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         raise ToolrecError(f"unknown finish {finish!r}", f"use one of: {', '.join(FINISH_CHOICES)}")
     config = AgentConfig(top_n=top_n, grammar=grammar, temperature=temperature,
                          finish="last-list" if finish == "last-list" else "llm", repeated_lists=repeated_lists,
-                         max_rounds=max_rounds, n_demos=demos, show_items=observe_items)
+                         answer_space=answer_space, history=history, max_rounds=max_rounds, n_demos=demos,
+                         show_items=observe_items)
     suite = LLMSuite({}, backends)
 
     def ctx(backbone: str, user: int) -> AgentContext:

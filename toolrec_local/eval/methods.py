@@ -30,7 +30,8 @@ BASELINES = ("pop", "sasrec", "bert4rec", "sasrec-bert", "bert4rec-bert", "p5", 
 TOOLREC = "toolrec"
 CANDIDATES = 30  # LLMRank, Chat-REC, single and multi rank 30 candidates (paper 4.1.3, 4.3.1)
 # `eval --history`: the items score methods rank the target among. LLM methods never return
-# history items, so their results are the same under both.
+# history items; under "keep" the agent's retrieval lists hold them (the authors' tools do not
+# mask them), so the agent's rows differ between the two.
 HISTORY_PROTOCOLS = {
     "exclude": "all items except the user's history",
     "keep": "all items, the user's history included (RecBole's sequential full ranking)",

@@ -8,6 +8,7 @@
 * metrics-<run>.png: Recall and NDCG @5/@10/@20 per method with std error bars; a dashed line
   separates the methods without an LLM from those with one (as the paper's Figure 4).
 * rounds-<run>.png: termination rounds of the agent, all users vs hits (Figure 5).
+* hits.png: where each LLM method's hits are won and lost (eval/hits_report.py).
 * compare.png, with several runs (e.g. one per LLM): Recall@10 and NDCG@10 side by side (Figure 8).
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from rich.table import Table
 
 from toolrec_local.errors import ToolrecError
+from toolrec_local.eval.hits_report import hits_section
 from toolrec_local.eval.methods import HISTORY_PROTOCOLS, needs_llm
 from toolrec_local.eval.rundir import RunView, load_runs
 from toolrec_local.eval.summary import summarize
@@ -26,6 +28,7 @@ from toolrec_local.eval.summary import summarize
 COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")
 AGENT_METHODS = ("toolrec", "toolrec-b", "plan")
 HISTORY_TITLES = {"exclude": "history excluded", "keep": "history kept"}
+SPACE_TITLES = {"gathered": "gathered answers", "catalogue": "catalogue answers"}
 
 
 def _fmt(metric: str, v: float) -> str:
@@ -60,7 +63,9 @@ def summary_table(summary: dict) -> Table:
     users = f"{summary['users']} users × {seeds} seed{'s' if seeds > 1 else ''}"
     if not incomplete and len(counts) == 1:
         users += f" = {counts.pop()} per method"
-    title = (f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {HISTORY_TITLES[summary['history']]} · {users}"
+    space = summary.get("answer_space")
+    space = f" · {SPACE_TITLES[space]}" + (" (the authors' condition)" if authors_condition(summary) else "") if space else ""
+    title = (f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {HISTORY_TITLES[summary['history']]}{space} · {users}"
              + (", mean ± std over seeds" if seeds > 1 else ""))
     if paired["partial"]:
         title += f"\n[bold yellow]{paired_note(summary)}[/]"
@@ -89,6 +94,31 @@ def summary_table(summary: dict) -> Table:
     return t
 
 
+def authors_condition(summary: dict) -> bool:
+    """`--history keep --answer-space catalogue`: the tools' lists hold history items and any
+    catalogue item may be answered, as in the authors' code."""
+    return summary.get("answer_space") == "catalogue" and summary["history"] == "keep"
+
+
+def fallback_counts(m: dict) -> dict[str, int]:
+    """A method's non-zero fallback counts (summary.json "fallbacks", without "users")."""
+    return {k: v for k, v in (m.get("fallbacks") or {}).items() if k != "users" and v}
+
+
+def fallback_line(summary: dict) -> str:
+    """One line naming every fallback a run took, per method; "" when none was taken."""
+    from toolrec_local.agent.trajectory import FALLBACKS
+
+    parts = []
+    for name, m in summary["methods"].items():
+        counts = fallback_counts(m)
+        if counts:
+            what = ", ".join(f"{n} {FALLBACKS.get(k, k)}" for k, n in counts.items())
+            parts.append(f"{name} ({m['fallbacks']['users']} of {m['users']['ok']} users): {what}")
+    return ("Fallbacks taken (counted per user in results.jsonl, summed in summary.json): " + "; ".join(parts)
+            if parts else "")
+
+
 def _pct(v: float | None, digits: int = 2) -> str:
     return "n/a" if v is None else f"{100 * v:+.{digits}f}%"
 
@@ -96,7 +126,13 @@ def _pct(v: float | None, digits: int = 2) -> str:
 # ---- Markdown -------------------------------------------------------------
 def table_title(summary: dict, label: str) -> str:
     h = summary["history"]
-    return f"**{label}: full ranking over {HISTORY_PROTOCOLS[h]}, `--history {h}`; {paired_note(summary)}.**"
+    space = summary.get("answer_space")
+    condition = "" if not space else (
+        "; the agent answers from the whole catalogue outside the history, its tools' lists holding history items "
+        "(`--history keep --answer-space catalogue`: the authors' condition)" if authors_condition(summary) else
+        f"; the agent answers {'from the whole catalogue outside the history' if space == 'catalogue' else 'only items its tools gathered'}"
+        f" (`--answer-space {space}`)")
+    return f"**{label}: full ranking over {HISTORY_PROTOCOLS[h]}, `--history {h}`{condition}; {paired_note(summary)}.**"
 
 
 def markdown_table(summary: dict) -> str:
@@ -141,13 +177,14 @@ def markdown_llm(summary: dict) -> str:
     rows = [(n, m["llm"]) for n, m in summary["methods"].items() if "llm" in m]
     if not rows:
         return ""
-    lines = ["| Method | LLM calls / user | tokens in / user | tokens out / user | LLM latency s / user | wall s / user | out tok / LLM s | outside LLM | retries | repairs | grammar violations |",
-             "|---|" + "---:|" * 10]
+    lines = ["| Method | LLM calls / user | tokens in / user | tokens out / user | LLM latency s / user | wall s / user | out tok / LLM s | outside LLM | retries | repairs | grammar violations | fallbacks |",
+             "|---|" + "---:|" * 10 + "---|"]
     for n, l in rows:
         share = "-" if l["share_outside_llm"] is None else f"{100 * l['share_outside_llm']:.1f}%"
         tps = "-" if l["tokens_out_per_llm_s"] is None else f"{l['tokens_out_per_llm_s']:.1f}"
+        fallbacks = ", ".join(f"{k} {v}" for k, v in fallback_counts(summary["methods"][n]).items()) or "0"
         lines.append(f"| {n} | {l['llm_calls_per_user']:.2f} | {l['tokens_in_per_user']:.0f} | {l['tokens_out_per_user']:.0f} | "
-                     f"{l['latency_s_per_user']:.2f} | {l['wall_s_per_user']:.2f} | {tps} | {share} | {l['retries']} | {l['repairs']} | {l['grammar_violations']} |")
+                     f"{l['latency_s_per_user']:.2f} | {l['wall_s_per_user']:.2f} | {tps} | {share} | {l['retries']} | {l['repairs']} | {l['grammar_violations']} | {fallbacks} |")
     return "\n".join(lines)
 
 
@@ -301,8 +338,12 @@ def _describe(view: RunView, summary: dict) -> str:
 NOTES = """Notes. Leave-one-out, full ranking. With `--history exclude` (the default) every method's
 target is ranked among the items outside the user's history; with `--history keep` the score
 methods (pop, sasrec, bert4rec, tool:*) rank the history items too, as RecBole's sequential
-full-ranking evaluation does (the paper's SASRec, BERT4Rec and P5 rows). LLM methods never
-return history items, so their rows are the same under both. Score methods rank the target
+full-ranking evaluation does (the paper's SASRec, BERT4Rec and P5 rows), and the agent's
+retrieval lists hold history items too, as the authors' tools do. LLM methods never return
+history items. The agent answers only items its tools gathered (`--answer-space gathered`) or
+any catalogue item outside the history (`catalogue`, as the authors' code accepts); the
+fallbacks column counts what changed an answer (prompts cut or shortened to fit the context,
+a skipped final ranking, a top-up from the backbone, padding by retrieval score). Score methods rank the target
 exactly over the catalogue; LLM methods rank it by its position in their top-N list, so their
 @20 equals @N when N < 20. Rows are compared on the same users: the (seed, user) pairs that
 every method with a finished user finished (in a complete run, every user); when a method
@@ -337,18 +378,21 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
             md += [f"![metrics]({p.name})", ""]
         llm = markdown_llm(s)
         if llm:
-            md += ["### LLM cost per user", "", llm, ""]
+            md += ["### LLM cost per user", "", llm, "", fallback_line(s) or "No fallbacks were taken.", ""]
         rounds = markdown_rounds(s)
         if rounds:
             md += ["### Termination rounds (Figure 5)", "", rounds, ""]
             p = plot_rounds(s, out / f"rounds-{slug}.png", view.label)
             if p:
                 md += [f"![rounds]({p.name})", ""]
+    md += hits_section(summaries, out)
     if len(summaries) > 1:
         md += ["## Side by side (Figure 8)", "", markdown_compare(summaries), ""]
         p = plot_compare(summaries, out / "compare.png")
         md += [f"![compare]({p.name})", ""]
-    protocols = "; ".join(f"{label}: `--history {s['history']}`" for label, s in summaries)
+    protocols = "; ".join(f"{label}: `--history {s['history']}`" + (f" `--answer-space {s['answer_space']}`"
+                                                                      if s.get("answer_space") else "")
+                          for label, s in summaries)
     md += [NOTES, "", f"Protocol of each table: {protocols}.", ""]
     path = out / "report.md"
     path.write_text("\n".join(md), encoding="utf-8")

@@ -8,15 +8,16 @@ shards may also live in separate folders (one per node) and `report` merges them
 
 Re-running into a folder: everything that changes the results by design (dataset and its
 fingerprint, split part, top-N, the user sample, the seeds, the history protocol, the shard,
-and the LLM, backend, grammar mode, temperature, repeated-list mode, the prompt file's
-fingerprint and the agent's round cap, demonstrations and observed items once an LLM method is
-in the run) must match run.json, or the command is refused. What may differ: the methods (new
-ones are added to the run), --concurrency and --server. Those two are not neutral: a server
-computes a request's logits in a batch with whatever else is in flight, and on CPU (and on GPU
-without batch-invariant kernels) the batch changes the floating-point sums, so a greedy answer
-can change with the concurrency level or the replica, and the trajectory and its metrics with
-it (measured on vLLM's CPU build: the trajectories of one ToolRec run at concurrency 1/4/16/auto
-differ, 15.2-17.2 LLM calls per user). They change which greedy trajectory a user gets, not the
+and the LLM, backend, grammar mode, temperature, repeated-list mode and the prompt file's
+fingerprint once an LLM method is in the run; the finish mode, the answer space and the agent's
+round cap, demonstrations and observed items once an agent method is) must match run.json, or
+the command is refused. What may differ: the methods (new ones are added to the run),
+--concurrency and --server. Those two are not neutral: a server computes a request's logits in
+a batch with whatever else is in flight, and on CPU (and on GPU without batch-invariant
+kernels) the batch changes the floating-point sums, so a greedy answer can change with the
+concurrency level or the replica, and the trajectory and its metrics with it (measured on
+vLLM's CPU build: the trajectories of one ToolRec run at concurrency 1/4/16/auto differ,
+15.2-17.2 LLM calls per user). They change which greedy trajectory a user gets, not the
 protocol; a resumed run may mix users made at different levels, and figures that must be
 reproduced answer for answer need the same --concurrency and --server.
 """
@@ -36,8 +37,9 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.results import latest_by_key, read_jsonl
 
 IDENTITY = ("dataset", "dataset_fingerprint", "part", "top_n", "users", "seeds", "history")
-LLM_IDENTITY = ("llm", "backend", "grammar", "temperature", "repeated_lists", "prompts", "max_rounds", "demos",
-                "observe_items")
+LLM_IDENTITY = ("llm", "backend", "grammar", "temperature", "repeated_lists", "prompts")
+# The agent methods' (toolrec, toolrec-b, plan) own: None in a run without one, which matches any.
+AGENT_IDENTITY = ("finish", "answer_space", "max_rounds", "demos", "observe_items")
 
 
 @dataclass
@@ -59,9 +61,13 @@ class RunConfig:
     grammar: bool = True  # LLM output grammar-constrained (False: --no-grammar, free text)
     expected: dict[str, int] = field(default_factory=dict)  # seed -> users this run (shard) evaluates
     history: str = "exclude"  # --history: "keep" = score methods rank history items too (older runs: exclude)
-    # The agent methods' final step of the latest invocation (llm | last-list | both); the
-    # record names say which one each row used (toolrec vs toolrec/last-list).
+    # The agent methods' final step (llm | last-list | both; None: no agent method ran): part of
+    # the run's identity, since each mode's rows come from its own trajectories (last-list's
+    # agent is told another Finish) and `both` writes its two rows from one.
     finish: str | None = None
+    # What the agent's Rank and final step may answer (--answer-space gathered | catalogue; None:
+    # no agent method ran); part of the identity. A folder from before the option: gathered.
+    answer_space: str | None = "gathered"
     temperature: float = 0.0  # LLM sampling temperature (0: greedy); part of an LLM run's identity
     # How the agent shows a list identical to an earlier one (AgentConfig.repeated_lists);
     # part of an LLM run's identity. A folder written before the option listed them ("full").
@@ -71,11 +77,11 @@ class RunConfig:
     # written before it was recorded (such a folder cannot be continued with an LLM method).
     prompts: str | None = None
     # The agent's decision rounds (the forced final step not counted), demonstrations, and items
-    # observed per list (None: the whole list); part of an LLM run's identity. A folder written
-    # before they were recorded ran 8 rounds, 2 demonstrations and 10 items.
+    # observed per list ("all": the whole list); None: no agent method ran. Part of the identity.
+    # A folder written before they were recorded ran 8 rounds, 2 demonstrations and 10 items.
     max_rounds: int | None = 8
     demos: int | None = 2
-    observe_items: int | None = 10
+    observe_items: int | str | None = 10
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -147,8 +153,13 @@ def check_compatible(old: RunConfig, new: RunConfig, where: Path) -> None:
     diffs = _mismatch(old, new, IDENTITY)
     if old.uses_llm and new.uses_llm:
         diffs += _mismatch(old, new, LLM_IDENTITY)
+        diffs += _mismatch(old, new, tuple(f for f in AGENT_IDENTITY
+                                           if getattr(old, f) is not None and getattr(new, f) is not None))
     if diffs:
         fix = "re-run with the same options (only methods may be added), or pass another --out folder"
+        if any(d.startswith(("finish:", "answer_space:")) for d in diffs):
+            fix = ("one folder holds one --finish mode and one --answer-space (each makes its own trajectories; "
+                   "--finish both writes its two rows from one): pass the folder's values, or another --out folder")
         if any(d.startswith("prompts:") for d in diffs):
             fix = ("the prompt file (prompts/<domain>.yaml, or $TOOLREC_PROMPTS) is not the one this folder's "
                    "LLM results were made with: pass another --out folder, or restore that file")
@@ -160,9 +171,12 @@ def merge_config(old: RunConfig, new: RunConfig) -> RunConfig:
     merged = RunConfig(**{**asdict(new), "shard": new.shard})
     merged.methods = list(dict.fromkeys(old.methods + new.methods))
     if old.uses_llm and not new.uses_llm:
-        for f in (*LLM_IDENTITY, "finish"):  # the LLM part of the run stays the folder's
+        for f in (*LLM_IDENTITY, *AGENT_IDENTITY):  # the LLM part of the run stays the folder's
             setattr(merged, f, getattr(old, f))
         merged.uses_llm = True
+    for f in AGENT_IDENTITY:  # set once an agent method ran
+        if getattr(merged, f) is None:
+            setattr(merged, f, getattr(old, f))
     return merged
 
 
@@ -240,14 +254,16 @@ class RunView:
         keep = " · history kept" if cfg.history == "keep" else ""  # the default protocol goes unnamed here
         if not cfg.uses_llm:
             return f"{cfg.dataset} · no LLM{keep}"
+        space = " · catalogue answers" if cfg.answer_space == "catalogue" else ""  # so is the default space
         return f"{cfg.dataset} · {cfg.llm}" + ("" if cfg.grammar else " (free text)") + \
-            (f" (T={cfg.temperature:g})" if cfg.temperature else "") + keep
+            (f" (T={cfg.temperature:g})" if cfg.temperature else "") + keep + space
 
 
 def _group_key(cfg: RunConfig) -> tuple:
     return tuple(getattr(cfg, f) if not isinstance(getattr(cfg, f), list) else tuple(getattr(cfg, f)) for f in IDENTITY) + (
-        tuple(getattr(cfg, f) for f in LLM_IDENTITY) if cfg.uses_llm else (None,) * len(LLM_IDENTITY),
-    )  # shards made under other prompts (or list modes) are other runs
+        tuple(getattr(cfg, f) for f in (*LLM_IDENTITY, *AGENT_IDENTITY)) if cfg.uses_llm
+        else (None,) * (len(LLM_IDENTITY) + len(AGENT_IDENTITY)),
+    )  # shards made under other prompts (or list modes, finish modes, answer spaces) are other runs
 
 
 def load_runs(folders: list[Path]) -> list[RunView]:

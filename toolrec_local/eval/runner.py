@@ -113,6 +113,8 @@ def make_record(ds, method: str, seed: int, user: int, part: str, *, final: list
     }
     for f in STAT_FIELDS:
         rec[f] = stats.get(f, 0)
+    if "fallbacks" in stats:  # LLM methods: each fallback that changed the answer, counted
+        rec["fallbacks"] = dict(stats["fallbacks"])
     rec["wall_s"] = round(wall_s, 4)
     rec["time"] = _now()
     return rec
@@ -254,23 +256,22 @@ class Runner:
             else:
                 await slot.release(meter, finished=True)
                 _, target = self.ds.split(user, self.part)
-                for v, variant in out.variants.items():  # written first: a kill in between redoes the user
-                    if v in variants and not self._done(v, seed, user):
-                        self._write_ok(v, seed, user, variant, target, time.perf_counter() - t0 - variant.saved_s)
-                if self._done(method.name, seed, user):  # only a variant was missing
-                    self.on_update(method.name, tally)
-                    return
+                # Every row of the user comes from this one run (a method and its variants are one
+                # trajectory). Rows an interrupted run left are replaced, and written first, so a
+                # kill before the last row still leaves one missing and the user is redone.
+                before = {n: self._done(n, seed, user) for n in (method.name, *variants)}
+                rows = [(v, o) for v, o in out.variants.items() if v in variants] + [(method.name, out)]
+                for name, row in sorted(rows, key=lambda r: not before[r[0]]):
+                    self._write_ok(name, seed, user, row, target, time.perf_counter() - t0 - row.saved_s,
+                                   replaces=before[name], count=name != method.name and not before[name])
                 rank = rank_in_list(out.final, target)
-                rec = make_record(self.ds, method.name, seed, user, self.part, final=out.final[: self.top_n],
-                                  rank=rank if rank < self.top_n else MISSING, stats=out.stats,
-                                  wall_s=time.perf_counter() - t0)
-                self.writer.write(rec, out.trajectory)
                 # what did not pass through the meter (a method that calls no AgentContext)
                 tally.calls += max(0, int(out.stats.get("llm_calls", 0)) - meter.calls)
                 tally.tokens_in += max(0, int(out.stats.get("tokens_in", 0)) - meter.tokens_in)
                 tally.rounds += max(0, int(out.stats.get("rounds", 0)) - meter.rounds)
-                tally.add(rank if rank < self.top_n else MISSING,
-                          max(0, int(out.stats.get("tokens_out", 0)) - meter.tokens_out))
+                if not before[method.name]:
+                    tally.add(rank if rank < self.top_n else MISSING,
+                              max(0, int(out.stats.get("tokens_out", 0)) - meter.tokens_out))
                 state["in_a_row"] = 0
                 state["ok"] += 1
             finally:
@@ -319,14 +320,21 @@ class Runner:
         rec = self.writer.index.get((method, seed, self.ds.user_ids[user]))
         return rec is not None and rec["status"] == OK
 
-    def _write_ok(self, method: str, seed: int, user: int, out: Outcome, target: int, wall_s: float) -> None:
-        """The record of a variant (e.g. toolrec/last-list) of a finished run."""
+    def _write_ok(self, method: str, seed: int, user: int, out: Outcome, target: int, wall_s: float, *,
+                  replaces: bool = False, count: bool = False) -> None:
+        """The record of a finished run (or of its variant, e.g. toolrec/last-list); `replaces`:
+        it supersedes a row of this key an interrupted run left; `count`: add it to the
+        method's tally (a variant's; the method's own tally counts as it goes)."""
         rank = rank_in_list(out.final, target)
         rank = rank if rank < self.top_n else MISSING
-        self.writer.write(make_record(self.ds, method, seed, user, self.part, final=out.final[: self.top_n], rank=rank,
-                                      stats=out.stats, wall_s=wall_s), out.trajectory)
-        self.tallies[method].add(rank, int(out.stats.get("tokens_out", 0)))
-        self.on_update(method, self.tallies[method])
+        rec = make_record(self.ds, method, seed, user, self.part, final=out.final[: self.top_n], rank=rank,
+                          stats=out.stats, wall_s=wall_s)
+        if replaces:
+            rec["replaces"] = True
+        self.writer.write(rec, out.trajectory)
+        if count:
+            self.tallies[method].add(rank, int(out.stats.get("tokens_out", 0)))
+            self.on_update(method, self.tallies[method])
 
     async def _read_servers(self, tally: Tally, slots: list[ServerSlots], mark: dict | None) -> None:
         """The figures the progress shows beside the users: users in flight and the limit now,

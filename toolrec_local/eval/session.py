@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from toolrec_local.agent.context import REPEATED_LISTS
+from toolrec_local.agent.context import ANSWER_SPACES, REPEATED_LISTS
 from toolrec_local.agent.prompts import load_prompts
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.methods import (FINISH_CHOICES, HISTORY_PROTOCOLS, ToolBox, build_score_method, needs_llm,
-                                       parse_method_names)
+from toolrec_local.eval.methods import (FINISH_CHOICES, FINISH_METHODS, HISTORY_PROTOCOLS, ToolBox, build_score_method,
+                                       needs_llm, parse_method_names)
 from toolrec_local.eval.results import ResultsWriter
 from toolrec_local.eval.rundir import RunConfig, RunFolder, command_line, load_runs
 from toolrec_local.eval.runner import Runner, Tally, plan_users
@@ -48,6 +48,7 @@ class EvalOptions:
     max_rounds: int = 7  # the agent: decision rounds, the forced final step not counted (the authors' 7)
     demos: int = 3  # the agent: in-context demonstrations (the authors ship 3)
     observe_items: int | None = None  # the agent: items of each list observed (None: the whole list)
+    answer_space: str = "gathered"  # the agent's Rank and final step: gathered items, or the whole catalogue
 
 
 def default_out(opts: EvalOptions) -> Path:
@@ -84,6 +85,9 @@ def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
         raise ToolrecError(f"--max-rounds {opts.max_rounds}, --demos {opts.demos}, --observe-items "
                            f"{opts.observe_items}: out of range",
                            "use --max-rounds 1 or more, --demos 0 or more, --observe-items 1 or more")
+    if opts.answer_space not in ANSWER_SPACES:
+        raise ToolrecError(f"unknown --answer-space {opts.answer_space!r}",
+                           "use gathered (only items the tools returned) or catalogue (any item outside the history)")
     return names
 
 
@@ -98,6 +102,7 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
     ds = load_dataset(opts.dataset)
     names = check_options(opts, list(ds.attributes))
     uses_llm = any(needs_llm(n) for n in names)
+    uses_agent = any(n in FINISH_METHODS for n in names)  # --finish and --answer-space are theirs
     seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.all_users else 3)))
     users = None if opts.all_users else opts.users
     concurrency = 1 if (uses_llm and opts.backend == "local") else opts.concurrency
@@ -117,6 +122,7 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
             [n for n in names if needs_llm(n)], ds, tools, llm=opts.llm, backend=opts.backend,
             servers=opts.servers, api_key=opts.api_key, top_n=opts.top_n, grammar=opts.grammar,
             finish=opts.finish, temperature=opts.temperature, repeated_lists=opts.repeated_lists,
+            answer_space=opts.answer_space, history=opts.history,
             max_rounds=opts.max_rounds, demos=opts.demos, observe_items=opts.observe_items,
         )
     for n in names:
@@ -129,10 +135,11 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
         top_n=opts.top_n, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency or "auto",
         command=command_line(), uses_llm=uses_llm, grammar=opts.grammar if uses_llm else True,
         expected={str(s): len(u) for s, u in plan.items()}, history=opts.history,
-        finish=opts.finish if uses_llm else None, temperature=opts.temperature if uses_llm else 0.0,
+        finish=opts.finish if uses_agent else None, answer_space=opts.answer_space if uses_agent else None,
+        temperature=opts.temperature if uses_llm else 0.0,
         repeated_lists=opts.repeated_lists if uses_llm else None,
-        max_rounds=opts.max_rounds if uses_llm else None, demos=opts.demos if uses_llm else None,
-        observe_items=opts.observe_items if uses_llm else None,
+        max_rounds=opts.max_rounds if uses_agent else None, demos=opts.demos if uses_agent else None,
+        observe_items=(opts.observe_items or "all") if uses_agent else None,
         prompts=load_prompts(ds.domain).fingerprint if uses_llm else None,
     )
     out = Path(opts.out or default_out(opts))

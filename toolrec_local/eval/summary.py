@@ -17,6 +17,7 @@ from collections import Counter
 
 import numpy as np
 
+from toolrec_local.eval.hits import hits_block
 from toolrec_local.eval.methods import BASELINES, TOOLREC, needs_llm
 from toolrec_local.metrics import MISSING, mean_std, metric_means, relative_improvement
 from toolrec_local.eval.results import OK
@@ -76,6 +77,12 @@ def method_summary(name: str, records: list[dict], top_n: int, expected: int | N
         # per user: output tokens per second spent waiting on the LLM (server queueing included)
         out["llm"]["tokens_out_per_llm_s"] = round(sum(int(r.get("tokens_out") or 0) for r in ok) / latency, 2) if latency else None
         out["llm"]["share_outside_llm"] = round(max(0.0, 1 - latency / wall), 4) if wall else None
+        out["hits"] = hits_block([r for r in ok if pairs is None or _pair(r) in pairs])  # over the headline's users
+        # every fallback that changed an answer (agent/trajectory.py FALLBACKS), summed, and
+        # the users that took any
+        took = [r.get("fallbacks") or {} for r in ok]
+        out["fallbacks"] = {f: int(sum(int(t.get(f) or 0) for t in took)) for f in dict.fromkeys(k for t in took for k in t)}
+        out["fallbacks"]["users"] = sum(1 for t in took if any(t.values()))
         rounds = [int(r.get("rounds") or 0) for r in ok]
         if any(rounds):
             hits = [int(r.get("rounds") or 0) for r in ok if _rank(r) < top_n]
@@ -134,6 +141,8 @@ def summarize(config, records: list[dict], expected: dict | None = None, missing
         "users": config.users if config.users is not None else "all",
         "seeds": config.seeds,
         "history": config.history,
+        "answer_space": getattr(config, "answer_space", None) if config.uses_llm else None,
+        "finish": getattr(config, "finish", None) if config.uses_llm else None,
         "paired": paired,
         "methods": methods,
         "improvement": improvement({m: methods[m] for m in compared}, top_n=config.top_n),
@@ -151,7 +160,7 @@ def brief(summary: dict) -> dict:
         entry["all_users"] = {k: m["all_users"][k] for k in METRICS}
         entry["users"] = m["users"]
         entry["complete"] = m["complete"]
-        for extra in ("llm", "rounds"):
+        for extra in ("llm", "rounds", "fallbacks"):
             if extra in m:
                 entry[extra] = m[extra]
         out["methods"][name] = entry
