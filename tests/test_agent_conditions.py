@@ -111,7 +111,7 @@ def test_catalogue_rank_may_answer_beyond_the_gathered_items(ml100k, tool):
     turns[2] = "\n".join([line(ds, x)] + [line(ds, i) for i in gathered[:4]])
     traj, backend = run(ds, tool, turns, answer_space="catalogue")
     assert isinstance(backend.calls[2].constraint, ItemListGrammar) and traj.rounds[1].items[0] == x
-    assert "\n" + line(ds, x) in backend.calls[-1].messages[-1]["content"]  # the final step sees the Rank list
+    assert "\n1. " + line(ds, x) in backend.calls[-1].messages[-1]["content"]  # the final step sees the Rank list
 
 
 def test_history_keep_shows_history_items_in_retrieval_but_never_answers_them(ml100k, tool):

@@ -23,10 +23,14 @@ LIST_DENSITY = 0.7  # item-list prompts start at this share of chars_per_token
 @dataclass(frozen=True)
 class AgentConfig:
     top_n: int = 10  # N of the final list
-    max_rounds: int = 8  # the paper's cap; at the cap the agent finishes
+    # Decision rounds (a Finish or an invalid reply counts as one), the forced final step not
+    # counted: the authors' chat_RecAct.py allows 7, then forces finish[] (their conclude_step).
+    max_rounds: int = 7
     history_len: int = 10  # history items shown (most recent)
-    n_demos: int = 2  # in-context demonstrations (prompts/<domain>.yaml has them)
-    show_items: int = 10  # items of each tool list shown in the agent's context
+    n_demos: int = 3  # in-context demonstrations (prompts/<domain>.yaml); the authors ship 3
+    # Items of each tool list shown in the agent's observation; None: the whole list, as the
+    # authors' observation is (a number cuts each list to its first N, "... and M more.").
+    show_items: int | None = None
     observation_window: int | None = None  # rounds whose observations stay in full (None: all)
     max_k: int = 50  # K allowed in an action (grammar bound; free text is clamped to it)
     default_k: int = 20  # free text only: K when the model wrote Retrieval[genre]
@@ -71,7 +75,8 @@ class AgentConfig:
     def __post_init__(self):
         checks = {
             "top_n": self.top_n >= 1, "max_rounds": self.max_rounds >= 1, "history_len": self.history_len >= 0,
-            "n_demos": self.n_demos >= 0, "show_items": self.show_items >= 1, "max_k": self.max_k >= 1,
+            "n_demos": self.n_demos >= 0, "show_items": self.show_items is None or self.show_items >= 1,
+            "max_k": self.max_k >= 1,
             "default_k": 1 <= self.default_k <= self.max_k,
             "rank_max_candidates": self.rank_max_candidates is None or self.rank_max_candidates >= 1,
             "finish": self.finish in FINISH_MODES, "repeated_lists": self.repeated_lists in REPEATED_LISTS,

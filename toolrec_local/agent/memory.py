@@ -31,19 +31,32 @@ class ToolList:
 
     action: Action  # Retrieval or Rank (the K actually executed)
     items: list[int]
-    scores: list[float]  # retrieval scores; a Rank list carries its items' best retrieval score
+    # Retrieval: the tool's scores. None for a list the LLM ranked (Rank): its order is the
+    # LLM's and it has no scores; prompts show its rank positions, never a retrieval score.
+    scores: list[float] | None = None
     # A list no agent action made (the final step's top-up from the backbone) is shown under
     # this mark instead of an action the agent never wrote.
     label: str = ""
+    ranks: list[int] | None = None  # a ranked list: each item's position in the LLM's answer (1 = best)
+
+    def __post_init__(self):
+        if self.scores is None and self.ranks is None:
+            self.ranks = list(range(1, len(self.items) + 1))
 
     @property
     def mark(self) -> str:
         return self.label or format_action(self.action)
 
+    @property
+    def ranked(self) -> bool:
+        return self.scores is None
+
     def only(self, keep: set[int]) -> "ToolList":
-        """The same list (same mark) with only the items in `keep`, in order."""
-        pairs = [(i, s) for i, s in zip(self.items, self.scores) if i in keep]
-        return ToolList(self.action, [i for i, _ in pairs], [s for _, s in pairs], self.label)
+        """The same list (same mark) with only the items in `keep`, in order (a ranked list
+        keeps each item's original position)."""
+        at = [n for n, i in enumerate(self.items) if i in keep]
+        pick = lambda values: None if values is None else [values[n] for n in at]  # noqa: E731
+        return ToolList(self.action, pick(self.items), pick(self.scores), self.label, pick(self.ranks))
 
 
 @dataclass(frozen=True)
@@ -97,10 +110,11 @@ class Memory:
                 out.valid.append(item)
         return out
 
-    def store(self, action: Action, items: list[int], scores: list[float], label: str = "") -> ToolList:
-        entry = ToolList(action, list(items), list(scores), label)
+    def store(self, action: Action, items: list[int], scores: list[float] | None = None, label: str = "") -> ToolList:
+        """Store a list; `scores` None: the LLM's ranking (ToolList.ranked)."""
+        entry = ToolList(action, list(items), None if scores is None else list(scores), label)
         self.lists.append(entry)
-        for item, score in zip(items, scores):
+        for item, score in zip(items, scores or ()):
             if item not in self._best_score or score > self._best_score[item]:
                 self._best_score[item] = score
         return entry

@@ -95,7 +95,7 @@ async def run_rank(state: RunState, action: Rank, rnd: Round) -> ToolList | None
     rnd.note = _join(rnd.note, note)
     items = await rank_lists(state, list(state.memory.lists), action.attribute, k, rnd,
                              catalogue=cfg.answer_space == "catalogue")
-    return state.memory.store(Rank(action.attribute, len(items)), items, [state.memory.score(i) for i in items])
+    return state.memory.store(Rank(action.attribute, len(items)), items)  # the LLM's order, no scores
 
 
 async def rank_lists(state: RunState, lists: list[ToolList], attribute: str | None, k: int, rnd: Round, *,

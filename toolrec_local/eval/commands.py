@@ -65,6 +65,9 @@ def eval_cmd(
     temperature: float = typer.Option(0.0, "--temperature", help="LLM sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
     answer_space: str = typer.Option("gathered", "--answer-space", help="What the agent's Rank and final step may answer: gathered (only items its tools returned) or catalogue (any catalogue item outside the history, as the authors' code accepts; with --history keep: the authors' condition)."),
     repeated_lists: str = typer.Option("refer", "--repeated-lists", help="A tool list identical to an earlier one (a repeated call): refer (its observation and its place in the Rank and final prompts name the earlier list) or full (listed again, as the authors' code does)."),
+    max_rounds: int = typer.Option(7, "--max-rounds", min=1, help="The agent methods: Decision rounds (a Finish or an unreadable reply counts as one), the forced final step not counted: at the cap the agent finishes. Default 7, the authors' cap."),
+    demos: int = typer.Option(3, "--demos", min=0, help="The agent methods: In-context demonstrations in the agent's prompt: the first N of prompts/<domain>.yaml (default 3, as many as the authors ship)."),
+    observe_items: Optional[int] = typer.Option(None, "--observe-items", min=1, help="The agent methods: Items of each tool list shown in the agent's observation (default: the whole list, as in the authors' code)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     from toolrec_local.eval.progress import EvalProgress
@@ -77,6 +80,7 @@ def eval_cmd(
         shard=parse_shard(shard), top_n=top_n, batch_size=batch_size, grammar=not no_grammar,
         history=history,
         finish=finish, temperature=temperature, repeated_lists=repeated_lists, answer_space=answer_space,
+        max_rounds=max_rounds, demos=demos, observe_items=observe_items,
     )
     with EvalProgress(err_console) as progress:
         summary, folder = evaluate(opts, on_update=progress.update, on_note=progress.note)

@@ -99,7 +99,8 @@ def _rank_outcome(ds, items: list[int], stats: dict, lists: list, method: str) -
 def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend: str, servers: list[str] | None = None,
                       api_key: str | None = None, top_n: int = 10, grammar: bool = True, backend_obj=None,
                       finish: str = "llm", temperature: float = 0.0, repeated_lists: str = "refer",
-                      answer_space: str = "gathered", history: str = "exclude") -> LLMSuite:
+                      answer_space: str = "gathered", history: str = "exclude", max_rounds: int = 7, demos: int = 3,
+                      observe_items: int | None = None) -> LLMSuite:
     """The LLM methods by name (suite.methods[name]); an agent method's records are named
     after `finish` (LLMMethod.name, LLMMethod.variants)."""
     from toolrec_local.agent.loop import AgentConfig, AgentContext, llm_rank, run_agent, run_plan
@@ -122,7 +123,8 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         raise ToolrecError(f"unknown finish {finish!r}", f"use one of: {', '.join(FINISH_CHOICES)}")
     config = AgentConfig(top_n=top_n, grammar=grammar, temperature=temperature,
                          finish="last-list" if finish == "last-list" else "llm", repeated_lists=repeated_lists,
-                         answer_space=answer_space, history=history)
+                         answer_space=answer_space, history=history, max_rounds=max_rounds, n_demos=demos,
+                         show_items=observe_items)
     suite = LLMSuite({}, backends)
 
     def ctx(backbone: str, user: int) -> AgentContext:
@@ -132,7 +134,8 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         return contexts[key]
 
     def agent(name: str, fn):
-        ctx(backbone_of(name), 0)  # built now: a prompt or tool problem shows before any user runs
+        # made now: a prompt, demonstration or tool problem shows before any user runs
+        ctx(backbone_of(name), 0).renderer.system_with(config.n_demos)
 
         async def run(user: int, seed: int, part: str) -> Outcome:
             out = _agent_outcome(await fn(ctx(backbone_of(name), user), user, part=part, seed=seed), finish == "both")
@@ -142,7 +145,7 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, *, llm: str, backend
         return run
 
     def ranker(name: str, include_profile: bool, multi: bool = False, style: str = "rank"):
-        ctx("sasrec", 0)
+        ctx("sasrec", 0).renderer.require_style(style)  # the method's own prompt, before any user runs
 
         async def run(user: int, seed: int, part: str) -> Outcome:
             c = ctx("sasrec", user)

@@ -6,13 +6,20 @@ Layout of one folder:
 A folder holds either one unsharded run or shards of one run (same configuration, same n);
 shards may also live in separate folders (one per node) and `report` merges them.
 
-Re-running into a folder: everything that changes the results (dataset and its fingerprint,
-split part, top-N, the user sample, the seeds, the history protocol, the shard, and the LLM,
-backend, grammar mode, temperature, repeated-list mode and the prompt file's fingerprint once
-an LLM method is in the run; the finish mode and the answer space once an agent method is)
-must match run.json, or the command is refused. What may differ:
-the methods (new ones are added to the run), --concurrency and --server (they change speed,
-not results).
+Re-running into a folder: everything that changes the results by design (dataset and its
+fingerprint, split part, top-N, the user sample, the seeds, the history protocol, the shard,
+and the LLM, backend, grammar mode, temperature, repeated-list mode and the prompt file's
+fingerprint once an LLM method is in the run; the finish mode, the answer space and the agent's
+round cap, demonstrations and observed items once an agent method is) must match run.json, or
+the command is refused. What may differ: the methods (new ones are added to the run),
+--concurrency and --server. Those two are not neutral: a server computes a request's logits in
+a batch with whatever else is in flight, and on CPU (and on GPU without batch-invariant
+kernels) the batch changes the floating-point sums, so a greedy answer can change with the
+concurrency level or the replica, and the trajectory and its metrics with it (measured on
+vLLM's CPU build: the trajectories of one ToolRec run at concurrency 1/4/16/auto differ,
+15.2-17.2 LLM calls per user). They change which greedy trajectory a user gets, not the
+protocol; a resumed run may mix users made at different levels, and figures that must be
+reproduced answer for answer need the same --concurrency and --server.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from toolrec_local.eval.results import latest_by_key, read_jsonl
 IDENTITY = ("dataset", "dataset_fingerprint", "part", "top_n", "users", "seeds", "history")
 LLM_IDENTITY = ("llm", "backend", "grammar", "temperature", "repeated_lists", "prompts")
 # The agent methods' (toolrec, toolrec-b, plan) own: None in a run without one, which matches any.
-AGENT_IDENTITY = ("finish", "answer_space")
+AGENT_IDENTITY = ("finish", "answer_space", "max_rounds", "demos", "observe_items")
 
 
 @dataclass
@@ -69,6 +76,12 @@ class RunConfig:
     # LLM run's identity: results under other prompts are not mixed into it. None in a folder
     # written before it was recorded (such a folder cannot be continued with an LLM method).
     prompts: str | None = None
+    # The agent's decision rounds (the forced final step not counted), demonstrations, and items
+    # observed per list ("all": the whole list); None: no agent method ran. Part of the identity.
+    # A folder written before they were recorded ran 8 rounds, 2 demonstrations and 10 items.
+    max_rounds: int | None = 8
+    demos: int | None = 2
+    observe_items: int | str | None = 10
 
     def to_json(self) -> dict:
         d = asdict(self)

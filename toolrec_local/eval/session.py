@@ -45,6 +45,9 @@ class EvalOptions:
     finish: str = "llm"  # the agent methods' final step: llm | last-list | both (methods.FINISH_CHOICES)
     temperature: float = 0.0  # LLM sampling temperature (0: greedy)
     repeated_lists: str = "refer"  # the agent: "refer" names a repeated identical list, "full" lists it again
+    max_rounds: int = 7  # the agent: decision rounds, the forced final step not counted (the authors' 7)
+    demos: int = 3  # the agent: in-context demonstrations (the authors ship 3)
+    observe_items: int | None = None  # the agent: items of each list observed (None: the whole list)
     answer_space: str = "gathered"  # the agent's Rank and final step: gathered items, or the whole catalogue
 
 
@@ -78,6 +81,10 @@ def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
         raise ToolrecError(f"--temperature {opts.temperature} is out of range", "use 0 (greedy) up to 2; the paper ran at 1")
     if opts.repeated_lists not in REPEATED_LISTS:
         raise ToolrecError(f"unknown --repeated-lists {opts.repeated_lists!r}", f"use one of: {', '.join(REPEATED_LISTS)}")
+    if opts.max_rounds < 1 or opts.demos < 0 or (opts.observe_items is not None and opts.observe_items < 1):
+        raise ToolrecError(f"--max-rounds {opts.max_rounds}, --demos {opts.demos}, --observe-items "
+                           f"{opts.observe_items}: out of range",
+                           "use --max-rounds 1 or more, --demos 0 or more, --observe-items 1 or more")
     if opts.answer_space not in ANSWER_SPACES:
         raise ToolrecError(f"unknown --answer-space {opts.answer_space!r}",
                            "use gathered (only items the tools returned) or catalogue (any item outside the history)")
@@ -116,6 +123,7 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
             servers=opts.servers, api_key=opts.api_key, top_n=opts.top_n, grammar=opts.grammar,
             finish=opts.finish, temperature=opts.temperature, repeated_lists=opts.repeated_lists,
             answer_space=opts.answer_space, history=opts.history,
+            max_rounds=opts.max_rounds, demos=opts.demos, observe_items=opts.observe_items,
         )
     for n in names:
         methods.append(suite.methods[n] if needs_llm(n) else build_score_method(n, ds, tools))
@@ -130,6 +138,8 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
         finish=opts.finish if uses_agent else None, answer_space=opts.answer_space if uses_agent else None,
         temperature=opts.temperature if uses_llm else 0.0,
         repeated_lists=opts.repeated_lists if uses_llm else None,
+        max_rounds=opts.max_rounds if uses_agent else None, demos=opts.demos if uses_agent else None,
+        observe_items=(opts.observe_items or "all") if uses_agent else None,
         prompts=load_prompts(ds.domain).fingerprint if uses_llm else None,
     )
     out = Path(opts.out or default_out(opts))
