@@ -1,0 +1,149 @@
+"""Paired statistics for every comparison of two methods in a run (summary.json, the report).
+
+Two methods are compared on the (seed, user) pairs both finished, the run's paired set
+(summary.paired_pairs). Per pair, each method's NDCG@10 and Recall@10 come from its record's
+rank by metrics.ndcg_at / recall_at; the per-pair difference (method - reference) gives, per
+metric:
+
+* `diff`: the mean difference, which is the difference of the two methods' means;
+* `ci`: its 95% confidence interval by scipy.stats.bootstrap over the per-pair differences:
+  a paired bootstrap (a resample draws (seed, user) pairs, each with both methods' results),
+  2,000 resamples, seeded. Method BCa (bias-corrected and accelerated): the differences are
+  skewed and lumpy (most pairs 0, a user both miss), where the percentile interval covers
+  less than it says. When every difference is the same value the bootstrap distribution is
+  that one point and BCa is undefined (scipy warns, returns NaN): the interval is then
+  [value, value] and `ci_method` is "constant". Should BCa still give NaN, the percentile
+  interval of the same resamples is used and `ci_method` says "percentile".
+* `p`: the two-sided p-value of a paired permutation test of the mean difference
+  (scipy.stats.permutation_test, permutation_type="samples": under the null the two results
+  of a pair are exchangeable, so each difference keeps or flips its sign), 9,999 random
+  relabellings, seeded, or all 2^n of them when that is fewer (exact). Chosen over Wilcoxon's
+  signed-rank test because it tests the quantity reported (the mean, which NDCG@10 is), not
+  a shift of signed ranks, and because zero differences and ties (the common case here) need
+  no zero_method convention: a zero difference is the same under either sign. A zero mean
+  difference gives p = 1.
+
+Fewer than MIN_PAIRS pairs: no interval and no test, `note` says TOO_FEW. Pairs of different
+seeds may hold the same user; each pair counts as one unit.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import stats as sps
+
+from toolrec_local.eval.methods import backbone_of
+from toolrec_local.metrics import ndcg_at, recall_at
+
+METRICS = ("ndcg@10", "recall@10")
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+PERMUTATIONS = 9999
+SEED = 0
+BATCH = 2000  # resamples per vectorised batch: memory stays ~ BATCH x pairs floats
+MIN_PAIRS = 2
+TOO_FEW = "n/a (too few pairs)"
+DESCRIPTION = {
+    "difference": "method - reference, per (seed, user) pair both finished, then averaged",
+    "ci": f"{100 * CONFIDENCE:.0f}% BCa bootstrap (scipy.stats.bootstrap), {RESAMPLES} resamples of pairs, seed {SEED}",
+    "test": f"two-sided paired permutation test of the mean difference (scipy.stats.permutation_test, "
+            f"permutation_type='samples'), {PERMUTATIONS} resamples or exact, seed {SEED}",
+    "min_pairs": MIN_PAIRS,
+}
+
+
+def reference_of(name: str) -> str:
+    """The backbone a method is compared with: BERT4Rec for the BERT4Rec methods and the
+    -b variants (and their /variants), SASRec for the rest."""
+    base = name.split("/")[0]
+    return "bert4rec" if base.startswith("bert4rec") or backbone_of(base) == "bert4rec" else "sasrec"
+
+
+def metric_values(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Per pair NDCG@n or Recall@n from 0-based ranks (metrics.MISSING = not listed)."""
+    kind, n = metric.split("@")
+    return (ndcg_at if kind == "ndcg" else recall_at)(ranks, int(n))
+
+
+def paired_difference(ranks: np.ndarray, ref_ranks: np.ndarray, metric: str) -> dict:
+    """{"diff", "ci", "ci_method", "p"} of `metric` for aligned per-pair ranks of a method and
+    its reference; all None and a `note` with fewer than MIN_PAIRS pairs."""
+    a, b = metric_values(ranks, metric), metric_values(ref_ranks, metric)
+    if len(a) < MIN_PAIRS:
+        return {"diff": float(np.mean(a - b)) if len(a) else None, "ci": None, "ci_method": None, "p": None,
+                "note": TOO_FEW}
+    ci, how = bootstrap_ci(a - b)
+    return {"diff": float(np.mean(a - b)), "ci": ci, "ci_method": how, "p": permutation_p(a, b)}
+
+
+def bootstrap_ci(d: np.ndarray) -> tuple[list[float], str]:
+    if np.ptp(d) == 0:  # one value: BCa's acceleration is 0/0; the interval is that value
+        return [float(d[0]), float(d[0])], "constant"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sps.DegenerateDataWarning)
+        res = sps.bootstrap((d,), np.mean, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="BCa",
+                            batch=BATCH, rng=np.random.default_rng(SEED))
+        how = "BCa"
+        if not np.all(np.isfinite(res.confidence_interval)):
+            res = sps.bootstrap((d,), np.mean, n_resamples=0, confidence_level=CONFIDENCE, method="percentile",
+                                bootstrap_result=res, rng=np.random.default_rng(SEED))
+            how = "percentile"
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)], how
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x - y, axis=axis)
+
+
+def permutation_p(a: np.ndarray, b: np.ndarray) -> float:
+    res = sps.permutation_test((a, b), _mean_difference, permutation_type="samples", vectorized=True,
+                               n_resamples=PERMUTATIONS, batch=BATCH, alternative="two-sided",
+                               rng=np.random.default_rng(SEED))
+    return float(min(1.0, res.pvalue))
+
+
+class Paired:
+    """Aligned per-pair ranks of the methods compared (name -> array over the same pairs in
+    the same order); each (method, reference, metric) difference is computed once."""
+
+    def __init__(self, ranks: dict[str, np.ndarray]):
+        self.ranks = ranks
+        self._done: dict[tuple[str, str, str], dict] = {}
+
+    @property
+    def pairs(self) -> int:
+        return len(next(iter(self.ranks.values()))) if self.ranks else 0
+
+    def difference(self, method: str, reference: str, metric: str) -> dict:
+        key = (method, reference, metric)
+        if key not in self._done:
+            self._done[key] = paired_difference(self.ranks[method], self.ranks[reference], metric)
+        return self._done[key]
+
+    def compare(self, method: str, reference: str, metrics=METRICS) -> dict:
+        """One comparison block: {"reference", "pairs", metric: paired_difference, ...}."""
+        block: dict = {"reference": reference, "pairs": self.pairs}
+        for m in metrics:
+            block[m] = self.difference(method, reference, m)
+        if self.pairs < MIN_PAIRS:
+            block["note"] = TOO_FEW
+        return block
+
+    def comparisons(self, by: str = "ndcg@10") -> dict[str, dict]:
+        """Per method: "backbone", against its reference_of (None for the backbone itself or
+        when the run lacks it), and "best_other", against the other method with the highest
+        mean `by` (ties: the first in order; one reference for both metrics, so the two
+        differences read side by side)."""
+        means = {m: float(np.mean(metric_values(r, by))) if len(r) else 0.0 for m, r in self.ranks.items()}
+        out: dict[str, dict] = {}
+        for name in self.ranks:
+            ref = reference_of(name)
+            others = [m for m in self.ranks if m != name]
+            best = max(others, key=lambda m: means[m]) if others else None
+            out[name] = {
+                "backbone": self.compare(name, ref) if ref != name and ref in self.ranks else None,
+                "best_other": self.compare(name, best) if best is not None else None,
+            }
+        return out
