@@ -146,7 +146,7 @@ def _stats(rnd: Round, overhead_s: float) -> dict:
         "llm_calls": rnd.usage.calls, "tokens_in": rnd.usage.tokens_in, "tokens_out": rnd.usage.tokens_out,
         "latency_s": round(rnd.usage.latency_s, 4), "retries": rnd.retries, "repairs": rnd.repairs,
         "grammar_violations": rnd.grammar_violations, "invalid_items": rnd.invalid_items,
-        "overhead_s": round(overhead_s, 6), "note": rnd.note,
+        "overhead_s": round(overhead_s, 6), "note": rnd.note, "shown": rnd.shown, "picked": rnd.picked,
     }
 
 

@@ -108,6 +108,7 @@ async def rank_lists(state: RunState, lists: list[ToolList], attribute: str | No
     if fitted is None:
         return None
     candidates, shown, k, once = fitted
+    rnd.shown = [(lst.mark, list(lst.items)) for lst in shown]
     everything = len(interleave(lst.items for lst in lists))
     if len(candidates) < everything:
         rnd.note = _join(rnd.note, f"{len(candidates)} of {everything} candidates shown (taken from each list in turn)")
@@ -133,6 +134,7 @@ async def rank_lists(state: RunState, lists: list[ToolList], attribute: str | No
         check = memory.check([e.item for e in entries], allowed, [e.text for e in entries])
         rnd.invalid_items += len(check.problems)
         valid = check.valid
+        rnd.picked = min(len(valid), k)
         problems = [ctx.renderer.problem(p.kind, p.label) for p in check.problems]
         if len(valid) < k:
             problems.append(ctx.renderer.problem("short", "", n=len(valid), k=k))

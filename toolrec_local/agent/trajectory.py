@@ -47,6 +47,10 @@ class Round:
     grammar_violations: int = 0  # grammar mode only: replies outside the grammar's language
     invalid_items: int = 0  # items memory rejected (history, unknown, duplicate, not a candidate)
     overhead_s: float = 0.0  # time spent outside the LLM (rendering, tools, memory)
+    # An LLM ranking step only: the lists its prompt showed, in order, as (mark, items), and how
+    # many leading items of its answer the LLM wrote (the rest were filled by a repair).
+    shown: list[tuple[str, list[int]]] = field(default_factory=list)
+    picked: int = 0
 
 
 @dataclass
@@ -121,6 +125,7 @@ class Trajectory:
 
 
 def _round_dict(r: Round, raw) -> dict:
+    shown = {"shown": [{"mark": m, "items": raw(items)} for m, items in r.shown], "picked": r.picked} if r.shown else {}
     return {
         "thought": r.thought,
         "action": r.action,
@@ -134,4 +139,5 @@ def _round_dict(r: Round, raw) -> dict:
         "repairs": r.repairs,
         "grammar_violations": r.grammar_violations,
         "invalid_items": r.invalid_items,
+        **shown,
     }

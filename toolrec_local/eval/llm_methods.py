@@ -91,7 +91,8 @@ def _rank_outcome(ds, items: list[int], stats: dict, lists: list, method: str) -
     raw = lambda xs: [ds.item_ids[i] for i in xs]  # noqa: E731
     record_stats = {k: stats.get(k, 0) for k in AGENT_STATS if k != "rounds"}
     trajectory = {"method": method, "groups": [{"mark": lst.mark, "items": raw(lst.items)} for lst in lists],
-                  "final": raw(items), "note": stats.get("note", ""), "totals": record_stats}
+                  "final": raw(items), "note": stats.get("note", ""), "totals": record_stats,
+                  "shown": [{"mark": m, "items": raw(xs)} for m, xs in stats.get("shown", [])], "picked": stats.get("picked")}
     return Outcome(final=list(items), stats=record_stats, trajectory=trajectory)
 
 

@@ -11,6 +11,7 @@
 * metrics-<run>.png: Recall and NDCG @5/@10/@20 per method with std error bars; a dashed line
   separates the methods without an LLM from those with one (as the paper's Figure 4).
 * rounds-<run>.png: termination rounds of the agent, all users vs hits (Figure 5).
+* hits.png: where each LLM method's hits are won and lost (eval/hits_report.py).
 * compare.png, with several runs (e.g. one per LLM): Recall@10 and NDCG@10 side by side (Figure 8).
 """
 
@@ -23,6 +24,7 @@ from rich import box
 from rich.table import Table
 
 from toolrec_local.errors import ToolrecError
+from toolrec_local.eval.hits_report import hits_section
 from toolrec_local.eval.methods import HISTORY_PROTOCOLS, needs_llm
 from toolrec_local.eval.rundir import RunView, load_runs
 from toolrec_local.eval.stats import DESCRIPTION, TOO_FEW
@@ -458,6 +460,7 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
             p = plot_rounds(s, out / f"rounds-{slug}.png", view.label)
             if p:
                 md += [f"![rounds]({p.name})", ""]
+    md += hits_section(summaries, out)
     if len(summaries) > 1:
         md += ["## Side by side (Figure 8)", "", markdown_compare(summaries), ""]
         p = plot_compare(summaries, out / "compare.png")

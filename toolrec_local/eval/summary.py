@@ -21,6 +21,7 @@ from collections import Counter
 
 import numpy as np
 
+from toolrec_local.eval.hits import hits_block
 from toolrec_local.eval.methods import BASELINES, TOOLREC, needs_llm
 from toolrec_local.eval.stats import DESCRIPTION, Paired
 from toolrec_local.metrics import MISSING, mean_std, metric_means, relative_improvement
@@ -91,6 +92,7 @@ def method_summary(name: str, records: list[dict], top_n: int, expected: int | N
         # per user: output tokens per second spent waiting on the LLM (server queueing included)
         out["llm"]["tokens_out_per_llm_s"] = round(sum(int(r.get("tokens_out") or 0) for r in ok) / latency, 2) if latency else None
         out["llm"]["share_outside_llm"] = round(max(0.0, 1 - latency / wall), 4) if wall else None
+        out["hits"] = hits_block([r for r in ok if pairs is None or _pair(r) in pairs])  # over the headline's users
         rounds = [int(r.get("rounds") or 0) for r in ok]
         if any(rounds):
             hits = [int(r.get("rounds") or 0) for r in ok if _rank(r) < top_n]
