@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from rich.console import Console
 from fixtures_eval import prepare_walk
 from toolrec_local.eval.report import comparison_table, markdown_comparisons, markdown_table, summary_table
 from toolrec_local.eval.rundir import RunConfig
-from toolrec_local.eval.stats import TOO_FEW, paired_difference, reference_of
+from toolrec_local.eval.stats import TOO_FEW, paired_difference, paired_differences, reference_of
 from toolrec_local.eval.summary import brief, summarize
 from toolrec_local.metrics import MISSING
 
@@ -67,6 +68,19 @@ def test_a_constant_difference_gives_a_tight_ci_at_it_and_a_small_p():
     # a loss is negative, with the same p
     d = paired_difference(np.full(4, MISSING), np.zeros(4), "recall@10")
     assert d["diff"] == -1 and d["ci"] == [-1.0, -1.0] and d["p"] == pytest.approx(2 / 16)
+
+
+def test_a_constant_metric_beside_a_varying_one_in_one_call_warns_nothing():
+    """Recall@10 the same for every user (both list the target), NDCG@10 not: one bootstrap over
+    both rows, BCa for the varying one, the constant one its own interval, no scipy warning."""
+    ranks, ref = np.zeros(12), np.array([1.0, 2.0] * 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = paired_differences(ranks, ref, ("recall@10", "ndcg@10"))
+    assert out["recall@10"] == {"diff": 0.0, "ci": [0.0, 0.0], "ci_method": "constant", "p": 1.0}
+    n = out["ndcg@10"]
+    assert n["ci_method"] == "BCa" and n["ci"][0] > 0 and n["p"] < 0.001
+    assert n == paired_difference(ranks, ref, "ndcg@10")  # alone, the same figures
 
 
 def test_a_real_gain_has_a_ci_off_0_and_containing_the_mean():

@@ -25,7 +25,10 @@ Protocol: --history exclude (default) ranks every method's target among the item
 user's history; --history keep lets score methods rank history items too, as RecBole's
 sequential full ranking (the paper's SASRec, BERT4Rec and P5 rows) does. LLM methods never
 return history items, so their rows are the same under both. A folder holds one protocol.
-Methods are compared on the (seed, user) pairs every one of them finished ("paired").
+Methods are compared on the (seed, user) pairs every one of them finished ("paired"): each
+against its backbone and the best other method, by the mean difference, its 95% bootstrap CI
+and a paired permutation test's p (summary.json: comparisons). Users: --users per sample, the
+samples --seeds N (0..N-1) or --seed S, repeated (e.g. users no prompt was tuned on).
 
 Scaling: users run concurrently against the vLLM server, as many as its KV cache holds
 (--concurrency auto, read from the server's /metrics) or a number; pass --server several
@@ -46,7 +49,7 @@ def eval_cmd(
     llm: Optional[str] = typer.Option(None, "--llm", help="Model name (toolrec-local models list); needed by LLM methods."),
     users: int = typer.Option(200, "--users", help="Users sampled per seed (the paper: 200)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="User samples (seeds 0..n-1). Default 3; 1 with --all-users."),
-    seed: List[int] = typer.Option([], "--seed", help="An explicit user sample by its seed; repeat for more (--seed 3 --seed 4), e.g. users no prompt was developed on. Not with --seeds."),
+    seed: List[int] = typer.Option([], "--seed", help="A user sample by its seed, instead of --seeds; repeat for more (--seed 3 --seed 4)."),
     all_users: bool = typer.Option(False, "--all-users", help="Every test user instead of a sample."),
     concurrency: str = typer.Option("auto", "--concurrency", "-c", help="Users in flight per server: auto (as many as the vLLM server's KV cache holds) or a number, which also caps auto's count. local runs one at a time."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/DATASET-LLM)."),

@@ -15,13 +15,13 @@ metric:
   [value, value] and `ci_method` is "constant". Should BCa still give NaN, the percentile
   interval of the same resamples is used and `ci_method` says "percentile".
 * `p`: the two-sided p-value of a paired permutation test of the mean difference
-  (scipy.stats.permutation_test, permutation_type="samples": under the null the two results
-  of a pair are exchangeable, so each difference keeps or flips its sign), 9,999 random
-  relabellings, seeded, or all 2^n of them when that is fewer (exact). Chosen over Wilcoxon's
-  signed-rank test because it tests the quantity reported (the mean, which NDCG@10 is), not
-  a shift of signed ranks, and because zero differences and ties (the common case here) need
-  no zero_method convention: a zero difference is the same under either sign. A zero mean
-  difference gives p = 1.
+  (scipy.stats.permutation_test on the differences, permutation_type="samples": under the
+  null the two results of a pair are exchangeable, so each difference keeps or flips its
+  sign), 9,999 random relabellings, seeded, or all 2^n of them when that is fewer (exact).
+  Chosen over Wilcoxon's signed-rank test because it tests the quantity reported (the mean,
+  which NDCG@10 is), not a shift of signed ranks, and because zero differences and ties (the
+  common case here) need no zero_method convention: a zero difference is the same under
+  either sign. A zero mean difference gives p = 1.
 
 Fewer than MIN_PAIRS pairs: no interval and no test, `note` says TOO_FEW. Pairs of different
 seeds may hold the same user; each pair counts as one unit.
@@ -42,7 +42,7 @@ CONFIDENCE = 0.95
 RESAMPLES = 2000
 PERMUTATIONS = 9999
 SEED = 0
-BATCH = 2000  # resamples per vectorised batch: memory stays ~ BATCH x pairs floats
+BATCH = 500  # resamples per vectorised batch: memory stays ~ BATCH x metrics x pairs floats
 MIN_PAIRS = 2
 TOO_FEW = "n/a (too few pairs)"
 DESCRIPTION = {
@@ -70,57 +70,76 @@ def metric_values(ranks: np.ndarray, metric: str) -> np.ndarray:
 def paired_difference(ranks: np.ndarray, ref_ranks: np.ndarray, metric: str) -> dict:
     """{"diff", "ci", "ci_method", "p"} of `metric` for aligned per-pair ranks of a method and
     its reference; all None and a `note` with fewer than MIN_PAIRS pairs."""
-    a, b = metric_values(ranks, metric), metric_values(ref_ranks, metric)
-    if len(a) < MIN_PAIRS:
-        return {"diff": float(np.mean(a - b)) if len(a) else None, "ci": None, "ci_method": None, "p": None,
-                "note": TOO_FEW}
-    ci, how = bootstrap_ci(a - b)
-    return {"diff": float(np.mean(a - b)), "ci": ci, "ci_method": how, "p": permutation_p(a, b)}
+    return paired_differences(ranks, ref_ranks, (metric,))[metric]
 
 
-def bootstrap_ci(d: np.ndarray) -> tuple[list[float], str]:
-    if np.ptp(d) == 0:  # one value: BCa's acceleration is 0/0; the interval is that value
-        return [float(d[0]), float(d[0])], "constant"
+def paired_differences(ranks: np.ndarray, ref_ranks: np.ndarray, metrics) -> dict[str, dict]:
+    """paired_difference for several metrics at once: one bootstrap and one permutation test
+    over a row per metric (the resamples are shared, the cost is not multiplied)."""
+    a = np.stack([metric_values(ranks, m) for m in metrics])
+    b = np.stack([metric_values(ref_ranks, m) for m in metrics])
+    d = a - b
+    if d.shape[1] < MIN_PAIRS:
+        return {m: {"diff": float(np.mean(d[i])) if d.shape[1] else None, "ci": None, "ci_method": None, "p": None,
+                    "note": TOO_FEW} for i, m in enumerate(metrics)}
+    cis, p = bootstrap_cis(d), permutation_ps(d)
+    return {m: {"diff": float(np.mean(d[i])), "ci": cis[i][0], "ci_method": cis[i][1], "p": float(p[i])}
+            for i, m in enumerate(metrics)}
+
+
+def bootstrap_cis(d: np.ndarray) -> list[tuple[list[float], str]]:
+    """Per row of per-pair differences: (its CI, how it was found)."""
+    out: list = [None] * len(d)
+    spread = [i for i in range(len(d)) if np.ptp(d[i]) > 0]
+    for i in set(range(len(d))) - set(spread):  # one value: BCa's acceleration is 0/0; the interval is that value
+        out[i] = ([float(d[i, 0])] * 2, "constant")
+    if not spread:
+        return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sps.DegenerateDataWarning)
-        res = sps.bootstrap((d,), np.mean, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="BCa",
-                            batch=BATCH, rng=np.random.default_rng(SEED))
-        how = "BCa"
-        if not np.all(np.isfinite(res.confidence_interval)):
-            res = sps.bootstrap((d,), np.mean, n_resamples=0, confidence_level=CONFIDENCE, method="percentile",
-                                bootstrap_result=res, rng=np.random.default_rng(SEED))
-            how = "percentile"
-    return [float(res.confidence_interval.low), float(res.confidence_interval.high)], how
+        res = sps.bootstrap((d[spread],), np.mean, axis=-1, n_resamples=RESAMPLES, confidence_level=CONFIDENCE,
+                            method="BCa", batch=BATCH, rng=np.random.default_rng(SEED))
+        ci = res.confidence_interval
+        if not (np.all(np.isfinite(ci.low)) and np.all(np.isfinite(ci.high))):
+            pct = sps.bootstrap((d[spread],), np.mean, axis=-1, n_resamples=0, confidence_level=CONFIDENCE,
+                                method="percentile", bootstrap_result=res,
+                                rng=np.random.default_rng(SEED)).confidence_interval
+    for j, i in enumerate(spread):
+        if np.isfinite(ci.low[j]) and np.isfinite(ci.high[j]):
+            out[i] = ([float(ci.low[j]), float(ci.high[j])], "BCa")
+        else:
+            out[i] = ([float(pct.low[j]), float(pct.high[j])], "percentile")
+    return out
 
 
-def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(x - y, axis=axis)
-
-
-def permutation_p(a: np.ndarray, b: np.ndarray) -> float:
-    res = sps.permutation_test((a, b), _mean_difference, permutation_type="samples", vectorized=True,
+def permutation_ps(d: np.ndarray) -> np.ndarray:
+    """Two-sided p per row (metric) of the paired permutation test of the mean difference. One
+    sample of differences: scipy flips each one's sign, which is swapping the pair's two results."""
+    res = sps.permutation_test((d,), np.mean, permutation_type="samples", vectorized=True, axis=-1,
                                n_resamples=PERMUTATIONS, batch=BATCH, alternative="two-sided",
                                rng=np.random.default_rng(SEED))
-    return float(min(1.0, res.pvalue))
+    return np.minimum(1.0, np.atleast_1d(res.pvalue))
 
 
 class Paired:
     """Aligned per-pair ranks of the methods compared (name -> array over the same pairs in
-    the same order); each (method, reference, metric) difference is computed once."""
+    the same order). The differences of a (method, reference) are computed once, for all
+    `metrics` together."""
 
-    def __init__(self, ranks: dict[str, np.ndarray]):
+    def __init__(self, ranks: dict[str, np.ndarray], metrics=METRICS):
         self.ranks = ranks
-        self._done: dict[tuple[str, str, str], dict] = {}
+        self.metrics = tuple(dict.fromkeys((*METRICS, *metrics)))
+        self._done: dict[tuple[str, str], dict[str, dict]] = {}
 
     @property
     def pairs(self) -> int:
         return len(next(iter(self.ranks.values()))) if self.ranks else 0
 
     def difference(self, method: str, reference: str, metric: str) -> dict:
-        key = (method, reference, metric)
+        key = (method, reference)
         if key not in self._done:
-            self._done[key] = paired_difference(self.ranks[method], self.ranks[reference], metric)
-        return self._done[key]
+            self._done[key] = paired_differences(self.ranks[method], self.ranks[reference], self.metrics)
+        return self._done[key][metric]
 
     def compare(self, method: str, reference: str, metrics=METRICS) -> dict:
         """One comparison block: {"reference", "pairs", metric: paired_difference, ...}."""

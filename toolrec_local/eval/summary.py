@@ -60,14 +60,16 @@ def paired_pairs(by_method: dict[str, list[dict]]) -> tuple[list[str], set[tuple
     return compared, set.intersection(*(finished[m] for m in compared)) if compared else set()
 
 
-def paired_ranks(by_method: dict[str, list[dict]], compared: list[str], pairs: set[tuple[int, str]]) -> Paired:
-    """Each compared method's ranks over the pairs, in one (seed, user) order."""
+def paired_ranks(by_method: dict[str, list[dict]], compared: list[str], pairs: set[tuple[int, str]],
+                 top_n: int = 10) -> Paired:
+    """Each compared method's ranks over the pairs, in one (seed, user) order; the metrics the
+    improvement can ask for are those within top_n."""
     order = sorted(pairs)
     ranks = {}
     for m in compared:
         got = {_pair(r): _rank(r) for r in by_method[m] if r["status"] == OK}
         ranks[m] = np.array([got[p] for p in order], dtype=np.float64)
-    return Paired(ranks)
+    return Paired(ranks, [m for m in METRICS if int(m.split("@")[1]) <= top_n])
 
 
 def method_summary(name: str, records: list[dict], top_n: int, expected: int | None, shards_missing: bool = False,
@@ -139,7 +141,7 @@ def summarize(config, records: list[dict], expected: dict | None = None, missing
     compared, pairs = paired_pairs({m: by_method[m] for m in order})
     methods = {m: method_summary(m, by_method[m], config.top_n, n_expected, bool(missing_shards),
                                  pairs if m in compared else None) for m in order}
-    stats = paired_ranks(by_method, compared, pairs)
+    stats = paired_ranks(by_method, compared, pairs, config.top_n)
     for m, block in stats.comparisons().items():
         methods[m]["comparisons"] = block
     paired = {
