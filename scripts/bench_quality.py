@@ -22,8 +22,10 @@ the choice for every model.
 
 Resumable: re-running the same command skips the users each folder has finished (eval resumes)
 and does not start the server of a model whose folder is complete. Users per minute are each
-method's own: its users finished per second of the `eval` invocations that ran it, summed over
-re-runs (OUT/<model>/bench-quality.json). The load average at start and end goes in the JSON.
+method's own (one eval per method): its users finished over the time from the first one's
+start to the last one's end in each `eval` invocation (eval's start-up not counted), summed
+over re-runs (OUT/<model>/bench-quality.json, with each invocation's wall time too). The load
+average at start and end goes in the JSON: figures under load are provisional.
 """
 
 from __future__ import annotations
@@ -55,14 +57,28 @@ def default_seeds(params_b: float | None) -> list[int]:
     return list(SEED_POOL[:n])
 
 
-def finished(folder: Path, method: str) -> int:
-    """(seed, user) pairs the folder has finished for `method`."""
+def finished_records(folder: Path, method: str) -> dict:
+    """(seed, user) -> the record, for the pairs the folder has finished for `method`."""
     from toolrec_local.eval.results import read_jsonl
 
     path = folder / "results.jsonl"
     if not path.is_file():
-        return 0
-    return len({(r["seed"], r["user"]) for r in read_jsonl(path).records if r["method"] == method and r["status"] == "ok"})
+        return {}
+    return {(r["seed"], r["user"]): r for r in read_jsonl(path).records if r["method"] == method and r["status"] == "ok"}
+
+
+def finished(folder: Path, method: str) -> int:
+    return len(finished_records(folder, method))
+
+
+def active_seconds(records: list[dict]) -> float:
+    """From the first of these users' start to the last one's end (each record: its end time
+    and its own wall time), so eval's start-up and a resumed run's gap are not counted."""
+    from datetime import datetime
+
+    ends = [datetime.fromisoformat(r["time"]).timestamp() for r in records]
+    starts = [e - float(r.get("wall_s") or 0) for e, r in zip(ends, records)]
+    return max(ends) - min(starts)
 
 
 def complete(folder: Path, methods: list[str], users: int, seeds: list[int]) -> bool:
@@ -74,11 +90,13 @@ def load_timing(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def add_timing(folder: Path, method: str, users: int, wall_s: float) -> None:
-    """Accumulate one eval invocation's finished users and wall time for `method`."""
+def add_timing(folder: Path, method: str, users: int, active_s: float, wall_s: float) -> None:
+    """Accumulate one eval invocation's finished users, the seconds they ran (first start to
+    last end) and the invocation's wall time (start-up included) for `method`."""
     timing = load_timing(folder)
-    t = timing.setdefault(method, {"users": 0, "wall_s": 0.0})
+    t = timing.setdefault(method, {"users": 0, "active_s": 0.0, "wall_s": 0.0})
     t["users"] += users
+    t["active_s"] = round(t.get("active_s", 0.0) + active_s, 1)
     t["wall_s"] = round(t["wall_s"] + wall_s, 1)
     (folder / TIMING_FILE).write_text(json.dumps(timing, indent=2) + "\n")
 
@@ -93,14 +111,14 @@ def eval_command(args, model: str, url: str | None, method: str, seeds: list[int
 def run_eval(cmd: list[str], folder: Path, method: str) -> int:
     """Run one eval; the users it finished and its wall time go into the folder's timing."""
     print(f"  {' '.join(cmd[2:])}", file=sys.stderr)
-    before = finished(folder, method)
+    before = finished_records(folder, method)
     t0 = time.monotonic()
     try:
         return subprocess.run(cmd).returncode
     finally:  # a run cut short still counts what it finished
-        done = finished(folder, method) - before
-        if done and method != REFERENCE:
-            add_timing(folder, method, done, time.monotonic() - t0)
+        new = [r for k, r in finished_records(folder, method).items() if k not in before]
+        if new and method != REFERENCE:
+            add_timing(folder, method, len(new), active_seconds(new), time.monotonic() - t0)
 
 
 def run_model(args, model: str, seeds: list[int], folder: Path) -> str | None:
@@ -165,7 +183,7 @@ def rows_for(model: str, summary: dict, timing: dict) -> list[dict]:
             "model": model, "method": name, "pairs": summary["paired"]["users"],
             "ndcg@10": m["ndcg@10"]["mean"], "recall@10": m["recall@10"]["mean"],
             "llm_calls_per_user": (m.get("llm") or {}).get("llm_calls_per_user"),
-            "users_per_min": round(60 * t["users"] / t["wall_s"], 2) if t and t["wall_s"] else None,
+            "users_per_min": round(60 * t["users"] / t["active_s"], 2) if t and t.get("active_s") else None,
             "vs_" + REFERENCE: None if vs is None else {k: vs[k] for k in ("ndcg@10", "recall@10")},
         })
     return rows

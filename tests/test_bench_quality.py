@@ -55,8 +55,8 @@ def test_table_from_two_run_folders(tmp_path):
     n = 20
     # model a: toolrec lists every target first, sasrec at rank 1: a constant gain
     write_run(tmp_path / "a", "a", {"sasrec": [1] * n, "toolrec": [0] * n}, calls=12)
-    bq.add_timing(tmp_path / "a", "toolrec", 12, 120.0)
-    bq.add_timing(tmp_path / "a", "toolrec", 8, 60.0)  # a re-run adds to it
+    bq.add_timing(tmp_path / "a", "toolrec", 12, 120.0, 150.0)
+    bq.add_timing(tmp_path / "a", "toolrec", 8, 60.0, 70.0)  # a re-run adds to it
     # model b: toolrec equals sasrec on seed 3's users, and b also ran seed 4
     write_run(tmp_path / "b", "b", {"sasrec": [1] * n, "toolrec": [1] * n}, seeds=(3, 4), calls=5)
     tables = bq.build_tables({"a": tmp_path / "a", "b": tmp_path / "b", "absent": tmp_path / "none"})
@@ -85,6 +85,12 @@ def test_one_pair_reads_n_a(tmp_path):
     tables = bq.build_tables({"a": tmp_path / "a"})
     assert tables["common"] is None
     assert "n/a (too few pairs)" in bq.format_table(tables["rows"])
+
+
+def test_users_per_minute_count_from_the_first_start_to_the_last_end():
+    recs = [{"time": "2026-12-01T10:00:30+00:00", "wall_s": 30.0}, {"time": "2026-12-01T10:01:00+00:00", "wall_s": 45.0},
+            {"time": "2026-12-01T10:00:50+00:00", "wall_s": 10.0}]
+    assert bq.active_seconds(recs) == 60.0  # 10:00:00 (the first start) to 10:01:00
 
 
 def test_a_complete_folder_is_not_served_again(tmp_path):
