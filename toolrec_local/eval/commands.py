@@ -29,7 +29,10 @@ return history items. --answer-space catalogue lets the agent's Rank and final s
 catalogue item outside the history (default gathered: only items its tools returned);
 --history keep --answer-space catalogue is the authors' condition. A folder holds one protocol,
 one --finish and one --answer-space.
-Methods are compared on the (seed, user) pairs every one of them finished ("paired").
+Methods are compared on the (seed, user) pairs every one of them finished ("paired"): each
+against its backbone and the best other method, by the mean difference, its 95% bootstrap CI
+and a paired permutation test's p (summary.json: comparisons). Users: --users per sample, the
+samples --seeds N (0..N-1) or --seed S, repeated (e.g. users no prompt was tuned on).
 
 Scaling: users run concurrently against the vLLM server, as many as its KV cache holds
 (--concurrency auto, read from the server's /metrics) or a number; pass --server several
@@ -50,6 +53,7 @@ def eval_cmd(
     llm: Optional[str] = typer.Option(None, "--llm", help="Model name (toolrec-local models list); needed by LLM methods."),
     users: int = typer.Option(200, "--users", help="Users sampled per seed (the paper: 200)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="User samples (seeds 0..n-1). Default 3; 1 with --all-users."),
+    seed: List[int] = typer.Option([], "--seed", help="A user sample by its seed, instead of --seeds; repeat for more (--seed 3 --seed 4)."),
     all_users: bool = typer.Option(False, "--all-users", help="Every test user instead of a sample."),
     concurrency: str = typer.Option("auto", "--concurrency", "-c", help="Users in flight per server: auto (as many as the vLLM server's KV cache holds) or a number, which also caps auto's count. local runs one at a time."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/DATASET-LLM)."),
@@ -75,7 +79,7 @@ def eval_cmd(
     from toolrec_local.eval.session import EvalOptions, evaluate
 
     opts = EvalOptions(
-        dataset=dataset, methods=method, llm=llm, users=users, seeds=seeds, all_users=all_users,
+        dataset=dataset, methods=method, llm=llm, users=users, seeds=seeds, seed=list(seed), all_users=all_users,
         concurrency=parse_concurrency(concurrency), out=out, backend=backend, servers=list(server), api_key=api_key,
         shard=parse_shard(shard), top_n=top_n, batch_size=batch_size, grammar=not no_grammar,
         history=history,
@@ -91,9 +95,12 @@ def eval_cmd(
         out_json["run_dir"] = str(folder)
         print_json(out_json)
     else:
-        from toolrec_local.eval.report import fallback_line, summary_table
+        from toolrec_local.eval.report import comparison_table, fallback_line, summary_table
 
         console.print(summary_table(summary))
+        comparisons = comparison_table(summary)
+        if comparisons is not None:
+            console.print(comparisons)
         for line in server_lines(summary):
             console.print(line, highlight=False)
         if fallback_line(summary):

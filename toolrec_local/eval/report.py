@@ -4,7 +4,10 @@
   relative improvement over the best baseline as the last row), titled with its protocol
   (`--history`) and the users it compares: the (seed, user) pairs every method finished. When
   a method finished fewer, the rows are over those pairs and each method's own figures follow.
-  Then LLM cost and termination rounds.
+  The Improvement row carries the paired difference's 95% CI and p-value; a table of paired
+  differences follows (each method vs its backbone and vs the best other method: pairs, mean
+  difference of NDCG@10 and Recall@10, 95% CI, p; eval/stats.py). Then LLM cost and
+  termination rounds.
 * metrics-<run>.png: Recall and NDCG @5/@10/@20 per method with std error bars; a dashed line
   separates the methods without an LLM from those with one (as the paper's Figure 4).
 * rounds-<run>.png: termination rounds of the agent, all users vs hits (Figure 5).
@@ -17,12 +20,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.hits_report import hits_section
 from toolrec_local.eval.methods import HISTORY_PROTOCOLS, needs_llm
 from toolrec_local.eval.rundir import RunView, load_runs
+from toolrec_local.eval.stats import DESCRIPTION, TOO_FEW
 from toolrec_local.eval.summary import summarize
 
 COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -71,6 +76,9 @@ def summary_table(summary: dict) -> Table:
         title += f"\n[bold yellow]{paired_note(summary)}[/]"
     caption = ("users: paired/finished; each method over all the users it finished: summary.json, all_users"
                if paired["partial"] else None)
+    gain_ci = improvement_lines(summary)
+    if gain_ci:
+        caption = "\n".join(([caption] if caption else []) + gain_ci)
     t = Table(title=title, caption=caption, padding=(0, 1))
     t.add_column("method")
     for c in COLUMNS:
@@ -91,6 +99,80 @@ def summary_table(summary: dict) -> Table:
     imp = summary.get("improvement")
     if imp:
         t.add_row("[italic]gain[/]", *[_pct(imp[c]["relative"], 1) for c in COLUMNS], *([""] if incomplete else []))
+        t.add_row("[italic]p[/]", *[fmt_p((imp[c].get("paired") or {}).get("p")) if imp[c]["over"] else "" for c in COLUMNS],
+                  *([""] if incomplete else []))
+    return t
+
+
+def improvement_lines(summary: dict) -> list[str]:
+    """The gain's paired differences at @10, one line each (the terminal table's caption)."""
+    imp = summary.get("improvement") or {}
+    lines = []
+    for c in ("ndcg@10", "recall@10"):
+        if c in imp and imp[c]["over"] and imp[c].get("paired"):
+            lines.append(f"gain {_short(c)} vs {imp[c]['over']}: Δ {fmt_difference(imp[c]['paired'])}")
+    return lines
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_ci(ci: list[float] | None, digits: int = 4) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def fmt_difference(d: dict | None, digits: int = 4) -> str:
+    """A paired difference in one phrase: mean, 95% CI, p (or why there is none)."""
+    if d is None or d.get("ci") is None:
+        return TOO_FEW
+    return f"{d['diff']:+.{digits}f}, 95% CI {fmt_ci(d['ci'], digits)}, p {fmt_p(d['p'])}"
+
+
+def comparison_rows(summary: dict) -> list[tuple[str, str, dict]]:
+    """(method, reference label, block) per comparison, the backbone's first; a best other that
+    is the backbone is one row."""
+    rows = []
+    for name, m in summary["methods"].items():
+        c = m.get("comparisons") or {}
+        back, best = c.get("backbone"), c.get("best_other")
+        if back is not None:
+            same = best is not None and best["reference"] == back["reference"]
+            rows.append((name, f"{back['reference']} (backbone{', best other' if same else ''})", back))
+        if best is not None and not (back is not None and best["reference"] == back["reference"]):
+            rows.append((name, f"{best['reference']} (best other)", best))
+    return rows
+
+
+def _short(metric: str) -> str:
+    return metric.replace("recall", "R").replace("ndcg", "N")
+
+
+def _cells(block: dict, metric: str, digits: int) -> list[str]:
+    d = block[metric]
+    if d.get("ci") is None:
+        return [TOO_FEW, "", ""]
+    return [f"{d['diff']:+.{digits}f}", fmt_ci(d["ci"], digits), fmt_p(d["p"])]
+
+
+def comparison_table(summary: dict) -> Table | None:
+    """Paired differences, for the terminal (80 columns: three decimals, a row per metric)."""
+    rows = comparison_rows(summary)
+    if not rows:
+        return None
+    t = Table(title="paired differences: method - reference, 95% bootstrap CI, p",
+              caption="vs: * the backbone, else the best other by NDCG@10; p: permutation test",
+              box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col, justify in (("method", "left"), ("vs", "left"), ("n", "right"), ("", "left"), ("Δ", "right"),
+                         ("95% CI", "right"), ("p", "right")):
+        t.add_column(col, justify=justify)
+    for name, ref, block in rows:
+        vs = ref.replace(" (backbone, best other)", "*").replace(" (backbone)", "*").replace(" (best other)", "")
+        for i, metric in enumerate(("ndcg@10", "recall@10")):
+            head = [name, vs, str(block["pairs"])] if i == 0 else ["", "", ""]
+            t.add_row(*head, _short(metric), *_cells(block, metric, 3), end_section=i == 1)
     return t
 
 
@@ -156,7 +238,27 @@ def markdown_table(summary: dict) -> str:
     imp = summary.get("improvement")
     if imp:
         over = sorted({imp[c]["over"] for c in COLUMNS if imp[c]["over"]})
-        lines.append("| Improvement (toolrec vs best of " + ", ".join(over) + ") | " + " | ".join(_pct(imp[c]["relative"]) for c in COLUMNS) + " | |")
+        lines.append("| Improvement (toolrec vs best of " + ", ".join(over) + ") | "
+                     + " | ".join(_improvement_cell(imp[c]) for c in COLUMNS) + " | |")
+    return "\n".join(lines)
+
+
+def _improvement_cell(entry: dict) -> str:
+    """The relative gain, then the paired difference behind it (Δ, 95% CI, p)."""
+    cell = _pct(entry["relative"])
+    if entry["over"] and "paired" in entry:
+        d = entry["paired"]
+        cell += f" (Δ {d['diff']:+.4f} {fmt_ci(d['ci'])}, p {fmt_p(d['p'])})" if d.get("ci") is not None else f" ({TOO_FEW})"
+    return cell
+
+
+def markdown_comparisons(summary: dict) -> str:
+    rows = comparison_rows(summary)
+    if not rows:
+        return ""
+    lines = ["| Method | vs | pairs | ΔNDCG@10 | 95% CI | p | ΔRecall@10 | 95% CI | p |", "|---|---|" + "---:|" * 7]
+    for name, ref, block in rows:
+        lines.append(f"| {name} | {ref} | {block['pairs']} | " + " | ".join(_cells(block, "ndcg@10", 4) + _cells(block, "recall@10", 4)) + " |")
     return "\n".join(lines)
 
 
@@ -351,7 +453,16 @@ finished fewer, the table says so, the Improvement row is over those pairs too, 
 method's own figures over all the users it finished follow the table. Metrics are means over
 the users of each seed, then mean ± (population) std over seeds; † marks a method with failed
 or missing users. "Improvement" is ToolRec's relative gain over the best baseline present
-(pop, sasrec, bert4rec, llmrank, chatrec), as in the paper's Table 2."""
+(pop, sasrec, bert4rec, llmrank, chatrec), as in the paper's Table 2; in parentheses, the paired
+difference behind it (Δ, its 95% bootstrap CI and the permutation test's p; the paper reports
+no test)."""
+
+
+STATS_NOTE = (f"Δ: the mean over the (seed, user) pairs of the method's per-user metric minus the reference's; "
+              f"95% CI: {DESCRIPTION['ci']}; p: {DESCRIPTION['test']}. A CI that excludes 0 (p < 0.05) is a "
+              f"difference the sample tells apart from none; with fewer than {DESCRIPTION['min_pairs']} pairs: {TOO_FEW}. "
+              "vs: the method's backbone (SASRec; BERT4Rec for the BERT4Rec methods and the -b variants), and the best "
+              "other method present by NDCG@10.")
 
 
 def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, Path, list[dict]]:
@@ -370,6 +481,9 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
         summaries.append((view.label, s))
         slug = _slug(view.label)
         md += [f"## {view.label}", "", _describe(view, s), "", table_title(s, view.label), "", markdown_table(s), ""]
+        comp = markdown_comparisons(s)
+        if comp:
+            md += ["### Paired differences (method - reference, on the same pairs)", "", comp, "", STATS_NOTE, ""]
         own = markdown_own(s)
         if own:
             md += ["### Each method over all the users it finished (not paired: not comparable row to row)", "", own, ""]

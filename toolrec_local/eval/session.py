@@ -30,6 +30,7 @@ class EvalOptions:
     llm: str | None = None
     users: int = 200
     seeds: int | None = None  # None: 3 for sampled users, 1 with all_users
+    seed: list[int] = field(default_factory=list)  # explicit samples (--seed, repeated); not with seeds
     all_users: bool = False
     concurrency: int | None = None  # None: auto, each server's KV cache decides (eval/capacity.py)
     out: Path | None = None
@@ -66,6 +67,11 @@ def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
         raise ToolrecError("--users must be at least 1", "e.g. --users 200")
     if opts.seeds is not None and opts.seeds < 1:
         raise ToolrecError("--seeds must be at least 1", "e.g. --seeds 3")
+    if opts.seed and opts.seeds is not None:
+        raise ToolrecError("--seed and --seeds were both given",
+                           "pass --seeds N for the samples 0..N-1, or --seed S once per sample (--seed 3 --seed 4), not both")
+    if any(s < 0 for s in opts.seed):
+        raise ToolrecError(f"--seed {min(opts.seed)} is negative", "a seed is a number from 0 up, e.g. --seed 3")
     if opts.top_n < 1:
         raise ToolrecError("--top-n must be at least 1", "the paper uses 10")
     if opts.history not in HISTORY_PROTOCOLS:
@@ -103,7 +109,8 @@ def evaluate(opts: EvalOptions, *, on_update: Callable[[str, Tally], None] | Non
     names = check_options(opts, list(ds.attributes))
     uses_llm = any(needs_llm(n) for n in names)
     uses_agent = any(n in FINISH_METHODS for n in names)  # --finish and --answer-space are theirs
-    seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.all_users else 3)))
+    # explicit samples in one order, so --seed 4 --seed 3 continues the folder --seed 3 --seed 4 made
+    seeds = sorted(set(opts.seed)) or list(range(opts.seeds if opts.seeds is not None else (1 if opts.all_users else 3)))
     users = None if opts.all_users else opts.users
     concurrency = 1 if (uses_llm and opts.backend == "local") else opts.concurrency
     if concurrency is not None and concurrency < 1:
