@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-import click
 import typer
 from typer.testing import CliRunner
 
@@ -18,7 +17,7 @@ def command_paths() -> list[tuple[str, ...]]:
     root = typer.main.get_command(app)
     paths: list[tuple[str, ...]] = [()]
 
-    def walk(cmd: click.Command, prefix: tuple[str, ...]) -> None:
+    def walk(cmd, prefix: tuple[str, ...]) -> None:  # a click command or group
         for name, sub in getattr(cmd, "commands", {}).items():
             paths.append(prefix + (name,))
             walk(sub, prefix + (name,))
