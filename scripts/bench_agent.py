@@ -117,7 +117,7 @@ def main() -> int:
     tok_dir = args.tokenizer or (paths.models_dir() / "smollm2-135m")
     count, unit = token_counter(tok_dir if tok_dir.is_dir() else None)
     backend = PolicyBackend(tool.attributes, count, long=args.long)
-    cfg = AgentConfig(history_len=args.history_len, n_demos=args.demos, show_items=args.show_items,
+    cfg = AgentConfig(history_len=args.history_len, demos=args.demos, observe_items=args.show_items,
                       context_tokens=args.context)
     ctx = AgentContext(ds, tool, backend, cfg)
     users = ds.sample_users(args.users, seed=0)

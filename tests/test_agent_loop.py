@@ -148,13 +148,18 @@ def test_cap_forces_the_final_step(ml100k, tool):
 
 
 def test_finish_with_too_few_candidates_adds_a_marked_backbone_list(ml100k, tool):
+    """The backbone items added for the final step are marked as a top-up, never as an agent
+    call (Retrieval[None, 6]) that was not made, and the top-up is counted."""
     turns = ["Thought: a.\nAction: Retrieval[genre, 4]", "Thought: done.\nAction: Finish", last_k]
     traj, backend, _ = run(ml100k, tool, turns)
     prompt = backend.calls[-1].messages[-1]["content"]
-    assert "Retrieval[genre, 4]:" in prompt and "Retrieval[None, 6]:" in prompt
+    assert "Retrieval[genre, 4]:" in prompt and "Top-up from the backbone, 6 items:" in prompt
+    assert "Retrieval[None" not in prompt
     assert len(backend.calls[-1].constraint.options) == 10
     assert set(traj.rounds[0].items) <= set(traj.final_items)
-    assert "4 gathered: added the backbone's top 6 as Retrieval[None, 6]" in traj.final_note
+    assert '4 gathered: shown with "Top-up from the backbone, 6 items", the backbone\'s next 6' in traj.final_note
+    assert traj.totals()["fallbacks"]["topup"] == 1 and traj.final_step.fallbacks == {"topup": 1}
+    assert traj.to_dict()["finish"]["fallbacks"] == {"topup": 1}
     assert_valid_final(traj, ml100k)
 
 
@@ -163,7 +168,8 @@ def test_finish_before_any_list_ranks_the_backbones_top_n(ml100k, tool):
     assert_valid_final(traj, ml100k)
     backbone = [i for i, _ in tool.retrieve(USER, None, 10)]
     assert set(traj.final_items) == set(backbone) and "nothing gathered" in traj.final_note
-    assert "Retrieval[None, 10]:" in backend.calls[-1].messages[-1]["content"]
+    assert "Top-up from the backbone, 10 items:" in backend.calls[-1].messages[-1]["content"]
+    assert traj.totals()["fallbacks"]["topup"] == 1
 
 
 def test_cap_finishes_with_the_latest_list(ml100k, tool):
@@ -431,12 +437,12 @@ def test_repeated_lists_are_shown_once_when_the_context_is_short(ml100k, tool):
     """Six identical retrievals (as a weak model writes them): shown under every mark they
     do not fit 1500 tokens even as 10 candidates, so each item is shown once instead."""
     turns = ["Thought: a\nAction: Retrieval[None, 10]"] * 6 + [first_k]
-    traj, backend, ctx = run(ml100k, tool, turns, context_tokens=1500, max_rounds=6, n_demos=0, repeated_lists="full")
+    traj, backend, ctx = run(ml100k, tool, turns, context_tokens=1500, max_rounds=6, demos=0, repeated_lists="full")
     prompt = backend.calls[-1].messages[-1]["content"]
     assert traj.final_step.usage.calls == 1 and prompt.count("Retrieval[None, 10]:") == 1
     assert all(prompt.count(f"\n{o}, ") == 1 for o in backend.calls[-1].constraint.options)
     assert "each candidate shown once" in traj.final_note
-    _, unlimited, _ = run(ml100k, tool, turns, context_tokens=0, max_rounds=6, n_demos=0, repeated_lists="full")
+    _, unlimited, _ = run(ml100k, tool, turns, context_tokens=0, max_rounds=6, demos=0, repeated_lists="full")
     assert unlimited.calls[-1].messages[-1]["content"].count("Retrieval[None, 10]:") == 6  # without a limit: every list
 
 
@@ -596,3 +602,65 @@ def test_agent_settings_out_of_range_are_user_errors(bad):
 
     with pytest.raises(ToolrecError, match=next(iter(bad))):
         AgentConfig(**bad)
+
+
+# ---- what the agent sees: whole lists, and ranked lists in the LLM's order ----------------------
+def test_an_observation_holds_the_whole_list_by_default_and_n_with_show_items(ml100k, tool):
+    turns = ["Thought: a\nAction: Retrieval[genre, 20]", "Thought: b\nAction: Finish", first_k]
+    traj, backend, _ = run(ml100k, tool, turns)
+    seen = backend.calls[1].messages[-1]["content"]
+    lines = seen.splitlines()[1:]
+    assert seen.startswith("Observation: The recommender focused on genre returned 20 movies:")
+    assert len(lines) == 20 and "more." not in seen
+    assert lines == [f"{ml100k.item_ids[i]}, {ml100k.item_names[i]}, {s:.3f}" for i, s in tool.retrieve(USER, "genre", 20)]
+    _, cut, _ = run(ml100k, tool, turns, observe_items=5)
+    assert cut.calls[1].messages[-1]["content"].splitlines()[1:] == lines[:5] + ["... and 15 more."]
+
+
+def test_a_rank_list_is_shown_in_the_llms_order_with_positions_and_no_scores(ml100k, tool):
+    """The authors' final step sees a ranked list as the LLM wrote it: here its order and
+    positions. The backbone's scores stay on the retrieval lists and never label a ranked one."""
+    ds = ml100k
+    chosen = []
+
+    def scrambled(messages, constraint):  # five candidates, in an order no score gives
+        chosen[:] = [constraint.options[n] for n in (7, 2, 11, 0, 5)]
+        return "\n".join(chosen)
+
+    turns = ["Thought: a\nAction: Retrieval[genre, 12]", "Thought: b\nAction: Rank[director, 5]", scrambled,
+             "Thought: c\nAction: Rank[None, 3]", first_k, "Thought: d\nAction: Finish", first_k]
+    traj, backend, _ = run(ds, tool, turns)
+    assert traj.rounds[1].items == [ds.item_index[o.split(",")[0]] for o in chosen]
+    ranked = [f"{n}. {o}" for n, o in enumerate(chosen, 1)]
+    assert backend.calls[3].messages[-1]["content"] == \
+        "Observation: The top 5 movies ranked by director, best first:\n" + "\n".join(ranked)
+    block = 'Rank[director, 5]: the top 5 movies ranked by director, best first, as "position. id, name":\n' + \
+        "\n".join(ranked) + "\n"
+    score = dict(tool.retrieve(USER, "genre", 12))
+    for call in (backend.calls[4], backend.calls[-1]):  # the next Rank, and the final step
+        prompt = call.messages[-1]["content"]
+        assert block in prompt and "recommender score" in prompt.split("Rank[director, 5]:")[0]
+        for o in chosen:  # its items carry their scores only under the retrieval list
+            i = ds.item_index[o.split(",")[0]]
+            assert prompt.count(f"{o}, {score[i]:.3f}") == 1
+    assert traj.final_items == traj.final_step.items
+
+
+def test_a_cut_ranked_list_keeps_its_positions():
+    from toolrec_local.agent.actions import Rank
+
+    lst = ToolList(Rank("genre", 4), [5, 6, 7, 8])
+    assert lst.ranked and lst.ranks == [1, 2, 3, 4] and lst.scores is None
+    part = lst.only({5, 7, 8})
+    assert (part.items, part.ranks, part.mark) == ([5, 7, 8], [1, 3, 4], "Rank[genre, 4]")
+    assert not ToolList(Retrieval(None, 2), [1, 2], [0.5, 0.4]).ranked
+
+
+def test_the_default_cap_is_the_authors_seven_rounds_then_the_forced_final_step(ml100k, tool):
+    """chat_RecAct.py: `for i in range(1, 8)` agent rounds, then finish[] if not done; the
+    forced final step is not a round."""
+    turns = ["Thought: more.\nAction: Retrieval[genre, 5]"] * 7 + [last_k]
+    traj, backend, ctx = run(ml100k, tool, turns)
+    assert ctx.config.max_rounds == 7 and traj.finished_by == "cap" and len(traj.rounds) == 7
+    assert backend.remaining == 0 and isinstance(backend.calls[-1].constraint, ItemListGrammar)
+    assert traj.final_step.n == 0 and traj.totals()["rounds"] == 7

@@ -77,7 +77,7 @@ def check_and_record(ds, trajs, model: str, out: Path, config: AgentConfig) -> d
         "overhead_ms_per_round_median": round(statistics.median(r.overhead_s * 1000 for t in trajs for r in t.rounds), 3),
         "tokens_in_max": max(r.usage.tokens_in for t in trajs for r in t.rounds),
         "config": {"context_tokens": config.context_tokens, "history_len": config.history_len,
-                   "n_demos": config.n_demos, "max_rounds": config.max_rounds},
+                   "n_demos": config.demos, "max_rounds": config.max_rounds},
         "example": trajs[0].to_dict(),
     }
     out.write_text(json.dumps(summary, indent=2))
@@ -150,7 +150,7 @@ def test_smollm2_in_process(ml100k_tools, smollm2_dir, session_home):
     ds = tool.dataset
     # CPU time: shorter prompts and at most 4 rounds (the weak model tends to use all 8), 3 users;
     # TOOLREC_AGENT_CHECK_USERS=50 for the README's conformance figure.
-    config = AgentConfig(context_tokens=2048, history_len=5, n_demos=1, max_rounds=4 if not N_USERS else 8)
+    config = AgentConfig(context_tokens=2048, history_len=5, demos=1, max_rounds=4 if not N_USERS else 8)
     users = ds.sample_users(int(N_USERS or 3), seed=0)
     trajs = asyncio.run(run_users(AgentContext(ds, tool, make_backend("smollm2-135m", "local", model_path=folder), config), users, 1))
     summary = check_and_record(ds, trajs, "smollm2-135m (local)", session_home / "agent-check-smollm2-135m.json", config)

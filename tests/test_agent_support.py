@@ -31,7 +31,7 @@ class CooccurrenceRetrieval:
     def scores(self, users, attribute, part="test") -> np.ndarray:
         return np.stack([self._score(int(u), attribute, part) for u in users])
 
-    def _score(self, user: int, attribute, part: str) -> np.ndarray:
+    def _score(self, user: int, attribute, part: str, exclude_history: bool = True) -> np.ndarray:
         history, _ = self.ds.split(user, part)
         recent = np.asarray(history[-self.window:], dtype=np.int64)
         s = self.co[recent].sum(axis=0)
@@ -46,11 +46,13 @@ class CooccurrenceRetrieval:
                               for i in range(self.ds.n_items + 1)], dtype=np.float32)
             s = s + 0.5 * boost
         s[0] = -np.inf
-        s[np.asarray(history, dtype=np.int64)] = -np.inf
+        if exclude_history:
+            s[np.asarray(history, dtype=np.int64)] = -np.inf
         return s
 
-    def retrieve(self, user: int, attribute, k: int, exclude=(), part="test") -> list[tuple[int, float]]:
-        s = self._score(user, attribute, part)
+    def retrieve(self, user: int, attribute, k: int, exclude=(), part="test",
+                 exclude_history: bool = True) -> list[tuple[int, float]]:
+        s = self._score(user, attribute, part, exclude_history)
         if len(exclude):
             s[np.asarray(list(exclude), dtype=np.int64)] = -np.inf
         top = np.argsort(-s, kind="stable")[:k]

@@ -338,13 +338,23 @@ def test_factory_local_backend_uses_llguidance_only():
 
 
 def test_vllm_backend_survives_several_event_loops():
-    """The agent and the tests call one backend from several asyncio.run calls."""
+    """The agent and the tests call one backend from several asyncio.run calls: in each new
+    loop it reconnects and answers (an HTTP client bound to a closed loop would raise)."""
     with FakeAPI(obeying) as api:
         b = vllm_backend(api.base_url)
+        answers = []
+
+        async def connect_and_ask():
+            await b.connect()
+            return (await b.generate(MSGS, None, max_tokens=8)).text
+
         for _ in range(3):
-            run(b.connect())
+            answers.append(run(connect_and_ask()))
             b._servers[0].ready = False  # probe again, in the new loop
         run(b.aclose())
+    assert answers == ["Hello there!"] * 3
+    # each loop: the connection probe's request, then ours
+    assert sum(r.get("messages") == MSGS for r in api.requests) == 3
 
 
 def test_repeats_a_line_looks_at_finished_lines_only():

@@ -143,7 +143,7 @@ def test_a_run_fits_a_server_that_serves_less_context_than_its_card(vllm_servers
     tool = ml100k_tools
     ds = tool.dataset
     # Long prompts: 40 history items, 2 demonstrations, 30 items per observation.
-    config = AgentConfig(history_len=40, show_items=30, max_rounds=4, temperature=1.0)
+    config = AgentConfig(history_len=40, observe_items=30, max_rounds=4, temperature=1.0)
 
     async def go(backend):
         ctx = AgentContext(ds, tool, backend, config)

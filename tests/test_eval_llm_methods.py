@@ -277,18 +277,25 @@ def test_finish_last_list_rows_make_no_final_call(walk, tmp_path):
                              finish="last"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
 
 
-def test_a_variant_missing_from_a_resumed_run_is_filled_in(walk, tmp_path):
-    """A folder where toolrec finished with --finish llm gets its last-list rows with --finish
-    both; the toolrec rows already there are kept as they are."""
+def test_another_finish_mode_in_the_same_folder_is_refused(walk, tmp_path):
+    """`--finish` is part of a run's identity: rows of another mode (made from other
+    trajectories) are never mixed into a folder, and the refusal says why."""
     holder = {}
     out = tmp_path / "run"
-    opts = dict(dataset="walk", methods="toolrec", llm="tiny", users=3, seeds=1, out=out)
-    evaluate(EvalOptions.of(**opts), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
-    before = [r for r in read_jsonl(out / "results.jsonl").records]
-    summary, _ = evaluate(EvalOptions.of(**opts, finish="both"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
-    after = read_jsonl(out / "results.jsonl").records
-    assert after[:3] == before and [r["method"] for r in after[3:]] == ["toolrec/last-list"] * 3
-    assert summary["methods"]["toolrec"]["users"]["ok"] == summary["methods"]["toolrec/last-list"]["users"]["ok"] == 3
+    opts = dict(dataset="walk", llm="tiny", users=3, seeds=1, out=out)
+    evaluate(EvalOptions.of(**opts, methods="toolrec"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    before = (out / "results.jsonl").read_bytes()
+    for finish in ("both", "last-list"):
+        with pytest.raises(ToolrecError, match=f"finish: 'llm' in the folder, '{finish}' now") as err:
+            evaluate(EvalOptions.of(**opts, methods="toolrec", finish=finish), tool_loader=rule_loader,
+                     llm_factory=scripted_factory(holder))
+        assert "one --finish mode" in err.value.hint
+    assert (out / "results.jsonl").read_bytes() == before
+    # methods without a final step do not care: llmrank joins, then toolrec continues as before
+    evaluate(EvalOptions.of(**opts, methods="llmrank", finish="both"), tool_loader=rule_loader,
+             llm_factory=scripted_factory(holder))
+    evaluate(EvalOptions.of(**opts, methods="toolrec"), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    assert json.loads((out / "run.json").read_text())["finish"] == "llm"
 
 
 def test_llmrank_has_its_own_recency_prompt(walk, tmp_path):
@@ -305,3 +312,44 @@ def test_llmrank_has_its_own_recency_prompt(walk, tmp_path):
         assert "Rank these 30 movies" in prompt and "Retrieval[" not in prompt and "The user:" not in prompt
         assert call.messages[0]["content"].startswith("You are a movie recommender.")
         assert len(call.constraint.options) == 30
+
+
+def test_the_agents_view_options_are_recorded_and_part_of_the_identity(walk, tmp_path):
+    """--observe-items (default: whole lists), --max-rounds (default 7) and --demos (default
+    3) reach the agent, are written to run.json, and a folder made under other values is
+    refused on resume; a folder from before they were recorded ran 8 / 2 / 10."""
+    holder = {}
+    out = tmp_path / "run"
+    opts = dict(dataset="walk", methods="toolrec", llm="tiny", users=2, seeds=1, out=out)
+    evaluate(EvalOptions.of(**opts), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    run = json.loads((out / "run.json").read_text())
+    assert (run["observe_items"], run["max_rounds"], run["demos"]) == ("all", 7, 3)
+    second = holder["backend"].calls[1].messages  # round 2 sees round 1's Retrieval[genre, 20] whole
+    assert len(second[-1]["content"].splitlines()) == 21 and "more." not in second[-1]["content"]
+    assert "Example 3:" in second[0]["content"]
+    for change, field in ((dict(observe_items=5), "observe_items: 'all' in the folder, 5 now"),
+                          (dict(max_rounds=8), "max_rounds: 7 in the folder, 8 now"),
+                          (dict(demos=2), "demos: 3 in the folder, 2 now")):
+        with pytest.raises(ToolrecError, match=field):
+            evaluate(EvalOptions.of(**opts, **change), tool_loader=rule_loader, llm_factory=scripted_factory(holder))
+    cut = dict(opts, out=tmp_path / "cut")
+    evaluate(EvalOptions.of(**cut, observe_items=5, max_rounds=2, demos=1), tool_loader=rule_loader,
+             llm_factory=scripted_factory(holder))
+    seen = holder["backend"].calls[1].messages
+    assert seen[-1]["content"].splitlines()[1:] == seen[-1]["content"].splitlines()[1:6] + ["... and 15 more."]
+    assert "Example 1:" in seen[0]["content"] and "Example 2:" not in seen[0]["content"]
+    recs = read_jsonl(tmp_path / "cut" / "results.jsonl").records
+    assert all(r["rounds"] == 2 for r in recs)  # the cap, then the forced final step
+    run = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert (run["observe_items"], run["max_rounds"], run["demos"]) == (5, 2, 1)
+    old = dict(run)
+    for key in ("observe_items", "max_rounds", "demos"):
+        del old[key]
+    (tmp_path / "cut" / "run.json").write_text(json.dumps(old))
+    with pytest.raises(ToolrecError, match="max_rounds: 8 in the folder, 2 now; demos: 2 in the folder, 1 now; "
+                                           "observe_items: 10 in the folder, 5 now"):
+        evaluate(EvalOptions.of(**cut, observe_items=5, max_rounds=2, demos=1), tool_loader=rule_loader,
+                 llm_factory=scripted_factory(holder))
+    with pytest.raises(ToolrecError, match="--observe-items"):
+        evaluate(EvalOptions.of(**dict(opts, out=tmp_path / "bad"), observe_items=0), tool_loader=rule_loader,
+                 llm_factory=scripted_factory(holder))

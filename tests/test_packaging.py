@@ -116,7 +116,7 @@ def test_cpu_install_refuses_a_venv_with_the_gpu_build(tmp_path):
 
 def test_wheel_installed_non_editable_finds_cards_templates_and_prompts(tmp_path):
     """Build the wheel from a copy of the sources, install it (no deps) into a fresh venv that
-    sees this environment's packages only as dependencies, and use it from there."""
+    sees this environment's packages only as dependencies, and use it from there (P5 included)."""
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("toolrec_local", "models", "serving", "prompts"):
@@ -165,6 +165,29 @@ print(json.dumps({"package": toolrec_local.__file__, "models": str(models_dir())
     for key in ("package", "models", "prompts", "template", "movies"):
         assert out[key].startswith(str(venv)), (key, out[key])  # the wheel's copy, not the repository's
     assert "zq-marker" in out["rendered"]
+    _p5_from_the_wheel(venv / "bin" / "toolrec-local", tmp_path, env)
+
+
+def _p5_from_the_wheel(exe: Path, tmp_path: Path, env: dict) -> None:
+    """P5 reads its prompt (prompts/p5.yaml) from the wheel's package data: train it for one
+    epoch on a small dataset and evaluate it, all from the installed command."""
+    from conftest import synthetic_rule_dataset
+
+    src = synthetic_rule_dataset(tmp_path / "raw", name="rule", n_users=30)
+    env = {**env, "OMP_NUM_THREADS": "1"}
+
+    def run(*args):
+        res = subprocess.run([str(exe), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, (args, res.stderr[-2000:])
+        return json.loads(res.stdout)
+
+    run("data", "prepare", "rule", "--source", str(src), "--json")
+    trained = run("train", "p5", "--dataset", "rule", "--epochs", "1", "--d-model", "16", "--d-ff", "16",
+                  "--layers", "1", "--heads", "2", "--json")["p5"]
+    assert trained["metrics"]["epochs_run"] == 1
+    summary = run("eval", "--dataset", "rule", "--method", "p5", "--all-users", "--out", str(tmp_path / "run"), "--json")
+    p5 = summary["methods"]["p5"]
+    assert p5["complete"] and p5["users"]["ok"] > 0 and p5["users"]["failed"] == 0 and 0 <= p5["recall@10"]["mean"] <= 1
 
 
 # --- declared dependencies ------------------------------------------------------------------------

@@ -738,3 +738,17 @@ def test_text_backbones_take_their_sequence_models_preset():
 
     assert settings("fast", "bert4rec-bert", 100)[1].epochs == settings("fast", "bert4rec", 100)[1].epochs == 200
     assert settings("fast", "sasrec-bert", 100)[1].epochs == settings("fast", "sasrec", 100)[1].epochs == 50
+
+
+def test_preset_auto_chooses_by_dataset_size():
+    """`--preset auto` (the default) trains ML-100K-sized data with `fast` and ML-1M-sized data
+    with `default`, and says which; an explicit preset is taken as given, a wrong one refused."""
+    from toolrec_local.errors import ToolrecError
+    from toolrec_local.recsys.config import resolve_preset
+
+    assert resolve_preset("auto", 100_000) == ("fast", "preset auto: fast (100,000 interactions < 500,000)")
+    chosen, why = resolve_preset("auto", 1_000_209)
+    assert chosen == "default" and "1,000,209" in why
+    assert resolve_preset("paper", 100_000) == ("paper", "")
+    with pytest.raises((ToolrecError, ValueError)):
+        resolve_preset("nope", 100_000)

@@ -1,8 +1,10 @@
 """The `toolrec-local` command. Thin: parse, call, render. Every command module registers
-itself here; heavy imports (torch, vllm) happen inside the commands, so `--help` is instant."""
+itself here (plain imports: each module is part of the package); heavy imports (torch, vllm) happen inside the commands, so `--help` is instant."""
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -41,24 +43,57 @@ def root(
 
 
 def _register() -> None:
+    from toolrec_local import doctor
+    from toolrec_local.agent import commands as agent_commands
     from toolrec_local.data.commands import app as data_app
+    from toolrec_local.eval import commands as eval_commands
+    from toolrec_local.llm import commands as llm_commands
+    from toolrec_local.recsys import commands as recsys_commands
 
     app.add_typer(data_app, name="data")
-    # Other command groups register themselves below as they are built.
-    for module in (
-        "toolrec_local.recsys.commands",
-        "toolrec_local.llm.commands",
-        "toolrec_local.agent.commands",
-        "toolrec_local.eval.commands",
-        "toolrec_local.doctor",
-    ):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                continue  # that part is not built yet
-            raise
-        mod.register(app)
+    for module in (recsys_commands, llm_commands, agent_commands, eval_commands, doctor):
+        module.register(app)
+    _reflow_help(app)
+
+
+def reflow(text: str) -> str:
+    """Help text as paragraphs the terminal wraps: the lines of a paragraph (docstrings are
+    wrapped at ~100 columns in the source) joined, so Rich wraps them once at the terminal's
+    width instead of breaking each source line again. A line starting a list item ("- ", "* ",
+    "1. ") starts a new line of its paragraph."""
+    paragraphs = []
+    for block in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in block.splitlines():
+            line = line.strip()
+            if lines and not re.match(r"([-*]|\d+\.) ", line):
+                lines[-1] += " " + line
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def _summary(text: str) -> str:
+    """The command list's line: the help's first sentence."""
+    first = reflow(text).split("\n\n", 1)[0]
+    return re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.:;])\s", first, maxsplit=1)[0].rstrip(".:;")
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Every command's help reflowed, and one summary line for it in the command lists."""
+    for info in typer_app.registered_commands:
+        text = info.help or (info.callback.__doc__ if info.callback else None)
+        if text:
+            info.help = reflow(text)
+            info.short_help = info.short_help or _summary(text)
+    for group in typer_app.registered_groups:
+        sub = group.typer_instance
+        text = group.help or sub.info.help
+        if isinstance(text, str) and text:
+            group.help = reflow(text)
+            group.short_help = group.short_help or _summary(text)
+        _reflow_help(sub)
 
 
 _register()

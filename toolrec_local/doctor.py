@@ -144,9 +144,8 @@ def check_models() -> list[Check]:
         else:
             if card.name in ("smollm2-135m", "tiny-random"):
                 out.append(Check(f"model {card.name}", MISSING, f"no weights at {card.default_dir()}", card.how_to_get()))
-            else:  # big models are optional here and never downloaded by us
-                out.append(Check(f"model {card.name}", INFO, "no local weights (optional)",
-                                 f"put {card.hub_id} at {card.default_dir()} or pass --model-path DIR"))
+            else:  # the others are optional here (pulled on request, or the user's own download)
+                out.append(Check(f"model {card.name}", INFO, "no local weights (optional)", card.how_to_get()))
     return out
 
 

@@ -44,10 +44,10 @@ async def llm_rank(ctx: AgentContext, user: int, lists: list[ToolList], k: int, 
     Returns (top-k items, the one round it took: its cost, counters and note)."""
     state, _ = new_state(ctx, user, part, seed)
     for lst in lists:  # stored, so that a repair fills by retrieval score
-        score = dict(zip(lst.items, lst.scores))
+        score = dict(zip(lst.items, lst.scores or ()))
         valid = state.memory.check([int(i) for i in lst.items]).valid
         if valid:
-            state.memory.store(lst.action, valid, [score[i] for i in valid])
+            state.memory.store(lst.action, valid, None if lst.ranked else [score[i] for i in valid])
     cands = interleave(lst.items for lst in state.memory.lists)
     rnd = Round(1, action=format_action(Rank(attribute, max(1, k))))
     if not cands:

@@ -34,9 +34,10 @@ def recommend(
     api_key: Optional[str] = typer.Option(None, "--api-key", help="API key (default: TOOLREC_API_KEY for a vLLM server, OPENAI_API_KEY for --backend openai)."),
     backbone: str = typer.Option("sasrec", "--backbone", help="Retrieval backbone: sasrec or bert4rec."),
     history_len: int = typer.Option(10, "--history-len", min=0, help="History items shown to the LLM."),
-    max_rounds: int = typer.Option(8, "--max-rounds", min=1, help="Round cap; at the cap the agent finishes."),
-    demos: int = typer.Option(2, "--demos", min=0, help="In-context demonstrations in the prompt."),
-    top_n: int = typer.Option(RUN.top_n, "--top-n", min=1, help="Length of the final list."),
+    max_rounds: int = typer.Option(RUN.max_rounds, "--max-rounds", help="Decision rounds (a Finish or an unreadable reply counts as one), the forced final step not counted: at the cap the agent finishes. Default 7, the authors' cap."),
+    demos: int = typer.Option(RUN.demos, "--demos", help="In-context demonstrations in the agent's prompt: the first N of prompts/<domain>.yaml (default 3, as many as the authors ship)."),
+    observe_items: Optional[int] = typer.Option(RUN.observe_items, "--observe-items", help="Items of each tool list shown in the agent's observation (default: the whole list, as in the authors' code)."),
+    top_n: int = typer.Option(RUN.top_n, "--top-n", help="Length of the final list."),
     context: Optional[int] = typer.Option(None, "--context", min=0, help="The model's context in tokens, prompts are fitted into it (default: what the vLLM server reports, else the model card; 0: no limit)."),
     part: str = typer.Option(RUN.part, "--part", help="Split: test (predict the last item) or valid."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed passed to the LLM."),
@@ -56,12 +57,12 @@ def recommend(
     from toolrec_local.recsys.retrieval import RetrievalTool
 
     settings = RunSettings(llm=llm, backend=backend, top_n=top_n, part=part, grammar=not no_grammar,
-                           temperature=temperature, finish=finish)
+                           temperature=temperature, finish=finish, max_rounds=max_rounds, demos=demos,
+                           observe_items=observe_items)
     ds = load_dataset(dataset)
     uid = ds.user(user)
     tool = RetrievalTool.load(ds, backbone=backbone)
-    config = AgentConfig.of(settings, max_rounds=max_rounds, history_len=history_len, n_demos=demos,
-                            context_tokens=context)
+    config = AgentConfig.of(settings, history_len=history_len, context_tokens=context)
     llm_backend = make_backend(llm, backend, base_url=server, api_key=api_key, model_path=model_path)
     ctx = AgentContext(ds, tool, llm_backend, config)
 

@@ -21,10 +21,7 @@ class AgentConfig(RunSettings):
     """The run's settings (top_n, grammar, temperature, finish, repeated_lists, ...: checked
     there) and the agent's own."""
 
-    max_rounds: int = 8  # the paper's cap; at the cap the agent finishes
     history_len: int = 10  # history items shown (most recent)
-    n_demos: int = 2  # in-context demonstrations (prompts/<domain>.yaml has them)
-    show_items: int = 10  # items of each tool list shown in the agent's context
     observation_window: int | None = None  # rounds whose observations stay in full (None: all)
     max_k: int = 50  # K allowed in an action (grammar bound; free text is clamped to it)
     default_k: int = 20  # free text only: K when the model wrote Retrieval[genre]
@@ -51,8 +48,7 @@ class AgentConfig(RunSettings):
     def __post_init__(self):
         super().__post_init__()
         checks = {
-            "max_rounds": self.max_rounds >= 1, "history_len": self.history_len >= 0,
-            "n_demos": self.n_demos >= 0, "show_items": self.show_items >= 1, "max_k": self.max_k >= 1,
+            "history_len": self.history_len >= 0, "max_k": self.max_k >= 1,
             "default_k": 1 <= self.default_k <= self.max_k,
             "rank_max_candidates": self.rank_max_candidates is None or self.rank_max_candidates >= 1,
             "max_retries": self.max_retries >= 0,
@@ -86,7 +82,7 @@ class AgentContext:
         self.renderer = Renderer(
             self.dataset, load_prompts(self.dataset.domain, self.config.prompts_dir), attrs,
             top_n=self.config.top_n, max_k=self.config.max_k, history_len=self.config.history_len,
-            n_demos=self.config.n_demos, show_items=self.config.show_items, finish=self.config.finish_mode,
+            n_demos=self.config.demos, show_items=self.config.observe_items, finish=self.config.finish_mode,
             repeated_lists=self.config.repeated_lists,
         )
 

@@ -41,7 +41,8 @@ class Conversation:
         self.ctx = ctx
         self.task = task
         self.steps: list[Step] = []
-        self.demos = ctx.config.n_demos  # only ever lowered
+        self.demos = ctx.config.demos  # only ever lowered
+        self.fallbacks: dict[str, int] = {}  # shrink steps taken to fit the context (trajectory.FALLBACKS)
 
     def add(self, step: Step) -> None:
         self.steps.append(step)
@@ -57,6 +58,8 @@ class Conversation:
             while not self.ctx.fits(messages, self.ctx.action_reply_tokens):
                 if not shrink():
                     break
+                kind = "demos_dropped" if shrink == self._fewer_demos else "context_shortened"
+                self.fallbacks[kind] = self.fallbacks.get(kind, 0) + 1
                 messages = self._build()
             else:
                 return messages

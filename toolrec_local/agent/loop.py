@@ -16,7 +16,7 @@ from toolrec_local.agent.actions import Finish, ParseFailure, Retrieval, format_
 from toolrec_local.agent.context import AgentConfig, AgentContext
 from toolrec_local.agent.conversation import Conversation, Step
 from toolrec_local.agent.tools import RunState, conclude, final_list, new_state, run_rank, run_retrieval
-from toolrec_local.agent.trajectory import Round, Trajectory
+from toolrec_local.agent.trajectory import Round, Trajectory, add_counts
 from toolrec_local.llm.grammar import conforms
 
 __all__ = ["AgentConfig", "AgentContext", "run_agent", "run_plan"]
@@ -39,6 +39,7 @@ async def run_agent(ctx: AgentContext, user: int, part: str = "test", seed: int 
         if isinstance(action, Finish):
             traj.finished_by = "finish"
             break
+    traj.fallbacks = dict(talk.fallbacks, context_ended=int(traj.finished_by == "context"))
     await _final_step(state, traj)
     return traj
 
@@ -69,13 +70,15 @@ async def _final_step(state: RunState, traj: Trajectory) -> None:
     """After Finish or the cap: the last-list answer (always, it costs no LLM call), then the
     final step the configuration asks for; its list is the answer."""
     started, state.llm_s = time.perf_counter(), 0.0
-    traj.last_list_items, traj.last_list_note = final_list(state)
+    traj.last_list_items, traj.last_list_note = final_list(state, traj.last_list_fallbacks)
     step = Round(0, action="Finish")  # n=0: the final step, not a round
     if state.ctx.config.finish_mode == "llm":
-        step.items, note = await conclude(state, step, (list(traj.last_list_items), traj.last_list_note))
+        step.items, note = await conclude(state, step, (list(traj.last_list_items), traj.last_list_note,
+                                                        traj.last_list_fallbacks))
         step.note = "; ".join(x for x in (note, step.note) if x)  # then what the ranking call itself noted
     else:
         step.items, step.note = list(traj.last_list_items), traj.last_list_note
+        add_counts(step.fallbacks, traj.last_list_fallbacks)
     step.overhead_s = time.perf_counter() - started - state.llm_s
     traj.final_step = step
     traj.final_items, traj.final_note = list(step.items), step.note
@@ -140,14 +143,16 @@ async def run_plan(ctx: AgentContext, user: int, part: str = "test", seed: int =
         placeholder = ctx.renderer.plan_step()
         return Step(turn, placeholder, placeholder)
 
-    actions = []
+    actions, ended = [], False
     for n in range(1, ctx.config.max_rounds + 1):
         action = await _round(state, talk, traj, n, observe)
         if action is None:
+            ended = True  # the plan is cut where its prompt stopped fitting
             break
         actions.append(action)
         if isinstance(action, Finish):
             break
+    traj.fallbacks = dict(talk.fallbacks, context_ended=int(ended))
     for rnd, action in zip(traj.rounds, actions):  # execution, in plan order
         if isinstance(action, Finish):
             break

@@ -31,16 +31,32 @@ class ToolList:
 
     action: Action  # Retrieval or Rank (the K actually executed)
     items: list[int]
-    scores: list[float]  # retrieval scores; a Rank list carries its items' best retrieval score
+    # Retrieval: the tool's scores. None for a list the LLM ranked (Rank): its order is the
+    # LLM's and it has no scores; prompts show its rank positions, never a retrieval score.
+    scores: list[float] | None = None
+    # A list no agent action made (the final step's top-up from the backbone) is shown under
+    # this mark instead of an action the agent never wrote.
+    label: str = ""
+    ranks: list[int] | None = None  # a ranked list: each item's position in the LLM's answer (1 = best)
+
+    def __post_init__(self):
+        if self.scores is None and self.ranks is None:
+            self.ranks = list(range(1, len(self.items) + 1))
 
     @property
     def mark(self) -> str:
-        return format_action(self.action)
+        return self.label or format_action(self.action)
+
+    @property
+    def ranked(self) -> bool:
+        return self.scores is None
 
     def only(self, keep: set[int]) -> "ToolList":
-        """The same list (same mark) with only the items in `keep`, in order."""
-        pairs = [(i, s) for i, s in zip(self.items, self.scores) if i in keep]
-        return ToolList(self.action, [i for i, _ in pairs], [s for _, s in pairs])
+        """The same list (same mark) with only the items in `keep`, in order (a ranked list
+        keeps each item's original position)."""
+        at = [n for n, i in enumerate(self.items) if i in keep]
+        pick = lambda values: None if values is None else [values[n] for n in at]  # noqa: E731
+        return ToolList(self.action, pick(self.items), pick(self.scores), self.label, pick(self.ranks))
 
 
 @dataclass(frozen=True)
@@ -72,16 +88,18 @@ class Memory:
         self.lists: list[ToolList] = []
         self._best_score: dict[int, float] = {}
 
-    def check(self, items: list[int], allowed: set[int] | None = None, labels: list[str] | None = None) -> Check:
-        """Keep items that exist, are not in the history, are not repeated (and are in `allowed`,
-        when given); name every other one. `labels` are how the LLM wrote each item."""
+    def check(self, items: list[int], allowed: set[int] | None = None, labels: list[str] | None = None,
+              history_ok: bool = False) -> Check:
+        """Keep items that exist, are not in the history (unless `history_ok`: a retrieval list
+        under `--history keep`), are not repeated (and are in `allowed`, when given); name every
+        other one. `labels` are how the LLM wrote each item."""
         out = Check([])
         seen: set[int] = set()
         for pos, item in enumerate(items):
             label = labels[pos] if labels else str(item)
             if not 1 <= item <= self.n_items:
                 out.problems.append(Problem("unknown", label))
-            elif item in self.history:
+            elif item in self.history and not history_ok:
                 out.problems.append(Problem("history", label))
             elif item in seen:
                 out.problems.append(Problem("repeated", label))
@@ -92,10 +110,11 @@ class Memory:
                 out.valid.append(item)
         return out
 
-    def store(self, action: Action, items: list[int], scores: list[float]) -> ToolList:
-        entry = ToolList(action, list(items), list(scores))
+    def store(self, action: Action, items: list[int], scores: list[float] | None = None, label: str = "") -> ToolList:
+        """Store a list; `scores` None: the LLM's ranking (ToolList.ranked)."""
+        entry = ToolList(action, list(items), None if scores is None else list(scores), label)
         self.lists.append(entry)
-        for item, score in zip(items, scores):
+        for item, score in zip(items, scores or ()):
             if item not in self._best_score or score > self._best_score[item]:
                 self._best_score[item] = score
         return entry
@@ -111,13 +130,15 @@ class Memory:
         return None
 
     def candidates(self, cap: int | None = None) -> list[int]:
-        """Every item gathered so far, once each, taken from the stored lists in turn
-        (`interleave`), at most `cap` of them."""
-        return interleave((lst.items for lst in self.lists), cap)
+        """Every item gathered so far that may be answered (not in the history: retrieval lists
+        hold history items under `--history keep`), once each, taken from the stored lists in
+        turn (`interleave`), at most `cap` of them."""
+        return interleave(([i for i in lst.items if i not in self.history] for lst in self.lists), cap)
 
     def gathered(self) -> list[int]:
-        """Every item gathered so far, once each, in the order they were first stored."""
-        return list(dict.fromkeys(i for lst in self.lists for i in lst.items))
+        """Every item gathered so far that may be answered, once each, in the order they were
+        first stored."""
+        return list(dict.fromkeys(i for lst in self.lists for i in lst.items if i not in self.history))
 
     def current(self) -> ToolList | None:
         """The most recent valid list: what Finish returns."""

@@ -19,13 +19,15 @@ from toolrec_local.agent.memory import ToolList
 from toolrec_local.errors import ToolrecError
 
 TEMPLATE_KEYS = (
-    "system", "profile", "history_line", "head", "task", "item_line", "observation",
+    "system", "profile", "history_line", "head", "task", "item_line", "ranked_line", "observation",
     "observation_short", "invalid_action", "rank_system", "rank_user",
     "candidate_line", "problem", "rank_nothing", "plan_note", "plan_step",
 )
-# Optional: prompt styles of the Chat-REC and LLMRank baselines; a domain without them uses the
-# Rank prompt.
+# Needed only by some runs: the prompts of the Chat-REC and LLMRank baselines (a run of that
+# method needs them: Renderer.require_style) and the note for a repeated list
+# (repeated_lists "refer" needs it). A run that needs one the file lacks is refused.
 OPTIONAL_KEYS = ("chatrec_system", "chatrec_user", "llmrank_system", "llmrank_user", "observation_same")
+FIX_FILE = "fix the file (prompts/movies.yaml shows every key)"
 
 
 def prompts_dir() -> Path:
@@ -66,17 +68,63 @@ def load_prompts(domain: str, folder: str | None = None) -> PromptSet:
         data = yaml.safe_load(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ToolrecError(f"{path}: not valid YAML ({exc})", "fix the file") from None
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping of template names to templates"
+        raise ToolrecError(f"{path}: {what}", "restore the file, or start from a copy of prompts/movies.yaml")
     missing = [k for k in TEMPLATE_KEYS if k not in data]
     if missing:
         raise ToolrecError(f"{path}: missing templates {', '.join(missing)}", "add them (see prompts/movies.yaml)")
+    not_text = [k for k in TEMPLATE_KEYS + OPTIONAL_KEYS if k in data and not isinstance(data[k], str)]
+    if not_text:
+        raise ToolrecError(f"{path}: templates {', '.join(not_text)} are not text", FIX_FILE)
+    demos = tuple(_checked_demos(path, data.get("demos") or []))
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
     try:
         templates = {k: env.from_string(data[k]) for k in TEMPLATE_KEYS + OPTIONAL_KEYS if k in data}
     except jinja2.TemplateSyntaxError as exc:
         raise ToolrecError(f"{path}: template syntax error line {exc.lineno}: {exc.message}", "fix the template") from None
     return PromptSet(domain, path, data.get("item", "item"), data.get("items", "items"),
-                     tuple(data.get("history_attributes", ())), tuple(data.get("demos") or ()), templates,
+                     tuple(data.get("history_attributes", ())), demos, templates,
                      hashlib.sha256(raw).hexdigest()[:12])
+
+
+def _checked_demos(path: Path, demos) -> list[dict]:
+    """The demonstrations, their shape checked once at load: a malformed one is an error that
+    names the file and the key (whether each step's action is valid for the dataset's
+    attributes is the renderer's check, `Renderer.demo`)."""
+    if not isinstance(demos, list):
+        raise ToolrecError(f"{path}: demos is not a list of demonstrations", FIX_FILE)
+    for d, demo in enumerate(demos):
+        where = f"{path}: demos[{d}]"
+        if not isinstance(demo, dict):
+            raise ToolrecError(f"{where} is not a mapping (profile, history, steps)", FIX_FILE)
+        for key in ("history", "steps"):
+            if not isinstance(demo.get(key), list) or not demo[key]:
+                raise ToolrecError(f"{where} has no {key!r} list", FIX_FILE)
+        if not isinstance(demo.get("profile") or {}, dict):
+            raise ToolrecError(f"{where}.profile is not a mapping", FIX_FILE)
+        n = demo.get("n")
+        if n is not None and not (isinstance(n, int) and n >= 1):
+            raise ToolrecError(f"{where}.n is {n!r}, not the task's list length", "write a positive number, e.g. n: 4")
+        for h, row in enumerate(demo["history"]):
+            if not (isinstance(row, list) and len(row) == 5 and isinstance(row[3], dict)
+                    and (row[4] is None or isinstance(row[4], (int, float)))):
+                raise ToolrecError(f"{where}.history[{h}] is {row!r}, not "
+                                   "[id, name, year, {attribute: [values]}, rating]", FIX_FILE)
+        for t, step in enumerate(demo["steps"]):
+            if not isinstance(step, dict) or not all(isinstance(step.get(k), str) for k in ("thought", "action")):
+                raise ToolrecError(f"{where}.steps[{t}] needs a 'thought' and an 'action' (text)", FIX_FILE)
+    return demos
+
+
+@lru_cache(maxsize=64)
+def _warn(message: str) -> None:
+    """Printed once per process (every concurrent context renders the same prompts)."""
+    from rich.markup import escape
+
+    from toolrec_local.console import err_console
+
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def _rating(value) -> str:
@@ -90,17 +138,30 @@ class Renderer:
     its demonstrations) is rendered once and reused."""
 
     def __init__(self, dataset, prompts: PromptSet, attributes: tuple[str, ...], *, top_n: int,
-                 max_k: int, history_len: int, n_demos: int, show_items: int, finish: str = "llm",
+                 max_k: int, history_len: int, n_demos: int, show_items: int | None, finish: str = "llm",
                  repeated_lists: str = "refer"):
         self.ds, self.p = dataset, prompts
         self.attributes = attributes
         self.finish = finish
         # a list identical to an earlier one is named, not listed again (AgentConfig.repeated_lists)
         self.refer = repeated_lists == "refer"
+        if self.refer and "observation_same" not in prompts.templates:
+            raise ToolrecError(f"{prompts.path}: no observation_same template (a repeated list's note)",
+                               "add it (see prompts/movies.yaml), or pass --repeated-lists full")
         self.top_n, self.max_k, self.history_len, self.show_items = top_n, max_k, history_len, show_items
         self.history_attributes = tuple(a for a in prompts.history_attributes if a in dataset.attributes)
         self._systems: dict[int, str] = {}
-        self.system = self.system_with(n_demos)
+        # every demonstration rendered once ("" when one of its actions is not valid here)
+        self._demos = [self.demo(demo, d) for d, demo in enumerate(prompts.demos)]
+        self.n_demos = n_demos
+        self.demos_left_out: int | None = None  # counted when the agent's system message is first made
+
+    @property
+    def system(self) -> str:
+        """The agent's system message with the configured demonstrations (the baselines that
+        only rank never make it, so a dataset whose attributes no demonstration fits can still
+        run them)."""
+        return self.system_with(self.n_demos)
 
     # ---- the user ----------------------------------------------------------------------
     def profile(self, user: int) -> str:
@@ -125,19 +186,25 @@ class Renderer:
         return self.p.render("task", head=head, n=self.top_n)
 
     # ---- observations --------------------------------------------------------------------
-    def item_lines(self, items, scores) -> list[str]:
-        return [self.p.render("item_line", id=self.ds.item_ids[i], name=self.ds.item_names[i], score=float(s))
-                for i, s in zip(items, scores)]
+    def list_lines(self, lst: ToolList, template: str, upto: int | None = None) -> list[str]:
+        """A list's first `upto` lines (None: all): a retrieval list as `template` lines with
+        its scores; a list the LLM ranked as `ranked_line` lines, in its order with its rank
+        positions and no score (it has none: a retrieval score there would not be the LLM's)."""
+        ids, names = self.ds.item_ids, self.ds.item_names
+        items = lst.items if upto is None else lst.items[:upto]
+        if lst.ranked:
+            return [self.p.render("ranked_line", pos=pos, id=ids[i], name=names[i]) for i, pos in zip(items, lst.ranks)]
+        return [self.p.render(template, id=ids[i], name=names[i], score=float(s)) for i, s in zip(items, lst.scores)]
 
     def observation(self, lst: ToolList, note: str = "", same_as: ToolList | None = None) -> str:
-        """The tool's list as the agent sees it; a list identical to the earlier `same_as`
-        names that one instead (template `observation_same`, when the domain has it)."""
-        if same_as is not None and self.refer and "observation_same" in self.p.templates:
+        """The tool's list as the agent sees it: whole, or its first `show_items`; a list
+        identical to the earlier `same_as` names that one instead (repeated_lists "refer")."""
+        if same_as is not None and self.refer:
             return self.p.render("observation_same", mark=lst.mark, k=len(lst.items), earlier=same_as.mark, note=note)
-        shown = self.show_items
+        shown = len(lst.items) if self.show_items is None else self.show_items
         return self.p.render(
             "observation", tool=type(lst.action).__name__, attribute=lst.action.attribute, k=len(lst.items),
-            mark=lst.mark, lines=self.item_lines(lst.items[:shown], lst.scores[:shown]),
+            mark=lst.mark, lines=self.list_lines(lst, "item_line", shown),
             hidden=max(0, len(lst.items) - shown), note=note,
         )
 
@@ -161,12 +228,11 @@ class Renderer:
         "chatrec"/"llmrank" picks a baseline's own templates when the domain has them (same
         answer format); those also get the user's history lines (`history`, oldest first) and
         the most recent item's name (`recent`)."""
-        if style != "rank" and f"{style}_user" not in self.p.templates:
-            style = "rank"
+        self.require_style(style)
         groups, first_mark = [], {}
         for lst in lists:
             if lst.items:
-                key = (tuple(lst.items), tuple(lst.scores))
+                key = (tuple(lst.items), None if lst.ranked else tuple(lst.scores))
                 groups.append(dict(self._group(lst), same_as=first_mark.get(key) if self.refer else None))
                 first_mark.setdefault(key, lst.mark)
         user = self.p.render(f"{style}_user", head=head, groups=groups, attribute=attribute, k=k,
@@ -176,13 +242,20 @@ class Renderer:
         system = self.p.render(f"{style}_system", with_names=with_names)
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
+    def require_style(self, style: str) -> None:
+        """A method's own prompt (`<style>_system`, `<style>_user`) is in the file, or the run
+        is refused: another method's prompt in its place would silently be another method."""
+        missing = [k for k in (f"{style}_system", f"{style}_user") if k not in self.p.templates]
+        if missing:
+            raise ToolrecError(f"{self.p.path}: no {' or '.join(missing)} template (the prompt of {style})",
+                               "add it (see prompts/movies.yaml), or leave that method out of --method")
+
     def _group(self, lst: ToolList) -> dict:
         ids, names = self.ds.item_ids, self.ds.item_names
         return {
             "mark": lst.mark, "tool": type(lst.action).__name__, "attribute": lst.action.attribute,
-            "k": lst.action.k, "shown": len(lst.items),
-            "lines": [self.p.render("candidate_line", id=ids[i], name=names[i], score=float(s))
-                      for i, s in zip(lst.items, lst.scores)],
+            "k": lst.action.k, "shown": len(lst.items), "ranked": lst.ranked,
+            "lines": self.list_lines(lst, "candidate_line"),
             "plain": [self.p.render("candidate_line", id=ids[i], name=names[i], score=None) for i in lst.items],
         }
 
@@ -203,27 +276,48 @@ class Renderer:
     def system_with(self, n_demos: int) -> str:
         """The system message with the first `n_demos` demonstrations (rendered once each)."""
         if n_demos not in self._systems:
-            self._systems[n_demos] = self._system(self.p.demos[:n_demos])
+            if n_demos == self.n_demos:
+                self.demos_left_out = self._check_demo_count(n_demos)
+            self._systems[n_demos] = self._system([text for text in self._demos[:n_demos] if text])
         return self._systems[n_demos]
 
-    def _system(self, demos) -> str:
+    def _system(self, rendered: list[str]) -> str:
         attributes = [{"name": a} for a in self.attributes]
-        rendered = [text for text in map(self.demo, demos) if text]
         text = "\n\n".join(f"Example {n}:\n{t}" for n, t in enumerate(rendered, 1))
         return self.p.render("system", attributes=attributes, max_k=self.max_k, n=self.top_n, demos=text,
                              finish=self.finish)
 
-    def demo(self, demo: dict) -> str:
-        """A whole demonstration trajectory, rendered with the same templates as a live run;
-        "" when one of its actions is not valid for this tool's attributes (then it is left out)."""
+    def _check_demo_count(self, n_demos: int) -> int:
+        """How many of the first `n_demos` demonstrations are left out (an action not valid for
+        this tool's attributes), said in a warning; none left is an error."""
+        chosen = self._demos[:n_demos]
+        left_out = sum(1 for text in chosen if not text)
+        attrs = ", ".join(self.attributes) or "none"
+        if chosen and left_out == len(chosen):
+            raise ToolrecError(f"{self.p.path}: none of the {len(chosen)} demonstrations asked for fits this "
+                               f"dataset's retrieval attributes ({attrs}): each has an action not valid for them",
+                               "write demonstrations whose Retrieval attributes are the dataset's (or None), "
+                               "or pass --demos 0")
+        if left_out:
+            _warn(f"{self.p.path}: {left_out} of {len(chosen)} demonstrations left out: an action in each is not "
+                  f"valid for this dataset's retrieval attributes ({attrs})")
+        if n_demos > len(self._demos):
+            _warn(f"{self.p.path} has {len(self._demos)} demonstrations; {n_demos} were asked for (--demos)")
+        return left_out
+
+    def demo(self, demo: dict, index: int = 0) -> str:
+        """A whole demonstration trajectory (`index`: its place in the file), rendered with
+        the same templates as a live run; "" when one of its actions is not valid for this
+        tool's attributes (then it is left out, and counted: `demos_left_out`). A Retrieval
+        step's items are [id, name, score] rows, a Rank step's [id, name] rows, best first."""
         history = [
             self.p.render("history_line", id=row[0], name=row[1], year=row[2], rating=_rating(row[4]),
                           attrs={a: row[3][a] for a in self.history_attributes if a in row[3]})
             for row in demo["history"]
         ]
         head = self.p.render("head", profile=self.p.render("profile", profile=demo.get("profile") or {}), history=history)
-        parts = [self.task(head)]
-        for step in demo["steps"]:
+        parts = [self.p.render("task", head=head, n=demo.get("n", self.top_n))]
+        for t, step in enumerate(demo["steps"]):
             text = f"Thought: {step['thought']}\nAction: {step['action']}"
             _, action = parse_turn(text, self.attributes, strict=True)
             if isinstance(action, ParseFailure):
@@ -231,10 +325,29 @@ class Renderer:
             parts.append(format_turn(step["thought"], action))
             if isinstance(action, Finish):
                 break
-            rows = step["items"]
-            lines = [self.p.render("item_line", id=r[0], name=r[1], score=float(r[2])) for r in rows]
+            rank = isinstance(action, Rank)
+            rows, k = self._demo_rows(step, rank, f"{self.p.path}: demos[{index}].steps[{t}] ({step['action']})")
+            if rank:
+                lines = [self.p.render("ranked_line", pos=pos, id=r[0], name=r[1]) for pos, r in enumerate(rows, 1)]
+            else:
+                lines = [self.p.render("item_line", id=r[0], name=r[1], score=float(r[2])) for r in rows]
             parts.append(self.p.render(
-                "observation", tool="Rank" if isinstance(action, Rank) else "Retrieval", attribute=action.attribute,
-                k=step["k"], mark=step["action"], lines=lines, hidden=max(0, step["k"] - len(rows)), note="",
+                "observation", tool="Rank" if rank else "Retrieval", attribute=action.attribute,
+                k=k, mark=step["action"], lines=lines, hidden=max(0, k - len(rows)), note="",
             ))
         return "\n".join(parts)
+
+    @staticmethod
+    def _demo_rows(step: dict, rank: bool, where: str) -> tuple[list, int]:
+        """A demonstration step's observed rows and K, or an error naming the step."""
+        rows, k = step.get("items"), step.get("k")
+        shape = "[id, name]" if rank else "[id, name, score]"
+        if not isinstance(rows, list) or not rows:
+            raise ToolrecError(f"{where} has no 'items' (the observed {shape} rows)", FIX_FILE)
+        for r in rows:
+            if not (isinstance(r, list) and len(r) >= 2 and (rank or (len(r) >= 3 and isinstance(r[2], (int, float))))):
+                raise ToolrecError(f"{where}: item {r!r} is not {shape}", FIX_FILE)
+        if not isinstance(k, int) or k < len(rows):
+            raise ToolrecError(f"{where}: 'k' is {k!r}, not the number of items the tool returned (at least the "
+                               f"{len(rows)} listed)", FIX_FILE)
+        return rows, k

@@ -11,10 +11,29 @@ from dataclasses import dataclass, field
 from toolrec_local.llm.protocol import Completion
 
 # The cost and counters every LLM method's record carries (the eval runner writes them, the
-# summary adds them up): the LLM's usage, then what memory and the parser counted.
+# summary adds them up): the LLM's usage, then what memory and the parser counted; and beside
+# them each fallback taken, by name ("fallbacks": FALLBACKS below).
 USAGE_FIELDS = ("llm_calls", "tokens_in", "tokens_out", "latency_s")
 COUNT_FIELDS = ("retries", "repairs", "grammar_violations")
 STAT_FIELDS = USAGE_FIELDS + COUNT_FIELDS + ("invalid_items", "overhead_s", "rounds")
+# Fallbacks that change a result, counted per user (Round.fallbacks, Trajectory.fallbacks;
+# `totals()["fallbacks"]`), summed per method in summary.json, shown by `eval` and `report`.
+FALLBACKS = {
+    "candidates_cut": "Rank/final prompts cut to fit the context (candidates dropped, shown once, or K reduced)",
+    "final_skipped": "final rankings skipped (their prompt did not fit; the last-list answer used)",
+    "topup": "final steps topped up from the backbone (fewer than N gathered)",
+    "context_shortened": "agent prompts shortened to fit the context (observations or thoughts)",
+    "demos_dropped": "demonstrations dropped to fit the context",
+    "context_ended": "agent runs ended because their prompt no longer fit",
+    "padded": "final lists padded by retrieval score",
+}
+
+
+def add_counts(into: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
+    for name, n in counts.items():
+        if n:
+            into[name] = into.get(name, 0) + n
+    return into
 
 
 @dataclass
@@ -53,13 +72,21 @@ class Round:
     grammar_violations: int = 0  # grammar mode only: replies outside the grammar's language
     invalid_items: int = 0  # items memory rejected (history, unknown, duplicate, not a candidate)
     overhead_s: float = 0.0  # time spent outside the LLM (rendering, tools, memory)
+    # An LLM ranking step only: the lists its prompt showed, in order, as (mark, items), and how
+    # many leading items of its answer the LLM wrote (the rest were filled by a repair).
+    shown: list[tuple[str, list[int]]] = field(default_factory=list)
+    picked: int = 0
+    fallbacks: dict[str, int] = field(default_factory=dict)  # FALLBACKS taken in this step
+
+    def count(self, fallback: str, n: int = 1) -> None:
+        add_counts(self.fallbacks, {fallback: n})
 
     def stats(self) -> dict:
-        """This step's cost and counters: STAT_FIELDS but rounds."""
+        """This step's cost and counters: STAT_FIELDS but rounds, and its fallbacks."""
         return {"llm_calls": self.usage.calls, "tokens_in": self.usage.tokens_in, "tokens_out": self.usage.tokens_out,
                 "latency_s": round(self.usage.latency_s, 4), "retries": self.retries, "repairs": self.repairs,
                 "grammar_violations": self.grammar_violations, "invalid_items": self.invalid_items,
-                "overhead_s": round(self.overhead_s, 6)}
+                "overhead_s": round(self.overhead_s, 6), "fallbacks": add_counts(dict.fromkeys(FALLBACKS, 0), self.fallbacks)}
 
 
 @dataclass
@@ -81,6 +108,8 @@ class Trajectory:
     # stored list cut or padded by score, computed before the final step.
     last_list_items: list[int] = field(default_factory=list)
     last_list_note: str = ""
+    last_list_fallbacks: dict[str, int] = field(default_factory=dict)  # the last-list answer's padding
+    fallbacks: dict[str, int] = field(default_factory=dict)  # the agent's own prompt (conversation.py)
     item_ids: list[str] = field(default_factory=list, repr=False, compare=False)  # dataset's raw ids
 
     def _steps(self, with_finish: bool) -> list[Round]:
@@ -90,9 +119,13 @@ class Trajectory:
         """Cost and counters of the run; `with_finish=False`: without the final step's LLM call
         (what the "last-list" answer cost)."""
         steps = self._steps(with_finish)
-        out = {"rounds": len(self.rounds), **{f: sum(r.stats()[f] for r in steps) for f in STAT_FIELDS if f != "rounds"}}
+        per_step = [r.stats() for r in steps]
+        out = {"rounds": len(self.rounds), **{f: sum(s[f] for s in per_step) for f in STAT_FIELDS if f != "rounds"}}
         out["latency_s"] = round(sum(r.usage.latency_s for r in steps), 4)  # rounded once, as a sum
         out["overhead_s"] = round(sum(r.overhead_s for r in steps), 6)
+        out["fallbacks"] = dict.fromkeys(FALLBACKS, 0)
+        for counts in [s["fallbacks"] for s in per_step] + [self.fallbacks] + ([] if with_finish else [self.last_list_fallbacks]):
+            add_counts(out["fallbacks"], counts)
         return out
 
     def tools_used(self) -> set[str]:
@@ -126,6 +159,7 @@ class Trajectory:
 
 
 def _round_dict(r: Round, raw) -> dict:
+    shown = {"shown": [{"mark": m, "items": raw(items)} for m, items in r.shown], "picked": r.picked} if r.shown else {}
     return {
         "thought": r.thought,
         "action": r.action,
@@ -139,4 +173,6 @@ def _round_dict(r: Round, raw) -> dict:
         "repairs": r.repairs,
         "grammar_violations": r.grammar_violations,
         "invalid_items": r.invalid_items,
+        **shown,
+        **({"fallbacks": dict(r.fallbacks)} if r.fallbacks else {}),
     }

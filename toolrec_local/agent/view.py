@@ -72,3 +72,6 @@ def show(console, ds, traj: Trajectory, limit: int = 10) -> None:
         f"{totals['rounds']} rounds, {totals['llm_calls']} LLM calls, {totals['tokens_in']} tokens in, "
         f"{totals['tokens_out']} out, {totals['latency_s']:.2f} s LLM; retries {totals['retries']}, repairs "
         f"{totals['repairs']}, grammar violations {totals['grammar_violations']}", style="dim"))
+    taken = ", ".join(f"{name} {n}" for name, n in totals["fallbacks"].items() if n)
+    if taken:
+        console.print(Text(f"fallbacks: {taken}", style="yellow"))

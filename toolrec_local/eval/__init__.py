@@ -11,6 +11,9 @@ Metrics (Recall/NDCG@N) live in `toolrec_local.metrics`, below both recsys and e
                     writer, runner), run, write summary.json; the run's settings are toolrec_local/settings.py
     summary.py      mean ± std over seeds on the users every method finished (paired), LLM cost,
                     termination rounds, Table 2's improvement row
+    hits.py         where each LLM method's hits are won and lost: per user, target never gathered /
+                    ranked out / kept; the ranking calls' pick positions and copying; tool calls per round
+    hits_report.py  that decomposition in the report (tables, hits.png)
     report.py       Markdown tables and matplotlib plots (metrics, rounds, runs side by side)
     progress.py     the live Rich display
     commands.py     `toolrec-local eval` and `toolrec-local report`

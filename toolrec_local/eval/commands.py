@@ -26,9 +26,16 @@ if many users in a row fail (server down), the command stops with exit code 2.
 
 Protocol: --history exclude (default) ranks every method's target among the items outside the
 user's history; --history keep lets score methods rank history items too, as RecBole's
-sequential full ranking (the paper's SASRec, BERT4Rec and P5 rows) does. LLM methods never
-return history items, so their rows are the same under both. A folder holds one protocol.
-Methods are compared on the (seed, user) pairs every one of them finished ("paired").
+sequential full ranking (the paper's SASRec, BERT4Rec and P5 rows) does, and the agent's
+retrieval lists show history items (the authors' tools do not mask them). LLM methods never
+return history items. --answer-space catalogue lets the agent's Rank and final step answer any
+catalogue item outside the history (default gathered: only items its tools returned);
+--history keep --answer-space catalogue is the authors' condition. A folder holds one protocol,
+one --finish and one --answer-space.
+Methods are compared on the (seed, user) pairs every one of them finished ("paired"): each
+against its backbone and the best other method, by the mean difference, its 95% bootstrap CI
+and a paired permutation test's p (summary.json: comparisons). Users: --users per sample, the
+samples --seeds N (0..N-1) or --seed S, repeated (e.g. users no prompt was tuned on).
 
 Scaling: users run concurrently against the vLLM server, as many as its KV cache holds
 (--concurrency auto, read from the server's /metrics) or a number; pass --server several
@@ -49,6 +56,7 @@ def eval_cmd(
     llm: Optional[str] = typer.Option(RUN.llm, "--llm", help="Model name (toolrec-local models list); needed by LLM methods."),
     users: int = typer.Option(200, "--users", help="Users sampled per seed (the paper: 200)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="User samples (seeds 0..n-1). Default 3; 1 with --all-users."),
+    seed: List[int] = typer.Option([], "--seed", help="A user sample by its seed, instead of --seeds; repeat for more (--seed 3 --seed 4)."),
     all_users: bool = typer.Option(False, "--all-users", help="Every test user instead of a sample."),
     concurrency: str = typer.Option("auto", "--concurrency", "-c", help="Users in flight per server: auto (as many as the vLLM server's KV cache holds) or a number, which also caps auto's count. local runs one at a time."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/DATASET-LLM)."),
@@ -62,7 +70,11 @@ def eval_cmd(
     history: str = typer.Option(RUN.history, "--history", help="exclude: rank among items outside the user's history; keep: score methods rank history items too (RecBole's protocol)."),
     finish: str = typer.Option(RUN.finish, "--finish", help="The agent methods' final step: llm (the LLM ranks every gathered list, as the authors' code), last-list (the ablation: the last list cut or padded, no LLM call; rows named e.g. toolrec/last-list), or both (both rows from one run)."),
     temperature: float = typer.Option(RUN.temperature, "--temperature", help="LLM sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
+    answer_space: str = typer.Option(RUN.answer_space, "--answer-space", help="What the agent's Rank and final step may answer: gathered (only items its tools returned) or catalogue (any catalogue item outside the history, as the authors' code accepts; with --history keep: the authors' condition)."),
     repeated_lists: str = typer.Option(RUN.repeated_lists, "--repeated-lists", help="A tool list identical to an earlier one (a repeated call): refer (its observation and its place in the Rank and final prompts name the earlier list) or full (listed again, as the authors' code does)."),
+    max_rounds: int = typer.Option(RUN.max_rounds, "--max-rounds", help="The agent methods: Decision rounds (a Finish or an unreadable reply counts as one), the forced final step not counted: at the cap the agent finishes. Default 7, the authors' cap."),
+    demos: int = typer.Option(RUN.demos, "--demos", help="The agent methods: In-context demonstrations in the agent's prompt: the first N of prompts/<domain>.yaml (default 3, as many as the authors ship)."),
+    observe_items: Optional[int] = typer.Option(RUN.observe_items, "--observe-items", help="The agent methods: Items of each tool list shown in the agent's observation (default: the whole list, as in the authors' code)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     from toolrec_local.eval.progress import EvalProgress
@@ -70,9 +82,11 @@ def eval_cmd(
     from toolrec_local.eval.session import EvalOptions, evaluate
 
     settings = RunSettings(llm=llm, backend=backend, top_n=top_n, grammar=not no_grammar, history=history,
-                           finish=finish, temperature=temperature, repeated_lists=repeated_lists)
+                           finish=finish, temperature=temperature, repeated_lists=repeated_lists,
+                           answer_space=answer_space, max_rounds=max_rounds, demos=demos, observe_items=observe_items)
     opts = EvalOptions(
-        dataset=dataset, methods=method, settings=settings, users=users, seeds=seeds, all_users=all_users,
+        dataset=dataset, methods=method, settings=settings, users=users, seeds=seeds, seed=list(seed),
+        all_users=all_users,
         concurrency=parse_concurrency(concurrency), out=out, servers=list(server), api_key=api_key,
         shard=parse_shard(shard), batch_size=batch_size,
     )
@@ -85,11 +99,16 @@ def eval_cmd(
         out_json["run_dir"] = str(folder)
         print_json(out_json)
     else:
-        from toolrec_local.eval.report import summary_table
+        from toolrec_local.eval.report import comparison_table, fallback_line, summary_table
 
         console.print(summary_table(summary))
+        comparisons = comparison_table(summary)
+        if comparisons is not None:
+            console.print(comparisons)
         for line in server_lines(summary):
             console.print(line, highlight=False)
+        if fallback_line(summary):
+            console.print(f"[yellow]{fallback_line(summary)}[/]", highlight=False)
         console.print(f"results in [bold]{folder}[/]  (report: toolrec-local report {folder})")
     _warn_incomplete(summary)
 

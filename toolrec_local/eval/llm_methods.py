@@ -23,6 +23,7 @@ from toolrec_local.agent.trajectory import STAT_FIELDS
 from toolrec_local.eval.methods import LLMMethod, Outcome, ToolBox
 
 LAST_LIST = "/last-list"  # the record name suffix of an agent method's last-list answer
+RECORD_STATS = STAT_FIELDS + ("fallbacks",)  # what an LLM method's record counts
 
 
 @dataclass
@@ -70,7 +71,8 @@ def agent(loop: str):
         from toolrec_local.agent import loop as agent_loop
 
         fn = getattr(agent_loop, loop)
-        suite.context(spec.backbone, 0)  # built now: a prompt or tool problem shows before any user runs
+        # made now: a prompt, demonstration or tool problem shows before any user runs
+        suite.context(spec.backbone, 0).renderer.system_with(suite.config.demos)
         both = suite.config.finish == "both"
 
         async def run(user: int, seed: int, part: str) -> Outcome:
@@ -89,7 +91,7 @@ def ranker(style: str = "rank", include_profile: bool = True, multi: bool = Fals
     def build(spec, suite: LLMSuite):
         from toolrec_local.agent.baselines import llm_rank, multi_candidates, top_candidates
 
-        suite.context(spec.backbone, 0)
+        suite.context(spec.backbone, 0).renderer.require_style(style)  # the method's own prompt, before any user runs
 
         async def run(user: int, seed: int, part: str) -> Outcome:
             c = suite.context(spec.backbone, user)
@@ -108,12 +110,12 @@ def agent_outcome(traj, variants_of: str | None = None) -> Outcome:
     """An agent run's record; with `variants_of` (a method name, under --finish both) also its
     last-list answer from the same trajectory, without the final step's LLM call."""
     totals = traj.totals()
-    out = Outcome(final=list(traj.final_items), stats={k: totals.get(k, 0) for k in STAT_FIELDS}, trajectory=traj.to_dict())
+    out = Outcome(final=list(traj.final_items), stats={k: totals.get(k, 0) for k in RECORD_STATS}, trajectory=traj.to_dict())
     if variants_of:
         last = traj.totals(with_finish=False)
         step = traj.final_step
         out.variants[variants_of + LAST_LIST] = Outcome(
-            final=list(traj.last_list_items), stats={k: last.get(k, 0) for k in STAT_FIELDS},
+            final=list(traj.last_list_items), stats={k: last.get(k, 0) for k in RECORD_STATS},
             trajectory=traj.to_dict(variant="last-list"),
             saved_s=step.usage.latency_s + step.overhead_s if step else 0.0)
     return out
@@ -123,5 +125,6 @@ def rank_outcome(ds, items: list[int], rnd, lists: list, method: str) -> Outcome
     raw = lambda xs: [ds.item_ids[i] for i in xs]  # noqa: E731
     stats = rnd.stats()
     trajectory = {"method": method, "groups": [{"mark": lst.mark, "items": raw(lst.items)} for lst in lists],
-                  "final": raw(items), "note": rnd.note, "totals": stats}
+                  "final": raw(items), "note": rnd.note, "totals": stats,
+                  "shown": [{"mark": m, "items": raw(xs)} for m, xs in rnd.shown], "picked": rnd.picked}
     return Outcome(final=list(items), stats=stats, trajectory=trajectory)

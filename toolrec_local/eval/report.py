@@ -4,10 +4,14 @@
   relative improvement over the best baseline as the last row), titled with its protocol
   (`--history`) and the users it compares: the (seed, user) pairs every method finished. When
   a method finished fewer, the rows are over those pairs and each method's own figures follow.
-  Then LLM cost and termination rounds.
+  The Improvement row carries the paired difference's 95% CI and p-value; a table of paired
+  differences follows (each method vs its backbone and vs the best other method: pairs, mean
+  difference of NDCG@10 and Recall@10, 95% CI, p; eval/stats.py). Then LLM cost and
+  termination rounds.
 * metrics-<run>.png: Recall and NDCG @5/@10/@20 per method with std error bars; a dashed line
   separates the methods without an LLM from those with one (as the paper's Figure 4).
 * rounds-<run>.png: termination rounds of the agent, all users vs hits (Figure 5).
+* hits.png: where each LLM method's hits are won and lost (eval/hits_report.py).
 * compare.png, with several runs (e.g. one per LLM): Recall@10 and NDCG@10 side by side (Figure 8).
 """
 
@@ -16,17 +20,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.catalog import TABLE, needs_llm
+from toolrec_local.eval.hits_report import hits_section
 from toolrec_local.settings import HISTORY_PROTOCOLS
 from toolrec_local.eval.rundir import RunView, load_runs
+from toolrec_local.eval.stats import DESCRIPTION, TOO_FEW
 from toolrec_local.eval.summary import summarize
 
 COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")
 AGENT_METHODS = tuple(m.name for m in TABLE if m.kind == "agent")
 HISTORY_TITLES = {"exclude": "history excluded", "keep": "history kept"}
+SPACE_TITLES = {"gathered": "gathered answers", "catalogue": "catalogue answers"}
 
 
 def _fmt(metric: str, v: float) -> str:
@@ -61,12 +69,17 @@ def summary_table(summary: dict) -> Table:
     users = f"{summary['users']} users × {seeds} seed{'s' if seeds > 1 else ''}"
     if not incomplete and len(counts) == 1:
         users += f" = {counts.pop()} per method"
-    title = (f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {HISTORY_TITLES[summary['history']]} · {users}"
+    space = summary.get("answer_space")
+    space = f" · {SPACE_TITLES[space]}" + (" (the authors' condition)" if authors_condition(summary) else "") if space else ""
+    title = (f"{summary['dataset']} · {summary['llm'] or 'no LLM'} · {HISTORY_TITLES[summary['history']]}{space} · {users}"
              + (", mean ± std over seeds" if seeds > 1 else ""))
     if paired["partial"]:
         title += f"\n[bold yellow]{paired_note(summary)}[/]"
     caption = ("users: paired/finished; each method over all the users it finished: summary.json, all_users"
                if paired["partial"] else None)
+    gain_ci = improvement_lines(summary)
+    if gain_ci:
+        caption = "\n".join(([caption] if caption else []) + gain_ci)
     t = Table(title=title, caption=caption, padding=(0, 1))
     t.add_column("method")
     for c in COLUMNS:
@@ -87,7 +100,106 @@ def summary_table(summary: dict) -> Table:
     imp = summary.get("improvement")
     if imp:
         t.add_row("[italic]gain[/]", *[_pct(imp[c]["relative"], 1) for c in COLUMNS], *([""] if incomplete else []))
+        t.add_row("[italic]p[/]", *[fmt_p((imp[c].get("paired") or {}).get("p")) if imp[c]["over"] else "" for c in COLUMNS],
+                  *([""] if incomplete else []))
     return t
+
+
+def improvement_lines(summary: dict) -> list[str]:
+    """The gain's paired differences at @10, one line each (the terminal table's caption)."""
+    imp = summary.get("improvement") or {}
+    lines = []
+    for c in ("ndcg@10", "recall@10"):
+        if c in imp and imp[c]["over"] and imp[c].get("paired"):
+            lines.append(f"gain {_short(c)} vs {imp[c]['over']}: Δ {fmt_difference(imp[c]['paired'])}")
+    return lines
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_ci(ci: list[float] | None, digits: int = 4) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def fmt_difference(d: dict | None, digits: int = 4) -> str:
+    """A paired difference in one phrase: mean, 95% CI, p (or why there is none)."""
+    if d is None or d.get("ci") is None:
+        return TOO_FEW
+    return f"{d['diff']:+.{digits}f}, 95% CI {fmt_ci(d['ci'], digits)}, p {fmt_p(d['p'])}"
+
+
+def comparison_rows(summary: dict) -> list[tuple[str, str, dict]]:
+    """(method, reference label, block) per comparison, the backbone's first; a best other that
+    is the backbone is one row."""
+    rows = []
+    for name, m in summary["methods"].items():
+        c = m.get("comparisons") or {}
+        back, best = c.get("backbone"), c.get("best_other")
+        if back is not None:
+            same = best is not None and best["reference"] == back["reference"]
+            rows.append((name, f"{back['reference']} (backbone{', best other' if same else ''})", back))
+        if best is not None and not (back is not None and best["reference"] == back["reference"]):
+            rows.append((name, f"{best['reference']} (best other)", best))
+    return rows
+
+
+def _short(metric: str) -> str:
+    return metric.replace("recall", "R").replace("ndcg", "N")
+
+
+def _cells(block: dict, metric: str, digits: int) -> list[str]:
+    d = block[metric]
+    if d.get("ci") is None:
+        return [TOO_FEW, "", ""]
+    return [f"{d['diff']:+.{digits}f}", fmt_ci(d["ci"], digits), fmt_p(d["p"])]
+
+
+def comparison_table(summary: dict) -> Table | None:
+    """Paired differences, for the terminal (80 columns: three decimals, a row per metric)."""
+    rows = comparison_rows(summary)
+    if not rows:
+        return None
+    t = Table(title="paired differences: method - reference, 95% bootstrap CI, p",
+              caption="vs: * the backbone, else the best other by NDCG@10; p: permutation test",
+              box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col, justify in (("method", "left"), ("vs", "left"), ("n", "right"), ("", "left"), ("Δ", "right"),
+                         ("95% CI", "right"), ("p", "right")):
+        t.add_column(col, justify=justify)
+    for name, ref, block in rows:
+        vs = ref.replace(" (backbone, best other)", "*").replace(" (backbone)", "*").replace(" (best other)", "")
+        for i, metric in enumerate(("ndcg@10", "recall@10")):
+            head = [name, vs, str(block["pairs"])] if i == 0 else ["", "", ""]
+            t.add_row(*head, _short(metric), *_cells(block, metric, 3), end_section=i == 1)
+    return t
+
+
+def authors_condition(summary: dict) -> bool:
+    """`--history keep --answer-space catalogue`: the tools' lists hold history items and any
+    catalogue item may be answered, as in the authors' code."""
+    return summary.get("answer_space") == "catalogue" and summary["history"] == "keep"
+
+
+def fallback_counts(m: dict) -> dict[str, int]:
+    """A method's non-zero fallback counts (summary.json "fallbacks", without "users")."""
+    return {k: v for k, v in (m.get("fallbacks") or {}).items() if k != "users" and v}
+
+
+def fallback_line(summary: dict) -> str:
+    """One line naming every fallback a run took, per method; "" when none was taken."""
+    from toolrec_local.agent.trajectory import FALLBACKS
+
+    parts = []
+    for name, m in summary["methods"].items():
+        counts = fallback_counts(m)
+        if counts:
+            what = ", ".join(f"{n} {FALLBACKS.get(k, k)}" for k, n in counts.items())
+            parts.append(f"{name} ({m['fallbacks']['users']} of {m['users']['ok']} users): {what}")
+    return ("Fallbacks taken (counted per user in results.jsonl, summed in summary.json): " + "; ".join(parts)
+            if parts else "")
 
 
 def _pct(v: float | None, digits: int = 2) -> str:
@@ -97,7 +209,13 @@ def _pct(v: float | None, digits: int = 2) -> str:
 # ---- Markdown -------------------------------------------------------------
 def table_title(summary: dict, label: str) -> str:
     h = summary["history"]
-    return f"**{label}: full ranking over {HISTORY_PROTOCOLS[h]}, `--history {h}`; {paired_note(summary)}.**"
+    space = summary.get("answer_space")
+    condition = "" if not space else (
+        "; the agent answers from the whole catalogue outside the history, its tools' lists holding history items "
+        "(`--history keep --answer-space catalogue`: the authors' condition)" if authors_condition(summary) else
+        f"; the agent answers {'from the whole catalogue outside the history' if space == 'catalogue' else 'only items its tools gathered'}"
+        f" (`--answer-space {space}`)")
+    return f"**{label}: full ranking over {HISTORY_PROTOCOLS[h]}, `--history {h}`{condition}; {paired_note(summary)}.**"
 
 
 def markdown_table(summary: dict) -> str:
@@ -121,7 +239,27 @@ def markdown_table(summary: dict) -> str:
     imp = summary.get("improvement")
     if imp:
         over = sorted({imp[c]["over"] for c in COLUMNS if imp[c]["over"]})
-        lines.append("| Improvement (toolrec vs best of " + ", ".join(over) + ") | " + " | ".join(_pct(imp[c]["relative"]) for c in COLUMNS) + " | |")
+        lines.append("| Improvement (toolrec vs best of " + ", ".join(over) + ") | "
+                     + " | ".join(_improvement_cell(imp[c]) for c in COLUMNS) + " | |")
+    return "\n".join(lines)
+
+
+def _improvement_cell(entry: dict) -> str:
+    """The relative gain, then the paired difference behind it (Δ, 95% CI, p)."""
+    cell = _pct(entry["relative"])
+    if entry["over"] and "paired" in entry:
+        d = entry["paired"]
+        cell += f" (Δ {d['diff']:+.4f} {fmt_ci(d['ci'])}, p {fmt_p(d['p'])})" if d.get("ci") is not None else f" ({TOO_FEW})"
+    return cell
+
+
+def markdown_comparisons(summary: dict) -> str:
+    rows = comparison_rows(summary)
+    if not rows:
+        return ""
+    lines = ["| Method | vs | pairs | ΔNDCG@10 | 95% CI | p | ΔRecall@10 | 95% CI | p |", "|---|---|" + "---:|" * 7]
+    for name, ref, block in rows:
+        lines.append(f"| {name} | {ref} | {block['pairs']} | " + " | ".join(_cells(block, "ndcg@10", 4) + _cells(block, "recall@10", 4)) + " |")
     return "\n".join(lines)
 
 
@@ -142,13 +280,14 @@ def markdown_llm(summary: dict) -> str:
     rows = [(n, m["llm"]) for n, m in summary["methods"].items() if "llm" in m]
     if not rows:
         return ""
-    lines = ["| Method | LLM calls / user | tokens in / user | tokens out / user | LLM latency s / user | wall s / user | out tok / LLM s | outside LLM | retries | repairs | grammar violations |",
-             "|---|" + "---:|" * 10]
+    lines = ["| Method | LLM calls / user | tokens in / user | tokens out / user | LLM latency s / user | wall s / user | out tok / LLM s | outside LLM | retries | repairs | grammar violations | fallbacks |",
+             "|---|" + "---:|" * 10 + "---|"]
     for n, l in rows:
         share = "-" if l["share_outside_llm"] is None else f"{100 * l['share_outside_llm']:.1f}%"
         tps = "-" if l["tokens_out_per_llm_s"] is None else f"{l['tokens_out_per_llm_s']:.1f}"
+        fallbacks = ", ".join(f"{k} {v}" for k, v in fallback_counts(summary["methods"][n]).items()) or "0"
         lines.append(f"| {n} | {l['llm_calls_per_user']:.2f} | {l['tokens_in_per_user']:.0f} | {l['tokens_out_per_user']:.0f} | "
-                     f"{l['latency_s_per_user']:.2f} | {l['wall_s_per_user']:.2f} | {tps} | {share} | {l['retries']} | {l['repairs']} | {l['grammar_violations']} |")
+                     f"{l['latency_s_per_user']:.2f} | {l['wall_s_per_user']:.2f} | {tps} | {share} | {l['retries']} | {l['repairs']} | {l['grammar_violations']} | {fallbacks} |")
     return "\n".join(lines)
 
 
@@ -302,8 +441,12 @@ def _describe(view: RunView, summary: dict) -> str:
 NOTES = """Notes. Leave-one-out, full ranking. With `--history exclude` (the default) every method's
 target is ranked among the items outside the user's history; with `--history keep` the score
 methods (pop, sasrec, bert4rec, tool:*) rank the history items too, as RecBole's sequential
-full-ranking evaluation does (the paper's SASRec, BERT4Rec and P5 rows). LLM methods never
-return history items, so their rows are the same under both. Score methods rank the target
+full-ranking evaluation does (the paper's SASRec, BERT4Rec and P5 rows), and the agent's
+retrieval lists hold history items too, as the authors' tools do. LLM methods never return
+history items. The agent answers only items its tools gathered (`--answer-space gathered`) or
+any catalogue item outside the history (`catalogue`, as the authors' code accepts); the
+fallbacks column counts what changed an answer (prompts cut or shortened to fit the context,
+a skipped final ranking, a top-up from the backbone, padding by retrieval score). Score methods rank the target
 exactly over the catalogue; LLM methods rank it by its position in their top-N list, so their
 @20 equals @N when N < 20. Rows are compared on the same users: the (seed, user) pairs that
 every method with a finished user finished (in a complete run, every user); when a method
@@ -311,7 +454,16 @@ finished fewer, the table says so, the Improvement row is over those pairs too, 
 method's own figures over all the users it finished follow the table. Metrics are means over
 the users of each seed, then mean ± (population) std over seeds; † marks a method with failed
 or missing users. "Improvement" is ToolRec's relative gain over the best baseline present
-(pop, sasrec, bert4rec, llmrank, chatrec), as in the paper's Table 2."""
+(pop, sasrec, bert4rec, llmrank, chatrec), as in the paper's Table 2; in parentheses, the paired
+difference behind it (Δ, its 95% bootstrap CI and the permutation test's p; the paper reports
+no test)."""
+
+
+STATS_NOTE = (f"Δ: the mean over the (seed, user) pairs of the method's per-user metric minus the reference's; "
+              f"95% CI: {DESCRIPTION['ci']}; p: {DESCRIPTION['test']}. A CI that excludes 0 (p < 0.05) is a "
+              f"difference the sample tells apart from none; with fewer than {DESCRIPTION['min_pairs']} pairs: {TOO_FEW}. "
+              "vs: the method's backbone (SASRec; BERT4Rec for the BERT4Rec methods and the -b variants), and the best "
+              "other method present by NDCG@10.")
 
 
 def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, Path, list[dict]]:
@@ -330,6 +482,9 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
         summaries.append((view.label, s))
         slug = _slug(view.label)
         md += [f"## {view.label}", "", _describe(view, s), "", table_title(s, view.label), "", markdown_table(s), ""]
+        comp = markdown_comparisons(s)
+        if comp:
+            md += ["### Paired differences (method - reference, on the same pairs)", "", comp, "", STATS_NOTE, ""]
         own = markdown_own(s)
         if own:
             md += ["### Each method over all the users it finished (not paired: not comparable row to row)", "", own, ""]
@@ -338,18 +493,21 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, P
             md += [f"![metrics]({p.name})", ""]
         llm = markdown_llm(s)
         if llm:
-            md += ["### LLM cost per user", "", llm, ""]
+            md += ["### LLM cost per user", "", llm, "", fallback_line(s) or "No fallbacks were taken.", ""]
         rounds = markdown_rounds(s)
         if rounds:
             md += ["### Termination rounds (Figure 5)", "", rounds, ""]
             p = plot_rounds(s, out / f"rounds-{slug}.png", view.label)
             if p:
                 md += [f"![rounds]({p.name})", ""]
+    md += hits_section(summaries, out)
     if len(summaries) > 1:
         md += ["## Side by side (Figure 8)", "", markdown_compare(summaries), ""]
         p = plot_compare(summaries, out / "compare.png")
         md += [f"![compare]({p.name})", ""]
-    protocols = "; ".join(f"{label}: `--history {s['history']}`" for label, s in summaries)
+    protocols = "; ".join(f"{label}: `--history {s['history']}`" + (f" `--answer-space {s['answer_space']}`"
+                                                                      if s.get("answer_space") else "")
+                          for label, s in summaries)
     md += [NOTES, "", f"Protocol of each table: {protocols}.", ""]
     path = out / "report.md"
     path.write_text("\n".join(md), encoding="utf-8")

@@ -2,8 +2,10 @@
 
 A line is the record of one (method, seed, user). A process killed mid-write leaves at most one
 torn line at the end of a file; `repair_tail` cuts it off before anything is appended, so the
-next line never glues onto it, and readers skip it. A key may have several lines only when
-earlier attempts failed: the reader keeps the `ok` line if there is one, else the last failure.
+next line never glues onto it, and readers skip it. A key may have several lines when earlier
+attempts failed: the reader keeps the `ok` line if there is one, else the last failure. A run
+whose rows come from one trajectory (`--finish both`) and was interrupted between them is
+redone whole: its new rows carry `"replaces": true` and supersede the earlier `ok` line.
 """
 
 from __future__ import annotations
@@ -82,12 +84,13 @@ def read_jsonl(path: Path) -> ReadResult:
 
 
 def latest_by_key(records: list[dict]) -> dict[Key, dict]:
-    """One record per key: the first `ok` line, else the last failure."""
+    """One record per key: the first `ok` line (or a later `ok` line that replaces it), else
+    the last failure."""
     best: dict[Key, dict] = {}
     for rec in records:
         k = key_of(rec)
         prev = best.get(k)
-        if prev is not None and prev["status"] == OK:
+        if prev is not None and prev["status"] == OK and not (rec["status"] == OK and rec.get("replaces")):
             continue
         best[k] = rec
     return best
@@ -120,7 +123,7 @@ class ResultsWriter:
             record = {**record, "trajectory": {"file": self.trajectories_path.name, "offset": offset}}
         self._append(self._results, self.results_path, json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
         k = key_of(record)
-        if not (k in self.index and self.index[k]["status"] == OK):
+        if not (k in self.index and self.index[k]["status"] == OK) or (record["status"] == OK and record.get("replaces")):
             self.index[k] = record
 
     @staticmethod

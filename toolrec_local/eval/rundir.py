@@ -6,13 +6,22 @@ Layout of one folder:
 A folder holds either one unsharded run or shards of one run (same configuration, same n);
 shards may also live in separate folders (one per node) and `report` merges them.
 
-Re-running into a folder: everything that changes the results (dataset and its fingerprint,
-the user sample, the seeds, the shard, and the run's settings that are identity: split part,
-top-N and the history protocol always, the LLM part (LLM, backend, grammar mode, temperature,
-repeated-list mode, the prompt file's fingerprint, ...: `RunSettings`) once an LLM method is in
-the run) must match run.json, or the command is refused. What may differ: the methods (new
-ones are added to the run), --concurrency and --server (they change speed, not results).
-run.json is flat: the settings' fields stand beside the run's own.
+Re-running into a folder: everything that changes the results by design (dataset and its
+fingerprint, the user sample, the seeds, the shard, and the run's settings that are identity
+(`RunSettings`): split part, top-N and the history protocol always; the LLM, backend, grammar
+mode, temperature, repeated-list mode and the prompt file's fingerprint once an LLM method is
+in the run; the finish mode, the answer space and the agent's round cap, demonstrations and
+observed items once an agent method is) must match run.json, or the command is refused.
+run.json is flat: the settings' fields stand beside the run's own, null where the run has none.
+What may differ: the methods (new ones are added to the run), --concurrency and --server.
+Those two are not neutral: a server computes a request's logits in
+a batch with whatever else is in flight, and on CPU (and on GPU without batch-invariant
+kernels) the batch changes the floating-point sums, so a greedy answer can change with the
+concurrency level or the replica, and the trajectory and its metrics with it (measured on
+vLLM's CPU build: the trajectories of one ToolRec run at concurrency 1/4/16/auto differ,
+15.2-17.2 LLM calls per user). They change which greedy trajectory a user gets, not the
+protocol; a resumed run may mix users made at different levels, and figures that must be
+reproduced answer for answer need the same --concurrency and --server.
 """
 
 from __future__ import annotations
@@ -28,10 +37,13 @@ from pathlib import Path
 
 from toolrec_local.errors import ToolrecError
 from toolrec_local.eval.results import latest_by_key, read_jsonl
-from toolrec_local.settings import RunSettings, legacy_value, setting_fields
+from toolrec_local.settings import (RunSettings, from_json_value, legacy_value, setting_fields, split_settings,
+                                   to_json_value)
 
-IDENTITY = ("dataset", "dataset_fingerprint", "users", "seeds") + setting_fields(llm=False, identity=True)
-LLM_IDENTITY = setting_fields(llm=True, identity=True)
+IDENTITY = ("dataset", "dataset_fingerprint", "users", "seeds") + setting_fields("run", identity=True)
+LLM_IDENTITY = setting_fields("llm", identity=True)
+# The agent methods' (toolrec, toolrec-b, plan) own: absent (None) in a run without one, which matches any.
+AGENT_IDENTITY = setting_fields("agent", identity=True)
 
 
 @dataclass
@@ -41,9 +53,10 @@ class RunConfig:
     methods: list[str]
     seeds: list[int]
     users: int | None  # None = every evaluation user
-    # What the results are made with (top-N, split part, history protocol, and the LLM part once
-    # an LLM method ran into the folder); its fields read as the config's own (cfg.llm).
+    # What the results are made with; its fields read as the config's own (cfg.llm), None for
+    # those in `absent`: the LLM part when no LLM method ran, the agent part when no agent did.
     settings: RunSettings = field(default_factory=RunSettings)
+    absent: frozenset[str] = frozenset()
     shard: tuple[int, int] | None = None  # (i, n), 1-based i
     servers: list[str] = field(default_factory=list)
     concurrency: int = 1
@@ -51,21 +64,25 @@ class RunConfig:
     uses_llm: bool = False
     expected: dict[str, int] = field(default_factory=dict)  # seed -> users this run (shard) evaluates
 
+    @classmethod
+    def of(cls, **fields_and_settings) -> "RunConfig":
+        """The config's fields and its settings' as one set of keywords: RunConfig.of(dataset=..., llm=...)."""
+        settings, own = split_settings(fields_and_settings)
+        return cls(**own, settings=RunSettings(**settings))
+
     def __getattr__(self, name: str):
         if name in RunSettings.__dataclass_fields__:  # only called for names the config itself lacks
-            return getattr(self.settings, name)
+            return None if name in self.absent else getattr(self.settings, name)
         raise AttributeError(name)
 
     def to_json(self) -> dict:
-        """Flat: the settings' fields in place of `settings`; without an LLM method in the run,
-        its LLM fields are null."""
+        """Flat: the settings' fields in place of `settings` (null: absent from this run)."""
         d: dict = {}
         for f in fields(self):
             if f.name == "settings":
-                llm = set(setting_fields(llm=True))
-                d.update({k: (getattr(self.settings, k) if self.uses_llm or k not in llm else None)
+                d.update({k: None if k in self.absent else to_json_value(k, getattr(self.settings, k))
                           for k in setting_fields()})
-            else:
+            elif f.name != "absent":
                 d[f.name] = getattr(self, f.name)
         d["shard"] = list(self.shard) if self.shard else None
         d["servers"], d["command"], d["methods"] = list(self.servers), list(self.command), list(self.methods)
@@ -73,12 +90,16 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, d: dict, where: str) -> "RunConfig":
-        """A field the file does not record (or records as null) reads as the value such a
-        folder was made with (`settings.legacy_value`)."""
-        own = {f.name for f in fields(cls)} - {"settings"}
+        """A settings field the file records as null is absent from the run; one it does not
+        record reads as the value such a folder was made with (`settings.legacy_value`)."""
+        own = {f.name for f in fields(cls)} - {"settings", "absent"}
+        values = {k: from_json_value(k, d[k]) if k in d else legacy_value(k) for k in setting_fields()}
+        absent = frozenset(k for k in setting_fields("llm") + setting_fields("agent")
+                           if (d[k] if k in d else legacy_value(k)) is None)
+        defaults = RunSettings()
         try:
-            settings = RunSettings(**{k: d[k] if d.get(k) is not None else legacy_value(k) for k in setting_fields()})
-            cfg = cls(**{k: v for k, v in d.items() if k in own}, settings=settings)
+            settings = RunSettings(**{k: getattr(defaults, k) if k in absent else v for k, v in values.items()})
+            cfg = cls(**{k: v for k, v in d.items() if k in own}, settings=settings, absent=absent)
         except (TypeError, ToolrecError) as exc:
             raise ToolrecError(f"{where}: not a run configuration ({exc})", "use another --out folder") from None
         if cfg.shard:
@@ -139,8 +160,12 @@ def check_compatible(old: RunConfig, new: RunConfig, where: Path) -> None:
     diffs = _mismatch(old, new, IDENTITY)
     if old.uses_llm and new.uses_llm:
         diffs += _mismatch(old, new, LLM_IDENTITY)
+        diffs += _mismatch(old, new, tuple(f for f in AGENT_IDENTITY if f not in old.absent | new.absent))
     if diffs:
         fix = "re-run with the same options (only methods may be added), or pass another --out folder"
+        if any(d.startswith(("finish:", "answer_space:")) for d in diffs):
+            fix = ("one folder holds one --finish mode and one --answer-space (each makes its own trajectories; "
+                   "--finish both writes its two rows from one): pass the folder's values, or another --out folder")
         if any(d.startswith("prompts:") for d in diffs):
             fix = ("the prompt file (prompts/<domain>.yaml, or $TOOLREC_PROMPTS) is not the one this folder's "
                    "LLM results were made with: pass another --out folder, or restore that file")
@@ -150,9 +175,13 @@ def check_compatible(old: RunConfig, new: RunConfig, where: Path) -> None:
 def merge_config(old: RunConfig, new: RunConfig) -> RunConfig:
     """The folder's configuration after `new` ran into it: methods added, LLM set once used."""
     merged = replace(new, methods=list(dict.fromkeys(old.methods + new.methods)))
+    keep: set[str] = set()
     if old.uses_llm and not new.uses_llm:  # the LLM part of the run stays the folder's
-        merged.settings = new.settings.with_(**{f: getattr(old.settings, f) for f in setting_fields(llm=True)})
+        keep = set(setting_fields("llm") + setting_fields("agent"))
         merged.uses_llm = True
+    keep |= {f for f in setting_fields("agent") if f in new.absent and f not in old.absent}  # set once an agent ran
+    merged.settings = new.settings.with_(**{f: getattr(old.settings, f) for f in keep})
+    merged.absent = frozenset((new.absent - keep) | (old.absent & keep))
     return merged
 
 
@@ -230,14 +259,16 @@ class RunView:
         keep = " · history kept" if cfg.history == "keep" else ""  # the default protocol goes unnamed here
         if not cfg.uses_llm:
             return f"{cfg.dataset} · no LLM{keep}"
+        space = " · catalogue answers" if cfg.answer_space == "catalogue" else ""  # so is the default space
         return f"{cfg.dataset} · {cfg.llm}" + ("" if cfg.grammar else " (free text)") + \
-            (f" (T={cfg.temperature:g})" if cfg.temperature else "") + keep
+            (f" (T={cfg.temperature:g})" if cfg.temperature else "") + keep + space
 
 
 def _group_key(cfg: RunConfig) -> tuple:
     return tuple(getattr(cfg, f) if not isinstance(getattr(cfg, f), list) else tuple(getattr(cfg, f)) for f in IDENTITY) + (
-        tuple(getattr(cfg, f) for f in LLM_IDENTITY) if cfg.uses_llm else (None,) * len(LLM_IDENTITY),
-    )  # shards made under other prompts (or list modes) are other runs
+        tuple(getattr(cfg, f) for f in (*LLM_IDENTITY, *AGENT_IDENTITY)) if cfg.uses_llm
+        else (None,) * (len(LLM_IDENTITY) + len(AGENT_IDENTITY)),
+    )  # shards made under other prompts (or list modes, finish modes, answer spaces) are other runs
 
 
 def load_runs(folders: list[Path]) -> list[RunView]:

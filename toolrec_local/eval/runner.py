@@ -127,6 +127,8 @@ def make_record(ds, method: str, seed: int, user: int, part: str, *, final: list
     }
     for f in STAT_FIELDS:
         rec[f] = stats.get(f, 0)
+    if "fallbacks" in stats:  # LLM methods: each fallback that changed the answer, counted
+        rec["fallbacks"] = dict(stats["fallbacks"])
     rec["wall_s"] = round(wall_s, 4)
     rec["time"] = _now()
     return rec
@@ -177,16 +179,20 @@ class Runner:
 
     def record(self, method: str, seed: int, user: int, *, final: list[int], rank: float, stats: dict | None = None,
                trajectory: dict | None = None, error: str | None = None, trace: str | None = None,
-               wall_s: float = 0.0) -> None:
-        """The one place a record is written (and counted): `error` makes it a failed one."""
+               wall_s: float = 0.0, replaces: bool = False) -> None:
+        """The one place a record is written (and counted): `error` makes it a failed one;
+        `replaces`: it supersedes the `ok` row of this key an interrupted run left (results.py)."""
         rec = make_record(self.ds, method, seed, user, self.part, final=final, rank=rank, stats=stats,
                           status=OK if error is None else FAILED, error=error, wall_s=wall_s)
         if trace is not None:
             rec["traceback"] = trace
+        if replaces:
+            rec["replaces"] = True
         self.writer.write(rec, trajectory)
         tally = self.tallies[method]
         if error is None:
-            tally.add(rank)
+            if not replaces:  # counted once
+                tally.add(rank)
         else:
             tally.failed += 1
             tally.last_error = error
@@ -239,11 +245,14 @@ class Runner:
         return await LLMPass(self, method, plan).run()
 
     async def run_user(self, method: LLMMethod, seed: int, user: int, meter: UserMeter) -> bool:
-        """Run one user of an LLM method and record what is missing of it: the method's record and
-        its variants' (e.g. toolrec/last-list, from the same run). True when the run finished;
-        a failure is recorded for each missing name (retried on re-run)."""
-        names = [n for n in (*method.variants, method.name) if not self._done(n, seed, user)]  # variants first:
-        t0 = time.perf_counter()  # a kill in between redoes the user
+        """Run one user of an LLM method and record it: the method's row and its variants' (e.g.
+        toolrec/last-list), all from this one run (one trajectory). Rows an interrupted run left
+        are replaced, and written first, so a kill before the last row still leaves one missing
+        and the user is redone. True when the run finished; a failure is recorded for each
+        missing row (retried on re-run)."""
+        before = {n: self._done(n, seed, user) for n in (*method.variants, method.name)}
+        names = sorted(before, key=lambda n: not before[n])
+        t0 = time.perf_counter()
         try:
             with metering(meter):
                 out: Outcome = await method.run(user, seed, self.part)
@@ -254,7 +263,7 @@ class Runner:
             if isinstance(exc, ToolrecError) and exc.hint:
                 error += f" ({exc.hint})"
             trace = traceback.format_exc(limit=6)
-            for name in names:  # a variant has no answer without its method's run
+            for name in (n for n in names if not before[n]):  # a variant has no answer without its method's run
                 self.record(name, seed, user, final=[], rank=MISSING, error=error, trace=trace,
                             wall_s=time.perf_counter() - t0)
             return False
@@ -266,7 +275,8 @@ class Runner:
                 continue
             rank = rank_in_list(answer.final, target)
             self.record(name, seed, user, final=answer.final[: self.top_n], rank=rank if rank < self.top_n else MISSING,
-                        stats=answer.stats, trajectory=answer.trajectory, wall_s=wall - answer.saved_s)
+                        stats=answer.stats, trajectory=answer.trajectory, wall_s=wall - answer.saved_s,
+                        replaces=before[name])
             self.tallies[name].live.catch_up(answer.stats, meter if name == method.name else UserMeter())
         return True
 

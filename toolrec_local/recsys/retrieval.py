@@ -140,10 +140,11 @@ class RetrievalTool:
         return int(k)
 
     def retrieve(self, user: int, attribute: str | None, k: int, exclude: Iterable[int] = (),
-                 part: str = "test") -> list[tuple[int, float]]:
-        """Top-k (item, score), best first; history and `exclude` are never returned."""
+                 part: str = "test", exclude_history: bool = True) -> list[tuple[int, float]]:
+        """Top-k (item, score), best first; `exclude` is never returned, nor the history unless
+        `exclude_history` is False (the agent's tools under `eval --history keep`)."""
         k = self._check_k(k)
-        row = self.scores([user], attribute, part)[0]
+        row = self.scores([user], attribute, part, exclude_history=exclude_history)[0]
         drop = np.fromiter((int(i) for i in exclude), dtype=np.int64)
         if len(drop):
             row[drop[(drop > 0) & (drop < len(row))]] = -np.inf
