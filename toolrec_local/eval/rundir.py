@@ -75,6 +75,12 @@ class RunConfig:
             return None if name in self.absent else getattr(self.settings, name)
         raise AttributeError(name)
 
+    def recorded(self, name: str):
+        """A field as run.json holds it (a settings field: null when absent, "all" for a whole list)."""
+        if name not in RunSettings.__dataclass_fields__ or name in self.absent:
+            return getattr(self, name)
+        return to_json_value(name, getattr(self.settings, name))
+
     def to_json(self) -> dict:
         """Flat: the settings' fields in place of `settings` (null: absent from this run)."""
         d: dict = {}
@@ -152,8 +158,8 @@ def read_config(path: Path) -> RunConfig:
 
 
 def _mismatch(old: RunConfig, new: RunConfig, fields: tuple[str, ...]) -> list[str]:
-    return [f"{f}: {getattr(old, f)!r} in the folder, {getattr(new, f)!r} now" for f in fields
-            if getattr(old, f) != getattr(new, f)]
+    return [f"{f}: {old.recorded(f)!r} in the folder, {new.recorded(f)!r} now" for f in fields
+            if getattr(old, f) != getattr(new, f) or old.recorded(f) != new.recorded(f)]
 
 
 def check_compatible(old: RunConfig, new: RunConfig, where: Path) -> None:
