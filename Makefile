@@ -1,12 +1,13 @@
 # The two commands of the README:
 #   make demo  - the main job on the embedded default (ML-100K, SmolLM2-135M on a vLLM CPU server)
 #   make test  - install what the tests need (CPU vLLM included) and run them
+#   make test-fast - the same install; the tests that start no vLLM server and train nothing big (the edit-test loop)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.toolrec-installed
 
-.PHONY: demo demo-notice test install clean-venv
+.PHONY: demo demo-notice test test-fast install clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +28,11 @@ install: $(STAMP)
 # pytest exits 5 when it collects no test; that is reported, not treated as a crash.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+# The marks are set by what a test uses (tests/conftest.py): a vLLM server is `vllm`, a trained or
+# downloaded model `slow`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not vllm and not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 demo-notice:
 	@test -f $(STAMP) || echo "make demo: installing into $(VENV) first (torch CPU, the CPU vLLM build, the project): 1.5 min measured from an empty pip cache, up to 4 on a slow network"

@@ -29,6 +29,30 @@ def tmp_home(tmp_path, monkeypatch):
     return home
 
 
+# Fixtures that train a model or download one (a minute or more on a fresh checkout): their tests are `slow`.
+SLOW_FIXTURES = {"ml100k_tools", "smollm2_dir", "tiny_qwen2_dir", "minilm_dir", "gpu_install_report"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "stops_server: stops the server it uses (ordered after the server's other users)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks
+def pytest_collection_modifyitems(config, items):
+    """Mark by what a test uses, so `-m "not vllm and not slow"` (make test-fast) needs no list
+    of files: a server fixture, or a server started in its body, is `vllm` and `slow`; a
+    fixture of SLOW_FIXTURES is `slow`. Then order the server tests so that each server of the
+    session's cache starts once (fixtures_vllm.server_order)."""
+    from fixtures_vllm import server_order, uses_a_server
+
+    for item in items:
+        if uses_a_server(item):
+            item.add_marker(pytest.mark.vllm)
+        if item.get_closest_marker("vllm") or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+    server_order(items)
+
+
 SESSION_FIXTURES = {"session_home", "ml100k", "ml100k_tools", "smollm2_dir", "tiny_model_dir", "tiny_qwen2_dir", "vllm_servers", "vllm_server"}
 
 

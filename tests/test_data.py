@@ -176,10 +176,19 @@ def test_every_command_has_help():
         for name, sub in getattr(cmd, "commands", {}).items():
             yield from walk(sub, path + [name])
 
-    for path, cmd in walk(root, []):
-        res = subprocess.run([sys.executable, "-m", "toolrec_local", *path, "--help"], capture_output=True, text=True)
-        assert res.returncode == 0, (path, res.stderr)
-        assert "Usage" in res.stdout
+    # Every command's --help through the real entry point (cli.main, as `python -m toolrec_local`
+    # runs it), all in one fresh process: a process each spent a minute importing the package.
+    paths = [path for path, _ in walk(root, [])]
+    script = ("import sys\nfrom toolrec_local.cli import main\nfor path in sys.argv[1:]:\n"
+              "    sys.argv = ['toolrec-local', *path.split(), '--help']\n    print('=== ' + path, flush=True)\n"
+              "    try:\n        main()\n    except SystemExit as exc:\n        print(f'=== exit {exc.code}', flush=True)\n")
+    res = subprocess.run([sys.executable, "-c", script, *(" ".join(path) for path in paths)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    sections = res.stdout.split("=== ")[1:]
+    assert len(sections) == 2 * len(paths), res.stdout[-2000:]
+    for path, text, end in zip(paths, sections[::2], sections[1::2]):
+        assert text.startswith(" ".join(path)) and "Usage" in text, (path, text)
+        assert end.strip() == "exit 0", (path, end, res.stderr)
 
 
 def test_ml100k_counts(ml100k):

