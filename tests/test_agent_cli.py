@@ -85,7 +85,7 @@ def test_without_trained_tools_says_how_to_train(tmp_home):
 @pytest.mark.slow
 def test_full_run_with_the_tiny_model_in_process(rule_home, tiny_model_dir):
     common = ["--dataset", "rule", "--user", "u7", "--llm", "tiny-random", "--backend", "local",
-              "--model-path", str(tiny_model_dir), "--max-rounds", "3"]
+              "--model-path", str(tiny_model_dir), "--max-rounds", "3", "--demos", "0"]  # the demonstrations use genre
     p = cli(rule_home, *common, "--json")
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
