@@ -105,7 +105,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        from toolrec_local.recsys.retrieval import RetrievalTool
+        from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
         ds = load_dataset(args.dataset)
         t0 = time.perf_counter()

@@ -94,7 +94,7 @@ def rounded(metrics: dict) -> dict:
 
 def train_ours(ds, bcfg, tcfg) -> dict:
     from toolrec_local.recsys.models import histories, score_histories
-    from toolrec_local.recsys.train import train_backbone
+    from toolrec_local.recsys.training.train import train_backbone
 
     started = time.perf_counter()
     model, meta = train_backbone(ds, bcfg, tcfg, save=False)

@@ -110,7 +110,7 @@ def _training(meta: dict) -> dict:
 def train_or_load(root: Path, name: str, backbone: str, preset: str, retrain: bool, attributes=(),
                   fusion_init: str = "random", copy_backbone_from: str | None = None):
     from toolrec_local.recsys import checkpoint
-    from toolrec_local.recsys.pipeline import ensure_trained
+    from toolrec_local.recsys.training.pipeline import ensure_trained
 
     preset, overrides = VARIANTS.get(preset, (preset, {}))
     home = _home(root, name)
@@ -211,9 +211,9 @@ def ml1m_child(threads: int, epoch_only: bool = False) -> dict:
     import torch
 
     from toolrec_local.recsys.config import settings
-    from toolrec_local.recsys.retrieval import RetrievalTool
-    from toolrec_local.recsys.synthetic import synthetic_ml1m
-    from toolrec_local.recsys.train import train_backbone, train_tool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
+    from toolrec_local.data.synthetic import synthetic_ml1m
+    from toolrec_local.recsys.training.train import train_backbone, train_tool
 
     torch.set_num_threads(threads)
     home = Path(tempfile.mkdtemp(prefix="bench-ml1m-"))
@@ -239,7 +239,7 @@ def ml1m_child(threads: int, epoch_only: bool = False) -> dict:
 def latency(ds, rng) -> dict:
     import torch
 
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     out = {}
     t0 = time.perf_counter()
@@ -269,8 +269,8 @@ def latency(ds, rng) -> dict:
 
 
 def accounting() -> dict:
-    from toolrec_local.recsys.accounting import account
-    from toolrec_local.recsys.synthetic import synthetic_ml1m
+    from toolrec_local.recsys.attributes.accounting import account
+    from toolrec_local.data.synthetic import synthetic_ml1m
 
     return account(synthetic_ml1m(), "genre", max_len=200)
 

@@ -16,7 +16,8 @@ import pytest
 def clear_caches() -> None:
     """Forget loaded datasets, tools and P5 models (they belong to one TOOLREC_HOME)."""
     from toolrec_local import data
-    from toolrec_local.recsys import p5_train, retrieval
+    from toolrec_local.recsys.attributes import retrieval
+    from toolrec_local.recsys.p5 import train as p5_train
 
     data._CACHE.clear()
     retrieval.clear_cache()
@@ -58,7 +59,7 @@ def ml100k_tools(ml100k, session_home):
 
     import torch
 
-    from toolrec_local.recsys.pipeline import ensure_trained
+    from toolrec_local.recsys.training.pipeline import ensure_trained
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small batches: a second thread mostly waits on a shared machine

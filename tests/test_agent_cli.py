@@ -26,7 +26,7 @@ def rule_home(tmp_path_factory):
 
     from toolrec_local import data
     from toolrec_local.recsys.config import BackboneConfig, TrainConfig
-    from toolrec_local.recsys.train import train_backbone, train_tool
+    from toolrec_local.recsys.training.train import train_backbone, train_tool
 
     home = tmp_path_factory.mktemp("agent-cli-home")
     old = os.environ.get("TOOLREC_HOME")

@@ -27,8 +27,8 @@ TINY_TRAIN = dict(epochs=20, batch_size=32, lr=3e-3, samples_per_user=8, patienc
 @pytest.fixture(scope="module")
 def p5_home(tmp_path_factory, one_thread):
     from toolrec_local.data import prepare
-    from toolrec_local.recsys.p5 import P5Config
-    from toolrec_local.recsys.p5_train import P5Train, train_p5
+    from toolrec_local.recsys.p5.model import P5Config
+    from toolrec_local.recsys.p5.train import P5Train, train_p5
 
     with module_home(tmp_path_factory.mktemp("p5-home")) as home:
         ds = prepare("rule", source=synthetic_rule_dataset(home / "raw", name="rule"), attributes=["genre"])
@@ -64,8 +64,8 @@ def _check_lists(ds, users, lists, k, exclude=True):
 def test_beam_search_gives_valid_distinct_ids_outside_the_history(p5):
     """Whatever the weights (trained, or random), every id is a real item, distinct, and none
     from the history."""
-    from toolrec_local.recsys.p5 import P5
-    from toolrec_local.recsys.p5_train import P5Recommender
+    from toolrec_local.recsys.p5.model import P5
+    from toolrec_local.recsys.p5.train import P5Recommender
 
     _, ds, rec, _ = p5
     users = ds.eval_users
@@ -89,7 +89,7 @@ def test_beam_search_when_the_catalogue_runs_out(p5):
 
 
 def test_item_ids_sequential_and_random(p5):
-    from toolrec_local.recsys.p5 import ItemIndex, P5Config, index_numbers
+    from toolrec_local.recsys.p5.model import ItemIndex, P5Config, index_numbers
 
     _, ds, _, _ = p5
     seq = index_numbers(ds, "sequential")
@@ -118,7 +118,7 @@ def test_prompt_is_openp5s_template(p5):
 def test_checkpoint_round_trip_and_refusals(p5, tmp_path, monkeypatch):
     from toolrec_local import data
     from toolrec_local.data import prepare
-    from toolrec_local.recsys.p5_train import P5Recommender, clear_cache, p5_dir
+    from toolrec_local.recsys.p5.train import P5Recommender, clear_cache, p5_dir
 
     home, ds, rec, _ = p5
     folder = p5_dir(ds.name)

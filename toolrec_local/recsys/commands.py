@@ -64,7 +64,7 @@ def backbone_cmd(
 ):
     """Pre-train SASRec or BERT4Rec; keeps the epoch with the best validation score."""
     from toolrec_local.data import load_dataset
-    from toolrec_local.recsys.pipeline import run_backbone
+    from toolrec_local.recsys.training.pipeline import run_backbone
 
     overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device)
     overrides.update(_model_overrides(init, valid_history))
@@ -92,9 +92,9 @@ def tools_cmd(
 ):
     """Freeze the backbone and train one attribute encoder + fusion layer per attribute."""
     from toolrec_local.data import load_dataset
-    from toolrec_local.recsys.attribute import FUSION_INITS
+    from toolrec_local.recsys.attributes.attribute import FUSION_INITS
     from toolrec_local.recsys.config import check_choice, settings
-    from toolrec_local.recsys.pipeline import run_tools
+    from toolrec_local.recsys.training.pipeline import run_tools
 
     check_choice(fusion_init, FUSION_INITS, "fusion init")
     overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device)
@@ -120,7 +120,7 @@ def all_cmd(
     """The backbone, then a tool for every attribute of the dataset."""
     from toolrec_local.data import load_dataset
     from toolrec_local.recsys.config import settings
-    from toolrec_local.recsys.pipeline import run_backbone, run_tools
+    from toolrec_local.recsys.training.pipeline import run_backbone, run_tools
 
     overrides = _train_overrides(loss, epochs, patience, batch_size, lr, negatives, seed, device)
     ds = load_dataset(dataset)
@@ -143,7 +143,7 @@ def retrieve_cmd(
 ):
     """Run one retrieval tool for one user and show its top-K items."""
     from toolrec_local.data import load_dataset
-    from toolrec_local.recsys.retrieval import NO_ATTRIBUTE, RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import NO_ATTRIBUTE, RetrievalTool
 
     ds = load_dataset(dataset)
     u = ds.user(user)
@@ -208,7 +208,7 @@ def _ckpt_root():
 
 
 def register(app: typer.Typer) -> None:
-    from toolrec_local.recsys.p5_command import register as register_p5
+    from toolrec_local.recsys.p5.command import register as register_p5
 
     register_p5(train_app)
     app.add_typer(train_app, name="train")

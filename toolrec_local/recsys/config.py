@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from toolrec_local.errors import ToolrecError
 
-# The *-bert backbones add frozen text-encoder item features to the ID embeddings (text_items.py).
+# The *-bert backbones add frozen text-encoder item features to the ID embeddings (sequence/text_items.py).
 TEXT_BACKBONES = ("sasrec-bert", "bert4rec-bert")
 BACKBONES = ("sasrec", "bert4rec") + TEXT_BACKBONES
 
@@ -74,7 +74,7 @@ class ToolConfig:
     dropout: float = 0.2
     word_dim: int = 0  # > 0 when value embeddings come from fixed word vectors
     # How values are embedded: "words" (fixed word vectors, text values), "numeric" (bucket +
-    # scalar, numeric values) or "learned" (one vector per value); see attribute.py
+    # scalar, numeric values) or "learned" (one vector per value); see attributes/attribute.py
     encoding: str = "learned"
     buckets: int = 10  # numeric: quantile buckets
     fusion_init: str = "identity"  # Dense over [a_u ⊕ H]: "random" (paper) or the identity on H
@@ -94,7 +94,7 @@ class TrainConfig:
     # (RecBole's one uniform negative per positive)
     shared_negatives: bool = True
     # Epochs without a better (smoothed) validation score before stopping; never less than a
-    # tenth of `epochs` (see stopping.py).
+    # tenth of `epochs` (see training/stopping.py).
     patience: int = 5
     eval_every: int = 1
     seed: int = 0
@@ -113,7 +113,7 @@ class TrainConfig:
 
 PRESETS: dict[str, dict] = {
     # SASRec's ML-1M setting (length 200, batch 128, lr 1e-3, 200 epochs; patience scales to 20,
-    # stopping.py) with the full softmax, picked by validation on ML-100K: BPR (128 shared
+    # training/stopping.py) with the full softmax, picked by validation on ML-100K: BPR (128 shared
     # negatives) reached validation NDCG@10 0.080 (test 0.057) at batch 128 and stopped below
     # popularity at batch 256, CE 0.099 (test 0.094, 2.2x popularity). CE costs about
     # twice BPR's epoch time at ML-1M size on a CPU and ~2 GB more memory; --loss bpr keeps eq. 4.

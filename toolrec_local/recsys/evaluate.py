@@ -15,7 +15,7 @@ METHOD_HELP = "pop, sasrec, bert4rec, sasrec-bert, bert4rec-bert, tool:<attribut
 def method_scores(ds: Dataset, method: str, users: np.ndarray, part: str) -> np.ndarray:
     """(len(users), n_items + 1) scores of one method; history and padding -inf."""
     from toolrec_local.recsys.models import histories
-    from toolrec_local.recsys.retrieval import RetrievalTool
+    from toolrec_local.recsys.attributes.retrieval import RetrievalTool
     from toolrec_local.metrics import mask_history
 
     if method == "pop":

@@ -10,15 +10,15 @@ import torch
 from torch import nn
 
 from toolrec_local.data.dataset import Dataset
-from toolrec_local.recsys.bert4rec import BERT4Rec
+from toolrec_local.recsys.sequence.bert4rec import BERT4Rec
 from toolrec_local.recsys.config import BackboneConfig
-from toolrec_local.recsys.sasrec import SASRec
+from toolrec_local.recsys.sequence.sasrec import SASRec
 
 
 def build_backbone(cfg: BackboneConfig, text: torch.Tensor | None = None) -> nn.Module:
     model = SASRec(cfg) if cfg.base == "sasrec" else BERT4Rec(cfg)
     if cfg.text_dim:  # SASRec_BERT / BERT4Rec_BERT: text features (given when training) join the item table
-        from toolrec_local.recsys.text_items import attach_text
+        from toolrec_local.recsys.sequence.text_items import attach_text
 
         attach_text(model, cfg, text)
     return model

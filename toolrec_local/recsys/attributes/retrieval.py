@@ -18,7 +18,7 @@ from toolrec_local import paths
 from toolrec_local.data.dataset import Dataset
 from toolrec_local.errors import ToolrecError
 from toolrec_local.recsys import checkpoint
-from toolrec_local.recsys.attribute import AttributeEncoder
+from toolrec_local.recsys.attributes.attribute import AttributeEncoder
 from toolrec_local.recsys.config import BACKBONES, BackboneConfig, ToolConfig, check_choice, from_dict
 from toolrec_local.recsys.models import build_backbone, histories, score_histories
 

@@ -59,7 +59,7 @@ def with_text_features(ds: Dataset, cfg: BackboneConfig) -> tuple[BackboneConfig
     """For a text backbone: the config naming its encoder and feature size, and the features."""
     if cfg.model not in TEXT_BACKBONES:
         return cfg, None
-    from toolrec_local.recsys.text_features import DEFAULT_ENCODER, text_features
+    from toolrec_local.recsys.sequence.text_features import DEFAULT_ENCODER, text_features
 
     encoder = cfg.text_encoder or DEFAULT_ENCODER
     feats = text_features(ds, encoder).clone()

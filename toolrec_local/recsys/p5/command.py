@@ -1,4 +1,4 @@
-"""`toolrec-local train p5`: train the P5 generative recommender (see p5.py)."""
+"""`toolrec-local train p5`: train the P5 generative recommender (see p5/model.py)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def p5_cmd(
     import torch
 
     from toolrec_local.data import load_dataset
-    from toolrec_local.recsys.p5 import P5Config
-    from toolrec_local.recsys.p5_train import P5Train, p5_dir, train_p5
+    from toolrec_local.recsys.p5.model import P5Config
+    from toolrec_local.recsys.p5.train import P5Train, p5_dir, train_p5
 
     if threads:
         torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from toolrec_local.data.dataset import Dataset
-from toolrec_local.recsys.attribute import AttributeEncoder, numeric_values
+from toolrec_local.recsys.attributes.attribute import AttributeEncoder, numeric_values
 from toolrec_local.recsys.config import BackboneConfig, ToolConfig
 from toolrec_local.recsys.models import build_backbone, user_vectors
 

@@ -7,9 +7,9 @@ from toolrec_local.data.dataset import Dataset
 from toolrec_local.errors import ToolrecError
 from toolrec_local.recsys import checkpoint
 from toolrec_local.recsys.config import TrainConfig, settings
-from toolrec_local.recsys.retrieval import RetrievalTool
-from toolrec_local.recsys.train import train_backbone, train_tool
-from toolrec_local.recsys.word_vectors import GLOVE_PACKAGE
+from toolrec_local.recsys.attributes.retrieval import RetrievalTool
+from toolrec_local.recsys.training.train import train_backbone, train_tool
+from toolrec_local.recsys.attributes.word_vectors import GLOVE_PACKAGE
 
 
 def run_backbone(ds: Dataset, model: str, preset: str = "default", show: bool = False, **overrides) -> dict:

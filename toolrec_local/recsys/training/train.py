@@ -1,7 +1,7 @@
 """Training: the backbone first (eq. 4, BPR by default), then, with the backbone frozen, one
 attribute tool at a time. Both use the same loop: Adam, validation under full ranking after
 each epoch (history excluded and kept, NDCG@10 / Recall@10 / MRR@10), early stopping on a
-plateau (stopping.py), the best weights kept. On the GPU when there is one (device.py).
+plateau (stopping.py), the best weights kept. On the GPU when there is one (recsys/device.py).
 Seeded: the same seed, data and thread count give bitwise the same weights on CPU."""
 
 from __future__ import annotations
@@ -18,21 +18,21 @@ from torch import nn
 from toolrec_local.data.dataset import Dataset
 from toolrec_local.metrics import metric_means, ranks_from_scores
 from toolrec_local.recsys import checkpoint
-from toolrec_local.recsys.attribute import AttributeEncoder
+from toolrec_local.recsys.attributes.attribute import AttributeEncoder
 from toolrec_local.recsys.config import (BACKBONES, LOSSES, VALID_METRICS, BackboneConfig, ToolConfig, TrainConfig,
                                          as_dict, check_choice)
 from toolrec_local.recsys.device import resolve_device
 from toolrec_local.recsys.models import build_backbone, histories, score_histories
-from toolrec_local.recsys.progress import EpochProgress
-from toolrec_local.recsys.sequences import length_batches, training_windows
-from toolrec_local.recsys.stopping import EarlyStopping, scaled_patience
+from toolrec_local.recsys.sequence.sequences import length_batches, training_windows
+from toolrec_local.recsys.training.progress import EpochProgress
+from toolrec_local.recsys.training.stopping import EarlyStopping, scaled_patience
 
 
 def train_backbone(ds: Dataset, config: BackboneConfig, train: TrainConfig, show: bool = False,
                    save: bool = True) -> tuple[nn.Module, dict]:
     check_choice(config.model, BACKBONES, "backbone")
     check_choice(train.loss, LOSSES, "loss")
-    from toolrec_local.recsys.text_items import with_text_features
+    from toolrec_local.recsys.sequence.text_items import with_text_features
 
     device = resolve_device(train.device)
     config, text = with_text_features(ds, config)  # (config, None) unless a *-bert backbone
@@ -59,8 +59,8 @@ def train_tool(ds: Dataset, attribute: str, backbone: nn.Module, backbone_meta: 
     """Train f_attr + Dense for `attribute` on top of the frozen `backbone`. Numeric attributes
     are embedded as numbers; text attributes with `word_vectors` (a GloVe text file or
     "glove-50d"), or with learned value embeddings when it is None or "none"."""
-    from toolrec_local.recsys.attribute import FUSION_INITS, numeric_values
-    from toolrec_local.recsys.word_vectors import value_vectors
+    from toolrec_local.recsys.attributes.attribute import FUSION_INITS, numeric_values
+    from toolrec_local.recsys.attributes.word_vectors import value_vectors
 
     check_choice(train.loss, LOSSES, "loss")
     check_choice(fusion_init, FUSION_INITS, "fusion init")

@@ -26,7 +26,7 @@ from torch import nn
 
 from toolrec_local.data.dataset import Attribute
 from toolrec_local.recsys.config import ToolConfig
-from toolrec_local.recsys.transformer import Encoder
+from toolrec_local.recsys.sequence.transformer import Encoder
 
 ENCODINGS = ("words", "numeric", "learned")
 FUSION_INITS = ("random", "identity")
