@@ -23,6 +23,8 @@ CHANGES = {
     "temperature": (["--temperature", "0.7"], 0.7),
     "finish": (["--finish", "both"], "both"),
     "repeated_lists": (["--repeated-lists", "full"], "full"),
+    "rank_by": (["--rank-by", "score"], "score"),
+    "rank_shuffles": (["--rank-shuffles", "2"], 2),
     "top_n": (["--top-n", "5"], 5),
     "history": (["--history", "keep"], "keep"),
     "answer_space": (["--answer-space", "catalogue"], "catalogue"),
