@@ -47,3 +47,22 @@ def label_scores(logprobs: dict[str, float] | None, labels) -> dict[str, float]:
         if label in best and value is not None:
             best[label] = max(best[label], float(value))
     return best
+
+
+def tokenizer_counts(tokenizer, labels=LABELS) -> dict[str, int]:
+    """How many tokens each label adds where the answer starts: after the chat template's
+    generation prompt (a label could merge with the template's last characters, or take a
+    leading-space marker, there and not alone). A tokenizer without a chat template: alone."""
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    if getattr(tokenizer, "chat_template", None) is None:
+        return {label: len(ids(label)) for label in labels}
+    start = tokenizer.apply_chat_template([{"role": "user", "content": "Which one?"}], tokenize=False,
+                                          add_generation_prompt=True)
+    base = ids(start)
+    counts = {}
+    for label in labels:
+        full = ids(start + label)
+        counts[label] = len(full) - len(base) if full[: len(base)] == base else len(full)  # merged: not one
+    return counts

@@ -104,9 +104,10 @@ class LocalBackend(StepwiseBackend):
                                            max_tokens, temperature, seed, stop_when, top_logprobs)
 
     def label_token_counts(self, labels: tuple[str, ...]) -> dict[str, int]:
-        """How many tokens each label is for this tokenizer (no special tokens)."""
-        tok = self._m.tokenizer
-        return {label: len(tok(label, add_special_tokens=False)["input_ids"]) for label in labels}
+        """How many tokens each label is where this tokenizer's answer starts (llm.labels)."""
+        from toolrec_local.llm.labels import tokenizer_counts
+
+        return tokenizer_counts(self._m.tokenizer, labels)
 
     # --- the decoding loop ------------------------------------------------------------------
 
