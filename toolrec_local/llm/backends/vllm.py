@@ -162,14 +162,14 @@ class VLLMBackend(StepwiseBackend):
         """The request fields that carry a regex (a subclass may change them; the probe checks)."""
         return {"structured_outputs": {"regex": regex}}
 
-    async def generate(self, messages, constraint, *, max_tokens=256, temperature=0.0, seed=None):
+    async def generate(self, messages, constraint, *, max_tokens=256, temperature=0.0, seed=None, top_logprobs=0):
         await self.connect()
         server = self._servers[self._next % len(self._servers)]
         self._next += 1
         token = _SERVER.set(server)
         try:
             completion = await super().generate(messages, constraint, max_tokens=max_tokens,
-                                                temperature=temperature, seed=seed)
+                                                temperature=temperature, seed=seed, top_logprobs=top_logprobs)
         finally:
             _SERVER.reset(token)
         completion.meta["server"] = server.url
