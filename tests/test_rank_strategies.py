@@ -191,3 +191,23 @@ def test_local_backend_returns_label_logprobs_under_the_mask(tiny_model_dir):
     assert math.isclose(math.log(sum(math.exp(v) for v in scores.values())), 0.0, abs_tol=1e-4)  # the mask
     assert c.text == max(scores, key=scores.get) and c.calls == 1
     assert backend.label_token_counts(LABELS) == dict.fromkeys(LABELS, 1)
+
+
+def test_rank_llm_gets_every_ranking_call_and_the_agent_model_every_turn(ml100k, tool):
+    """--rank-llm: the agent's turns go to its backend, Rank and the final step to the ranker's."""
+    from toolrec_local.agent.loop import run_agent
+    from toolrec_local.llm.protocol import ActionGrammar
+
+    def first_k(messages, constraint):
+        return "\n".join(constraint.options[: constraint.k])
+
+    agent = ScriptedBackend(["Thought: genre.\nAction: Retrieval[genre, 20]",
+                             "Thought: rank.\nAction: Rank[None, 10]", "Thought: done.\nAction: Finish"])
+    ranker = ScriptedBackend([first_k, first_k], context=4096)
+    ctx = AgentContext(ml100k, tool, agent, AgentConfig(rank_llm="tiny-2"), rank_backend=ranker)
+    assert ctx.rank_context_tokens == 4096 and ctx.context_tokens is None  # rank prompts fit the ranker's context
+    traj = asyncio.run(run_agent(ctx, USER))
+    assert agent.remaining == ranker.remaining == 0
+    assert all(isinstance(c.constraint, ActionGrammar) for c in agent.calls)
+    assert all(isinstance(c.constraint, ItemListGrammar) for c in ranker.calls)
+    assert len(traj.final_items) == 10

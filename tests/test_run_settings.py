@@ -25,6 +25,7 @@ CHANGES = {
     "repeated_lists": (["--repeated-lists", "full"], "full"),
     "rank_by": (["--rank-by", "score"], "score"),
     "rank_shuffles": (["--rank-shuffles", "2"], 2),
+    "rank_llm": (["--rank-llm", "tiny-2"], "tiny-2"),
     "top_n": (["--top-n", "5"], 5),
     "history": (["--history", "keep"], "keep"),
     "answer_space": (["--answer-space", "catalogue"], "catalogue"),

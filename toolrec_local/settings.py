@@ -72,6 +72,10 @@ class RunSettings:
     # with the first by Borda count (LLMRank's remedy for position bias); N+1 times the calls.
     rank_shuffles: int = option(0, flag="--rank-shuffles", check=lambda n: isinstance(n, int) and 0 <= n <= 20,
                                 fix="use 0 (one ranking) up to 20", scope="llm", legacy=0)
+    # The model every LLM ranking step asks (its own backend, of --backend's kind, at --rank-server);
+    # None ("same" in run.json): the --llm model, as the agent's turns. Identity: a tuned ranker's
+    # rows are not an untuned one's.
+    rank_llm: str | None = option(None, flag="--rank-llm", scope="llm", legacy=None, none_as="same")
     # The prompt file's fingerprint (PromptSet.fingerprint), set by the run from the dataset's
     # domain: LLM results under other prompts are never mixed into one run. A folder from
     # before it cannot be continued with an LLM method.

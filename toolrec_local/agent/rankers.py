@@ -59,7 +59,8 @@ async def score_rank(state, candidates: list[int], shown: list[ToolList], attrib
         labels = tuple(label for label, _ in pairs)
         messages = ctx.renderer.rank_messages(head, shown, attribute, k, cfg.rank_with_names, [], style=style,
                                               final=final, labelled=pairs, **extra)
-        reply, wall = await ctx.ask(messages, ChoiceGrammar(labels), 1, state.next_seed(), top_logprobs=len(labels))
+        reply, wall = await ctx.ask(messages, ChoiceGrammar(labels), 1, state.next_seed(), top_logprobs=len(labels),
+                                   ranking=True)
         state.llm_s += wall
         rnd.usage.add(reply)
         got = label_scores(reply.logprobs, labels)

@@ -164,7 +164,8 @@ async def _generate(state: RunState, candidates: list[int], answers: list[int], 
     for attempt in range(cfg.max_retries + 1):
         messages = ctx.renderer.rank_messages(head, shown, attribute, k, cfg.rank_with_names, problems, style=style,
                                               final=final, **extra)
-        reply, wall = await ctx.ask(messages, constraint, ctx.list_reply_tokens(options, k), state.next_seed())
+        reply, wall = await ctx.ask(messages, constraint, ctx.list_reply_tokens(options, k), state.next_seed(),
+                                    ranking=True)
         state.llm_s += wall
         rnd.usage.add(reply)
         if cfg.grammar and not reader.exact(reply.text, cfg.rank_with_names, k):
@@ -253,12 +254,12 @@ def _fit_candidates(state: RunState, lists: list[ToolList], attribute, k: int, h
         return ctx.estimate_tokens(messages, "list") + ctx.list_reply_tokens(options, kk) + RETRY_ROOM
 
     candidates = interleave(pool, cfg.rank_max_candidates)
-    if ctx.context_tokens is None:
+    if ctx.rank_context_tokens is None:
         return candidates, shown_for(candidates, False), k, False
     once = False
     while True:
         shown = shown_for(candidates, once)
-        over = size(candidates, shown, k) + cfg.context_margin - ctx.context_tokens
+        over = size(candidates, shown, k) + cfg.context_margin - ctx.rank_context_tokens
         if over <= 0:
             return candidates, shown, k, once
         if len(candidates) > k:
