@@ -22,6 +22,11 @@ PARTS = ("test", "valid")
 FINISH_CHOICES = ("llm", "last-list", "both")
 REPEATED_LISTS = ("refer", "full")
 ANSWER_SPACES = ("gathered", "catalogue")
+# How an LLM ranking step (Rank, the final step, llmrank, single, multi, chatrec) ranks:
+# "generate" - the LLM writes the top k as k lines (the item-list grammar); "score" - one
+# request per 52 candidates, labelled with single-token letters, the candidates ordered by the
+# log-probability of their label as the answer's token (LlamaRec's verbalizer; agent/rankers.py).
+RANK_BY = ("generate", "score")
 # `eval --history`: the items score methods rank the target among. LLM methods never return
 # history items; under "keep" the agent's retrieval lists hold them (the authors' tools do not
 # mask them), so the agent's rows differ between the two.
@@ -62,6 +67,15 @@ class RunSettings:
     # shorter prompt that stays cached); "full" - listed again, as the authors' code does.
     # A folder written before the option listed them.
     repeated_lists: str = option("refer", flag="--repeated-lists", choices=REPEATED_LISTS, scope="llm", legacy="full")
+    rank_by: str = option("generate", flag="--rank-by", choices=RANK_BY, scope="llm", legacy="generate")
+    # generate only: N more rankings of the candidates shown in seeded shuffled orders, merged
+    # with the first by Borda count (LLMRank's remedy for position bias); N+1 times the calls.
+    rank_shuffles: int = option(0, flag="--rank-shuffles", check=lambda n: isinstance(n, int) and 0 <= n <= 20,
+                                fix="use 0 (one ranking) up to 20", scope="llm", legacy=0)
+    # The model every LLM ranking step asks (its own backend, of --backend's kind, at --rank-server);
+    # None ("same" in run.json): the --llm model, as the agent's turns. Identity: a tuned ranker's
+    # rows are not an untuned one's.
+    rank_llm: str | None = option(None, flag="--rank-llm", scope="llm", legacy=None, none_as="same")
     # The prompt file's fingerprint (PromptSet.fingerprint), set by the run from the dataset's
     # domain: LLM results under other prompts are never mixed into one run. A folder from
     # before it cannot be continued with an LLM method.
@@ -94,6 +108,17 @@ class RunSettings:
                 raise ToolrecError(f"unknown {meta['flag']} {value!r}", meta["fix"] or f"use one of: {', '.join(meta['choices'])}")
             if meta["check"] and not meta["check"](value):
                 raise ToolrecError(f"{meta['flag']} {value!r} is out of range", meta["fix"])
+        if self.rank_by == "score":
+            # the scores are the labels' log-probabilities under the choice constraint's mask
+            # and cover the candidates shown only
+            wrong = [(self.rank_shuffles, "--rank-shuffles", "shuffles are generate's remedy; a score ranking "
+                      "sees each candidate once"), (not self.grammar, "--no-grammar", "the labels are scored "
+                      "under a choice constraint"), (self.answer_space == "catalogue", "--answer-space catalogue",
+                                                     "it ranks the candidates shown, not the catalogue")]
+            for bad, flag, why in wrong:
+                if bad:
+                    raise ToolrecError(f"--rank-by score does not go with {flag}: {why}",
+                                       f"leave out {flag}, or use --rank-by generate")
 
     @property
     def finish_mode(self) -> str:

@@ -44,6 +44,10 @@ def recommend(
     temperature: float = typer.Option(RUN.temperature, "--temperature", help="Sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
     finish: str = typer.Option(RUN.finish, "--finish", help="The final step: llm (the LLM ranks every gathered list) or last-list (the last list, cut or padded; no LLM call)."),
     no_grammar: bool = typer.Option(False, "--no-grammar", help="Free text and a tolerant parser instead of grammar-constrained output."),
+    rank_llm: Optional[str] = typer.Option(RUN.rank_llm, "--rank-llm", help="The model Rank and the final step ask, on its own backend of --backend's kind (default: --llm)."),
+    rank_server: Optional[str] = typer.Option(None, "--rank-server", help="Base URL of the --rank-llm model's vLLM server."),
+    rank_by: str = typer.Option(RUN.rank_by, "--rank-by", help="How Rank and the final step rank: generate (the LLM writes the top K) or score (the candidates under letter labels, ordered by their label's log-probability)."),
+    rank_shuffles: int = typer.Option(RUN.rank_shuffles, "--rank-shuffles", help="--rank-by generate: N more rankings in seeded shuffled candidate orders, merged by Borda count."),
     plan: bool = typer.Option(False, "--plan", help="The 'w/ Plan' variant: write the whole plan, then execute it."),
     json_out: bool = typer.Option(False, "--json", help="Print the trajectory as JSON."),
 ):
@@ -58,19 +62,23 @@ def recommend(
 
     settings = RunSettings(llm=llm, backend=backend, top_n=top_n, part=part, grammar=not no_grammar,
                            temperature=temperature, finish=finish, max_rounds=max_rounds, demos=demos,
-                           observe_items=observe_items)
+                           observe_items=observe_items, rank_by=rank_by, rank_shuffles=rank_shuffles,
+                           rank_llm=rank_llm)
     ds = load_dataset(dataset)
     uid = ds.user(user)
     tool = RetrievalTool.load(ds, backbone=backbone)
     config = AgentConfig.of(settings, history_len=history_len, context_tokens=context)
     llm_backend = make_backend(llm, backend, base_url=server, api_key=api_key, model_path=model_path)
-    ctx = AgentContext(ds, tool, llm_backend, config)
+    rank_backend = (make_backend(rank_llm, backend, base_url=rank_server, api_key=api_key) if rank_llm else None)
+    ctx = AgentContext(ds, tool, llm_backend, config, rank_backend=rank_backend)
 
     async def go():
         try:
             return await (run_plan if plan else run_agent)(ctx, uid, part=settings.part, seed=seed)
         finally:
             await llm_backend.aclose()
+            if rank_backend is not None:
+                await rank_backend.aclose()
 
     traj = asyncio.run(go())
     if json_out:

@@ -9,6 +9,7 @@ from functools import cached_property
 
 from toolrec_local.agent.prompts import Renderer, load_prompts
 from toolrec_local.errors import ToolrecError
+from toolrec_local.llm.labels import check_labels
 from toolrec_local.llm.meter import note_call
 from toolrec_local.llm.protocol import ActionGrammar, Backend, Completion, Constraint, context_tokens
 from toolrec_local.settings import RunSettings, setting_fields
@@ -75,6 +76,9 @@ class AgentContext:
     tool: object  # RetrievalTool: .attributes, .retrieve(user, attribute, k, exclude=(), part=)
     backend: Backend
     config: AgentConfig = field(default_factory=AgentConfig)
+    # --rank-llm: the backend every ranking call goes to (Rank, the final step, the ranking
+    # baselines); None: `backend`
+    rank_backend: Backend | None = None
 
     def __post_init__(self):
         attrs = tuple(self.tool.attributes)
@@ -92,6 +96,13 @@ class AgentContext:
         self.density = {"action": self.config.chars_per_token, "list": self.config.chars_per_token * LIST_DENSITY}
         limit = self.config.context_tokens
         self.context_tokens = context_tokens(self.backend) if limit is None else (limit or None)
+        # the context ranking prompts are fitted into: the ranking model's
+        self.rank_context_tokens = self.context_tokens
+        if self.rank_backend is not None and limit is None:
+            self.rank_context_tokens = context_tokens(self.rank_backend)
+        if self.config.rank_by == "score":  # refused before any user runs, not at the first ranking
+            self.renderer.require_style("score")
+            check_labels(self.ranker)
 
     @cached_property
     def attributes(self) -> tuple[str, ...]:
@@ -122,11 +133,21 @@ class AgentContext:
         as a prefix and then write the action line."""
         return max(self.config.action_max_tokens, self.action_grammar.thought_max_tokens + 48)
 
-    async def ask(self, messages: list[dict], constraint: Constraint, max_tokens: int, seed: int) -> tuple[Completion, float]:
-        """One LLM call; returns the completion and the wall time it took here."""
+    @property
+    def ranker(self) -> Backend:
+        """The backend the ranking calls go to (--rank-llm, else the agent's)."""
+        return self.rank_backend or self.backend
+
+    async def ask(self, messages: list[dict], constraint: Constraint, max_tokens: int, seed: int,
+                  top_logprobs: int = 0, ranking: bool = False) -> tuple[Completion, float]:
+        """One LLM call; returns the completion and the wall time it took here. `top_logprobs`
+        (a choice only): the answer's first token's top log-probabilities, in `.logprobs`;
+        `ranking`: a ranking call (to `ranker`)."""
         t0 = time.perf_counter()
-        c = await self.backend.generate(messages, constraint if self.config.grammar else None,
-                                        max_tokens=max_tokens, temperature=self.config.temperature, seed=seed)
+        asked = {"top_logprobs": top_logprobs} if top_logprobs else {}  # backends that never score lack it
+        c = await (self.ranker if ranking else self.backend).generate(messages, constraint if self.config.grammar else None,
+                                        max_tokens=max_tokens, temperature=self.config.temperature, seed=seed,
+                                        **asked)
         wall = time.perf_counter() - t0
         note_call(c, max_tokens, constraint)  # the eval runner's live progress and capacity limiter
         if c.tokens_in > 0:  # learn the tokenizer's density when it is denser than assumed

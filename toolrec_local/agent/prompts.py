@@ -24,9 +24,10 @@ TEMPLATE_KEYS = (
     "candidate_line", "problem", "rank_nothing", "plan_note", "plan_step",
 )
 # Needed only by some runs: the prompts of the Chat-REC and LLMRank baselines (a run of that
-# method needs them: Renderer.require_style) and the note for a repeated list
-# (repeated_lists "refer" needs it). A run that needs one the file lacks is refused.
-OPTIONAL_KEYS = ("chatrec_system", "chatrec_user", "llmrank_system", "llmrank_user", "observation_same")
+# method needs them: Renderer.require_style), the note for a repeated list
+# (repeated_lists "refer" needs it) and the score ranker's prompt (--rank-by score). A run that needs one the file lacks is refused.
+OPTIONAL_KEYS = ("chatrec_system", "chatrec_user", "llmrank_system", "llmrank_user", "observation_same",
+                 "score_system", "score_user")
 FIX_FILE = "fix the file (prompts/movies.yaml shows every key)"
 
 
@@ -217,7 +218,7 @@ class Renderer:
     # ---- the Rank tool and the final step ------------------------------------------------------
     def rank_messages(self, head: str, lists: list[ToolList], attribute: str | None, k: int, with_names: bool,
                       problems: list[str], *, style: str = "rank", final: bool = False, history=(),
-                      recent: str = "") -> list[dict]:
+                      recent: str = "", labelled: list[tuple[str, str]] | None = None) -> list[dict]:
         """The prompt of Rank (`final=False`) or of the final step (`final=True`): a system
         message that is the same for every call (every rule the calls share), then the user
         (head), every list under its tool mark with its scores in the order gathered, and the
@@ -227,7 +228,11 @@ class Renderer:
         it instead of listing it again; None with repeated_lists "full"). `style`
         "chatrec"/"llmrank" picks a baseline's own templates when the domain has them (same
         answer format); those also get the user's history lines (`history`, oldest first) and
-        the most recent item's name (`recent`)."""
+        the most recent item's name (`recent`). With `labelled` ((label, option) pairs) it is the
+        score ranker's prompt (`score_system`, `score_user`, for every style): the same head and
+        lists, then those candidates under their labels, the answer one label."""
+        if labelled is not None:
+            style = "score"
         self.require_style(style)
         groups, first_mark = [], {}
         for lst in lists:
@@ -238,7 +243,8 @@ class Renderer:
         user = self.p.render(f"{style}_user", head=head, groups=groups, attribute=attribute, k=k,
                              with_names=with_names, problems=problems, final=final,
                              n_candidates=len({i for lst in lists for i in lst.items}),
-                             history=list(history), recent=recent)
+                             history=list(history), recent=recent,
+                             labelled=[{"label": a, "option": o} for a, o in labelled or ()])
         system = self.p.render(f"{style}_system", with_names=with_names)
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 

@@ -22,6 +22,7 @@ from toolrec_local.agent.actions import Rank, Retrieval
 from toolrec_local.agent.context import AgentContext
 from toolrec_local.agent.itemlists import ItemReader, option
 from toolrec_local.agent.memory import Memory, ToolList, interleave
+from toolrec_local.agent.rankers import borda, chunks, labelled, score_rank, shuffle_rng, shuffled
 from toolrec_local.agent.trajectory import Round, add_counts
 from toolrec_local.llm.protocol import ItemListGrammar
 
@@ -107,8 +108,10 @@ async def rank_lists(state: RunState, lists: list[ToolList], attribute: str | No
     context (or `rank_max_candidates`) forces a cut, items taken from each list in turn. Rank
     shrinks k when even k candidates cannot fit; the final step (`final`) keeps k and returns
     None. The answer may name any candidate, or with `catalogue` any catalogue item outside
-    the history (the lists shown are the same)."""
-    ctx, cfg, memory = state.ctx, state.ctx.config, state.memory
+    the history (the lists shown are the same). `--rank-by score` scores the candidates
+    instead, `--rank-shuffles` ranks shuffled orders too (agent/rankers.py); the calls all
+    count in `rnd`."""
+    cfg, memory = state.ctx.config, state.memory
     head = head or state.head
     extra = _user_lines(state)
     asked = k
@@ -126,7 +129,32 @@ async def rank_lists(state: RunState, lists: list[ToolList], attribute: str | No
         rnd.note = _join(rnd.note, f"K={asked} reduced to {k} to fit the context")
     if len(candidates) < everything or once or k < asked:
         rnd.count("candidates_cut")
+    if cfg.rank_by == "score":  # one request per 52 candidates, valid by construction (agent/rankers.py)
+        items = await score_rank(state, candidates, shown, attribute, k, rnd, head=head, style=style, final=final,
+                                 extra=extra)
+        rnd.picked = len(items)
+        return items
     answers = _catalogue(state, candidates) if catalogue else candidates
+    orders = [shown] + [shuffled(shown, shuffle_rng(state, j)) for j in range(cfg.rank_shuffles)]
+    rankings = []
+    for n, order in enumerate(orders):
+        picked = rnd.picked
+        rankings.append(await _generate(state, candidates, answers, order, attribute, k, rnd, head, style, final,
+                                        extra))
+        if n:
+            rnd.picked = picked  # the first (shown) order's count: what the LLM wrote there
+    if len(rankings) == 1:
+        return rankings[0]
+    rnd.note = _join(rnd.note, f"Borda count over {len(rankings)} orders of the candidates "
+                               f"({len(rankings) - 1} shuffled)")
+    return borda(rankings, candidates, k)
+
+
+async def _generate(state: RunState, candidates: list[int], answers: list[int], shown: list[ToolList], attribute,
+                    k: int, rnd: Round, head: str, style: str, final: bool, extra: dict) -> list[int]:
+    """The LLM writes the top k under the item-list grammar; its answer is checked, re-run
+    with the problems named, repaired when the retries are spent."""
+    ctx, cfg, memory = state.ctx, state.ctx.config, state.memory
     reader = ItemReader(answers, ctx.dataset.item_ids, ctx.dataset.item_names, ctx.dataset.item_index)
     options = reader.options(cfg.rank_with_names)
     constraint = ItemListGrammar(options=options, k=k)
@@ -136,7 +164,8 @@ async def rank_lists(state: RunState, lists: list[ToolList], attribute: str | No
     for attempt in range(cfg.max_retries + 1):
         messages = ctx.renderer.rank_messages(head, shown, attribute, k, cfg.rank_with_names, problems, style=style,
                                               final=final, **extra)
-        reply, wall = await ctx.ask(messages, constraint, ctx.list_reply_tokens(options, k), state.next_seed())
+        reply, wall = await ctx.ask(messages, constraint, ctx.list_reply_tokens(options, k), state.next_seed(),
+                                    ranking=True)
         state.llm_s += wall
         rnd.usage.add(reply)
         if cfg.grammar and not reader.exact(reply.text, cfg.rank_with_names, k):
@@ -215,18 +244,22 @@ def _fit_candidates(state: RunState, lists: list[ToolList], attribute, k: int, h
         return out
 
     def size(cands, shown_, kk):
+        if cfg.rank_by == "score":  # the largest chunk's prompt and a one-token answer, never re-run
+            messages = ctx.renderer.rank_messages(head, shown_, attribute, kk, cfg.rank_with_names, [], style=style,
+                                                  final=final, labelled=labelled(state, chunks(cands)[0]), **extra)
+            return ctx.estimate_tokens(messages, "list") + 1
         messages = ctx.renderer.rank_messages(head, shown_, attribute, kk, cfg.rank_with_names, [], style=style,
                                               final=final, **extra)
         options = answer_options or tuple(option(ctx.dataset.item_ids[i], names[i], cfg.rank_with_names) for i in cands)
         return ctx.estimate_tokens(messages, "list") + ctx.list_reply_tokens(options, kk) + RETRY_ROOM
 
     candidates = interleave(pool, cfg.rank_max_candidates)
-    if ctx.context_tokens is None:
+    if ctx.rank_context_tokens is None:
         return candidates, shown_for(candidates, False), k, False
     once = False
     while True:
         shown = shown_for(candidates, once)
-        over = size(candidates, shown, k) + cfg.context_margin - ctx.context_tokens
+        over = size(candidates, shown, k) + cfg.context_margin - ctx.rank_context_tokens
         if over <= 0:
             return candidates, shown, k, once
         if len(candidates) > k:

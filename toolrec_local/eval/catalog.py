@@ -108,7 +108,7 @@ def build_score_method(name: str, ds, tools: ToolBox) -> ScoreMethod | ListMetho
 
 
 def build_llm_methods(names: list[str], ds, tools: ToolBox, settings: RunSettings, *, servers: list[str] | None = None,
-                      api_key: str | None = None, backend_obj=None) -> LLMSuite:
+                      api_key: str | None = None, backend_obj=None, rank_servers: list[str] | None = None) -> LLMSuite:
     """The LLM methods by name (suite.methods[name]); an agent method's records are named
     after `settings.finish` (LLMMethod.name, LLMMethod.variants). `backend_obj`: a backend
     (or one per server) instead of the one `settings` names (tests)."""
@@ -124,6 +124,11 @@ def build_llm_methods(names: list[str], ds, tools: ToolBox, settings: RunSetting
         backend_obj = make_backends(settings, servers, api_key)
     backends = list(backend_obj) if isinstance(backend_obj, (list, tuple)) else [backend_obj]
     suite = LLMSuite(ds, tools, backends, AgentConfig.of(settings))
+    if settings.rank_llm is not None:  # --rank-llm: its own backend, of the same kind, at --rank-server
+        from toolrec_local.llm.factory import make_backend
+
+        suite.rank_backend = make_backend(settings.rank_llm, settings.backend,
+                                          base_url=list(rank_servers) if rank_servers else None, api_key=api_key)
     suite.methods = {n: _llm_method(entry(n), suite, settings.finish) for n in names}
     return suite
 

@@ -72,6 +72,10 @@ def eval_cmd(
     temperature: float = typer.Option(RUN.temperature, "--temperature", help="LLM sampling temperature: 0 is greedy (the paper ran ChatGPT at 1)."),
     answer_space: str = typer.Option(RUN.answer_space, "--answer-space", help="What the agent's Rank and final step may answer: gathered (only items its tools returned) or catalogue (any catalogue item outside the history, as the authors' code accepts; with --history keep: the authors' condition)."),
     repeated_lists: str = typer.Option(RUN.repeated_lists, "--repeated-lists", help="A tool list identical to an earlier one (a repeated call): refer (its observation and its place in the Rank and final prompts name the earlier list) or full (listed again, as the authors' code does)."),
+    rank_llm: Optional[str] = typer.Option(RUN.rank_llm, "--rank-llm", help="The model every LLM ranking step asks (e.g. a tuned ranker), on its own backend of --backend's kind; default: the --llm model."),
+    rank_server: List[str] = typer.Option([], "--rank-server", help="Base URL of the --rank-llm model's vLLM server (repeat for replicas, round-robin; default http://127.0.0.1:8000/v1)."),
+    rank_by: str = typer.Option(RUN.rank_by, "--rank-by", help="How every LLM ranking step ranks (Rank, the final step, llmrank, chatrec, single, multi): generate (the LLM writes the top K, one item per line) or score (one request per 52 candidates under letter labels, the candidates ordered by their label's log-probability as the answer: LlamaRec's verbalizer)."),
+    rank_shuffles: int = typer.Option(RUN.rank_shuffles, "--rank-shuffles", help="--rank-by generate: N more rankings of each step's candidates in seeded shuffled orders, merged with the first by Borda count (LLMRank's remedy for position bias); N+1 times the ranking calls."),
     max_rounds: int = typer.Option(RUN.max_rounds, "--max-rounds", help="The agent methods: Decision rounds (a Finish or an unreadable reply counts as one), the forced final step not counted: at the cap the agent finishes. Default 7, the authors' cap."),
     demos: int = typer.Option(RUN.demos, "--demos", help="The agent methods: In-context demonstrations in the agent's prompt: the first N of prompts/<domain>.yaml (default 3, as many as the authors ship)."),
     observe_items: Optional[int] = typer.Option(RUN.observe_items, "--observe-items", help="The agent methods: Items of each tool list shown in the agent's observation (default: the whole list, as in the authors' code)."),
@@ -83,11 +87,13 @@ def eval_cmd(
 
     settings = RunSettings(llm=llm, backend=backend, top_n=top_n, grammar=not no_grammar, history=history,
                            finish=finish, temperature=temperature, repeated_lists=repeated_lists,
+                           rank_by=rank_by, rank_shuffles=rank_shuffles, rank_llm=rank_llm,
                            answer_space=answer_space, max_rounds=max_rounds, demos=demos, observe_items=observe_items)
     opts = EvalOptions(
         dataset=dataset, methods=method, settings=settings, users=users, seeds=seeds, seed=list(seed),
         all_users=all_users,
         concurrency=parse_concurrency(concurrency), out=out, servers=list(server), api_key=api_key,
+        rank_servers=list(rank_server),
         shard=parse_shard(shard), batch_size=batch_size,
     )
     with EvalProgress(err_console) as progress:

@@ -37,6 +37,7 @@ class LLMSuite:
     config: object  # AgentConfig
     methods: dict[str, LLMMethod] = field(default_factory=dict)
     contexts: dict = field(default_factory=dict)
+    rank_backend: object = None  # --rank-llm: the ranking calls' own backend (every server's users share it)
 
     def backend_of(self, user: int) -> int:
         """The backend (server) a user's calls go to: always the same one, so its prefix cache
@@ -48,19 +49,20 @@ class LLMSuite:
 
         key = (backbone, self.backend_of(user))
         if key not in self.contexts:
-            self.contexts[key] = AgentContext(self.ds, self.tools.get(backbone), self.backends[key[1]], self.config)
+            self.contexts[key] = AgentContext(self.ds, self.tools.get(backbone), self.backends[key[1]], self.config,
+                                              rank_backend=self.rank_backend)
         return self.contexts[key]
 
     async def start(self) -> None:
         """Reach the server(s) before any user runs: a dead server is one clear error, not
         hundreds of failed users."""
-        for backend in self.backends:
+        for backend in self.backends + ([self.rank_backend] if self.rank_backend is not None else []):
             connect = getattr(backend, "connect", None)
             if connect is not None:
                 await connect()
 
     async def aclose(self) -> None:
-        for backend in self.backends:
+        for backend in self.backends + ([self.rank_backend] if self.rank_backend is not None else []):
             await backend.aclose()
 
 

@@ -39,6 +39,7 @@ class EvalOptions:
     concurrency: int | None = None  # None: auto, each server's KV cache decides (eval/capacity.py)
     out: Path | None = None
     servers: list[str] = field(default_factory=list)
+    rank_servers: list[str] = field(default_factory=list)  # --rank-server: the --rank-llm model's
     api_key: str | None = None
     shard: tuple[int, int] | None = None
     batch_size: int = 256
@@ -114,7 +115,7 @@ def assemble_run(opts: EvalOptions, *, tool_loader: Callable | None = None, llm_
         if factory is None:
             from toolrec_local.eval.catalog import build_llm_methods as factory
         suite = factory([n for n in names if needs_llm(n)], ds, tools, settings=settings, servers=opts.servers,
-                        api_key=opts.api_key)
+                        api_key=opts.api_key, rank_servers=opts.rank_servers)
     methods = [suite.methods[n] if needs_llm(n) else build_score_method(n, ds, tools) for n in names]
     recorded = [n for m in methods for n in (m.name, *getattr(m, "variants", ()))]  # e.g. toolrec/last-list
     absent = (() if uses_llm else setting_fields("llm")) + (() if uses_agent else setting_fields("agent"))

@@ -14,7 +14,9 @@ Text formats the constraints describe (the agent's parser reads exactly these):
   and <K> is a decimal integer 1..grammar.max_k with no leading zero.
 * item list (`ItemListGrammar`):  exactly k lines joined by "\\n", each one of
   grammar.options (an option is "<item id>" or "<item id>, <name>"), all k distinct.
-* choice (`ChoiceGrammar`):       exactly one of the options.
+* choice (`ChoiceGrammar`):       exactly one of the options. Asked with `top_logprobs=n`, a
+  backend also returns the n most likely first tokens of the answer with their log-probabilities
+  (`Completion.logprobs`), taken after the constraint's mask (the `score` ranker reads them).
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class Completion:
     latency_s: float = 0.0
     calls: int = 1  # underlying requests (an item list may take one request per item)
     meta: dict = field(default_factory=dict)
+    # A choice asked with top_logprobs: the answer's first token's most likely tokens (text ->
+    # log-probability, the constraint's mask applied); None when not asked.
+    logprobs: dict[str, float] | None = None
 
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
@@ -81,6 +86,7 @@ class Backend(Protocol):
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = None,
+        top_logprobs: int = 0,  # a ChoiceGrammar only (see the module's doc); 0: not asked
     ) -> Completion: ...
 
     async def aclose(self) -> None: ...

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from toolrec_local import paths
 from toolrec_local.errors import ToolrecError
+from toolrec_local.llm.labels import LABELS
 from toolrec_local.llm.registry import ModelCard, load_card
 
 STRUCTURED_BACKENDS = ("xgrammar", "guidance", "outlines", "auto")
@@ -133,6 +134,9 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+SCORE_LOGPROBS = len(LABELS)  # the score ranker asks for every label's
+
+
 def cpu_dtype(card_dtype: str) -> str:
     """float32 or bfloat16: the dtypes vLLM computes in on CPU."""
     if card_dtype == "bfloat16" and cpu_has_fast_bf16():
@@ -169,6 +173,11 @@ def build_command(
     # rest from the checkpoint's generation_config.json (a repetition_penalty of 1.05, say, then
     # bends greedy item lists). "vllm" keeps vLLM's neutral defaults, as the other backends do.
     args = _set_flag(args, "--generation-config", "vllm")
+    # `--rank-by score` asks for the top log-probabilities of its 52 labels (vLLM allows 20 by
+    # default), the model's own (raw_logprobs: before temperature and penalties; taken after the
+    # structured-output mask, so only labels have any)
+    args = _set_flag(args, "--max-logprobs", str(SCORE_LOGPROBS))
+    args = _set_flag(args, "--logprobs-mode", "raw_logprobs")
     template = card.chat_template_path()
     if template is not None:
         args = _set_flag(args, "--chat-template", str(template))

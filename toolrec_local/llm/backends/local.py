@@ -97,10 +97,17 @@ class LocalBackend(StepwiseBackend):
         return self._context
 
     async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
-                    max_tokens: int, temperature: float, seed: int | None, stop_when=None) -> Step:
+                    max_tokens: int, temperature: float, seed: int | None, stop_when=None,
+                    top_logprobs: int = 0) -> Step:
         async with self._lock:
             return await asyncio.to_thread(self._step_sync, messages, prefix, regex,
-                                           max_tokens, temperature, seed, stop_when)
+                                           max_tokens, temperature, seed, stop_when, top_logprobs)
+
+    def label_token_counts(self, labels: tuple[str, ...]) -> dict[str, int]:
+        """How many tokens each label is where this tokenizer's answer starts (llm.labels)."""
+        from toolrec_local.llm.labels import tokenizer_counts
+
+        return tokenizer_counts(self._m.tokenizer, labels)
 
     # --- the decoding loop ------------------------------------------------------------------
 
@@ -113,17 +120,17 @@ class LocalBackend(StepwiseBackend):
                                        continue_final_message=bool(prefix))
         return tok(text, add_special_tokens=False)["input_ids"]
 
-    def _step_sync(self, messages, prefix, regex, max_tokens, temperature, seed, stop_when) -> Step:
+    def _step_sync(self, messages, prefix, regex, max_tokens, temperature, seed, stop_when, top_logprobs=0) -> Step:
         m = self._m
         with m.lock:
             saved = torch.get_num_threads()
             torch.set_num_threads(decode_threads())
             try:
-                return self._decode(messages, prefix, regex, max_tokens, temperature, seed, stop_when)
+                return self._decode(messages, prefix, regex, max_tokens, temperature, seed, stop_when, top_logprobs)
             finally:
                 torch.set_num_threads(saved)
 
-    def _decode(self, messages, prefix, regex, max_tokens, temperature, seed, stop_when) -> Step:
+    def _decode(self, messages, prefix, regex, max_tokens, temperature, seed, stop_when, top_logprobs=0) -> Step:
         import llguidance
         import llguidance.torch as lltorch
 
@@ -139,12 +146,15 @@ class LocalBackend(StepwiseBackend):
         gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
         out: list[int] = []
         stopped = False
+        first = None  # the first token's top log-probabilities, when asked
         logits = self._forward(prompt)
         while len(out) < max_tokens:
             if matcher is not None:
                 lltorch.fill_next_token_bitmask(matcher, bitmask)
                 allowed = np.unpackbits(bitmask[0].numpy().view(np.uint8), bitorder="little")[: m.vocab]
                 logits = logits.masked_fill(torch.from_numpy(allowed == 0), float("-inf"))
+            if top_logprobs and first is None:
+                first = self._top_logprobs(logits, top_logprobs)
             token = self._pick(logits, temperature, gen)
             if token in m.eos_ids:
                 stopped = True
@@ -167,7 +177,18 @@ class LocalBackend(StepwiseBackend):
             if len(out) < max_tokens:
                 logits = self._forward(prompt + out)
         text = m.tokenizer.decode(out, skip_special_tokens=True)
-        return Step(text=text, tokens_in=len(prompt), tokens_out=len(out), stopped=stopped)
+        return Step(text=text, tokens_in=len(prompt), tokens_out=len(out), stopped=stopped, logprobs=first)
+
+    def _top_logprobs(self, logits: torch.Tensor, n: int) -> dict[str, float]:
+        """The n most likely next tokens after the mask (as vLLM's raw_logprobs: the model's
+        log-softmax, before temperature), masked tokens left out."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        values, ids = torch.topk(logprobs, min(n, logprobs.shape[-1]))
+        tok, out = self._m.tokenizer, {}
+        for v, i in zip(values, ids):  # best first: a text two tokens share keeps the better one
+            if torch.isfinite(v):
+                out.setdefault(tok.decode([int(i)]), float(v))
+        return out
 
     @staticmethod
     def _pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> int:

@@ -102,8 +102,15 @@ class OpenAIBackend:
     def context_tokens(self) -> int | None:
         return self._context
 
+    def label_token_counts(self, labels: tuple[str, ...]) -> dict[str, int]:
+        """The `score` ranker needs the log-probabilities after a choice constraint's mask, for
+        every label: the API caps top_logprobs at 20 and does not say how its strict schemas
+        mask them."""
+        raise ToolrecError("--rank-by score needs log-probabilities under a choice constraint, which the OpenAI "
+                           "backend does not give", "use --rank-by generate, or --backend vllm or local")
+
     async def generate(self, messages: list[Message], constraint: Constraint, *, max_tokens: int = 256,
-                       temperature: float = 0.0, seed: int | None = None) -> Completion:
+                       temperature: float = 0.0, seed: int | None = None, top_logprobs: int = 0) -> Completion:
         t0 = time.perf_counter()
         usage = [0, 0, 0]  # tokens in, tokens out, calls
 

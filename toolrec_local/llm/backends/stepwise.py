@@ -10,7 +10,8 @@ built from steps, so every such backend enforces the grammar the same way.
   "stepwise": one step per line over the options not chosen yet. Either way the lines are
   distinct by construction; a model that does not repeat itself costs one request, and a last
   line with a single option left is written without one (the grammar allows nothing else).
-* choice: one step under the alternation of the options.
+* choice: one step under the alternation of the options; asked with `top_logprobs`, one
+  token (every label of the `score` ranker is one) and its top log-probabilities.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Step:
     tokens_in: int
     tokens_out: int
     stopped: bool  # ended by itself (grammar complete / end of turn), not by max_tokens
+    logprobs: dict[str, float] | None = None  # the first token's top log-probabilities, when asked
 
 
 def repeats_a_line(text: str) -> bool:
@@ -82,21 +84,22 @@ class StepwiseBackend:
 
     async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
                     max_tokens: int, temperature: float, seed: int | None,
-                    stop_when: Callable[[str], bool] | None = None) -> Step:
+                    stop_when: Callable[[str], bool] | None = None, top_logprobs: int = 0) -> Step:
         """Continue the assistant message `prefix` ("" = a fresh answer) under `regex`
         (None = unconstrained) and return only the continuation. With `stop_when`, generation
-        may end early (stopped=False) once `stop_when(continuation so far)` is true."""
+        may end early (stopped=False) once `stop_when(continuation so far)` is true. With
+        `top_logprobs`, the step's first token's most likely tokens go into `Step.logprobs`."""
         raise NotImplementedError
 
     async def generate(self, messages: list[Message], constraint: Constraint, *,
                        max_tokens: int = 256, temperature: float = 0.0,
-                       seed: int | None = None) -> Completion:
+                       seed: int | None = None, top_logprobs: int = 0) -> Completion:
         t0 = time.perf_counter()
         steps: list[Step] = []
 
-        async def step(prefix, regex, budget, i=0, stop_when=None):
+        async def step(prefix, regex, budget, i=0, stop_when=None, **asked):
             s = await self._step(messages, prefix, regex, max_tokens=budget, temperature=temperature,
-                                 seed=None if seed is None else seed + i, stop_when=stop_when)
+                                 seed=None if seed is None else seed + i, stop_when=stop_when, **asked)
             steps.append(s)
             return s
 
@@ -104,6 +107,9 @@ class StepwiseBackend:
             text = (await step("", None, max_tokens)).text
         elif isinstance(constraint, ActionGrammar):
             text = await self._action(constraint, step)
+        elif isinstance(constraint, ChoiceGrammar) and top_logprobs:
+            # one token: the labels are single tokens (checked on connect: check_labels)
+            text = (await step("", G.option_regex(constraint.options), 1, top_logprobs=top_logprobs)).text
         elif isinstance(constraint, ChoiceGrammar):
             s = await step("", G.option_regex(constraint.options), option_token_budget(constraint.options))
             text = s.text
@@ -126,6 +132,7 @@ class StepwiseBackend:
             tokens_out=sum(s.tokens_out for s in steps),
             latency_s=time.perf_counter() - t0,
             calls=len(steps),
+            logprobs=steps[0].logprobs if top_logprobs and steps else None,
         )
 
     async def _action(self, g: ActionGrammar, step) -> str:

@@ -162,21 +162,22 @@ class VLLMBackend(StepwiseBackend):
         """The request fields that carry a regex (a subclass may change them; the probe checks)."""
         return {"structured_outputs": {"regex": regex}}
 
-    async def generate(self, messages, constraint, *, max_tokens=256, temperature=0.0, seed=None):
+    async def generate(self, messages, constraint, *, max_tokens=256, temperature=0.0, seed=None, top_logprobs=0):
         await self.connect()
         server = self._servers[self._next % len(self._servers)]
         self._next += 1
         token = _SERVER.set(server)
         try:
             completion = await super().generate(messages, constraint, max_tokens=max_tokens,
-                                                temperature=temperature, seed=seed)
+                                                temperature=temperature, seed=seed, top_logprobs=top_logprobs)
         finally:
             _SERVER.reset(token)
         completion.meta["server"] = server.url
         return completion
 
     async def _step(self, messages: list[Message], prefix: str, regex: str | None, *,
-                    max_tokens: int, temperature: float, seed: int | None, stop_when=None) -> Step:
+                    max_tokens: int, temperature: float, seed: int | None, stop_when=None,
+                    top_logprobs: int = 0) -> Step:
         server = _SERVER.get() or self._servers[0]
         extra: dict = {}
         msgs = list(messages)
@@ -194,6 +195,10 @@ class VLLMBackend(StepwiseBackend):
                       temperature=temperature, extra_body=extra)
         if seed is not None and temperature > 0 and self.send_seeds:
             kwargs["seed"] = seed
+        if top_logprobs:
+            # vLLM takes them after the structured-output mask (raw_logprobs: the model's own,
+            # before temperature and penalties); the server needs --max-logprobs >= top_logprobs
+            kwargs.update(logprobs=True, top_logprobs=top_logprobs)
         if stop_when is not None:
             return await self._stream_step(server, kwargs, stop_when)
         resp = await self._call(server, lambda: server.client.chat.completions.create(**kwargs))
@@ -202,7 +207,27 @@ class VLLMBackend(StepwiseBackend):
         return Step(text=choice.message.content or "",
                     tokens_in=usage.prompt_tokens if usage else 0,
                     tokens_out=usage.completion_tokens if usage else 0,
-                    stopped=choice.finish_reason != "length")
+                    stopped=choice.finish_reason != "length",
+                    logprobs=_first_token_logprobs(choice) if top_logprobs else None)
+
+    def label_token_counts(self, labels: tuple[str, ...]) -> dict[str, int]:
+        """How many tokens each label is for the served model (vLLM's /tokenize, no special
+        tokens): the `score` ranker's check (llm.labels.check_labels)."""
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        server = self._servers[0]
+        root = server.url[: -len("/v1")] if server.url.endswith("/v1") else server.url
+        counts = {}
+        try:
+            with httpx.Client(timeout=self._connect_timeout_s + 10, headers=headers) as client:
+                for label in labels:
+                    resp = client.post(root + "/tokenize", json={"model": self.model, "prompt": label,
+                                                                 "add_special_tokens": False})
+                    resp.raise_for_status()
+                    counts[label] = len(resp.json()["tokens"])
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            raise ToolrecError(f"cannot check the score ranker's labels with {root}/tokenize: {exc}",
+                               SERVE_HINT) from exc
+        return counts
 
     async def _stream_step(self, server: _Server, kwargs: dict, stop_when) -> Step:
         """Stream the answer and close the stream (vLLM then aborts the request) as soon as
@@ -257,6 +282,15 @@ class VLLMBackend(StepwiseBackend):
             if server._client is not None and server._loop is asyncio.get_running_loop():
                 await server._client.close()
             server._client = None
+
+
+def _first_token_logprobs(choice) -> dict[str, float]:
+    """The answer's first token's top log-probabilities (token text -> log-probability)."""
+    content = getattr(choice.logprobs, "content", None) or []
+    if not content:
+        raise ToolrecError("the vLLM server returned no log-probabilities although they were asked",
+                           "use a vLLM build that returns logprobs for chat completions")
+    return {t.token: float(t.logprob) for t in content[0].top_logprobs}
 
 
 def _detail(exc) -> str:
