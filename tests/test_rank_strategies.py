@@ -203,7 +203,7 @@ def test_rank_llm_gets_every_ranking_call_and_the_agent_model_every_turn(ml100k,
 
     agent = ScriptedBackend(["Thought: genre.\nAction: Retrieval[genre, 20]",
                              "Thought: rank.\nAction: Rank[None, 10]", "Thought: done.\nAction: Finish"])
-    ranker = ScriptedBackend([first_k, first_k], context=4096)
+    ranker = ScriptedBackend([first_k, first_k], name="ranker", context=4096)
     ctx = AgentContext(ml100k, tool, agent, AgentConfig(rank_llm="tiny-2"), rank_backend=ranker)
     assert ctx.rank_context_tokens == 4096 and ctx.context_tokens is None  # rank prompts fit the ranker's context
     traj = asyncio.run(run_agent(ctx, USER))
@@ -211,3 +211,4 @@ def test_rank_llm_gets_every_ranking_call_and_the_agent_model_every_turn(ml100k,
     assert all(isinstance(c.constraint, ActionGrammar) for c in agent.calls)
     assert all(isinstance(c.constraint, ItemListGrammar) for c in ranker.calls)
     assert len(traj.final_items) == 10
+    assert traj.to_dict()["ranker"] == ranker.name and traj.to_dict()["backend"] == agent.name  # recorded apart

@@ -49,9 +49,10 @@ def _register() -> None:
     from toolrec_local.eval import commands as eval_commands
     from toolrec_local.llm import commands as llm_commands
     from toolrec_local.recsys import commands as recsys_commands
+    from toolrec_local.tune import commands as tune_commands
 
     app.add_typer(data_app, name="data")
-    for module in (recsys_commands, llm_commands, agent_commands, eval_commands, doctor):
+    for module in (recsys_commands, llm_commands, agent_commands, eval_commands, tune_commands, doctor):
         module.register(app)
     _reflow_help(app)
 

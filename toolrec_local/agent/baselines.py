@@ -37,10 +37,11 @@ def multi_candidates(tool, user: int, attributes: list[str], part: str, total: i
 
 async def llm_rank(ctx: AgentContext, user: int, lists: list[ToolList], k: int, attribute: str | None = None,
                    include_profile: bool = True, *, part: str = "test", seed: int = 0,
-                   style: str = "rank") -> tuple[list[int], Round]:
+                   style: str = "rank", final: bool = False) -> tuple[list[int], Round]:
     """The Rank tool on given candidate lists, each shown under its tool mark with its scores.
     Items in the user's history, unknown or repeated within a list are dropped first; k is
-    clamped to what is left. `style` picks a baseline's own prompt ("chatrec", "llmrank").
+    clamped to what is left. `style` picks a baseline's own prompt ("chatrec", "llmrank");
+    `final`: the final step's prompt (the ranking of everything gathered).
     Returns (top-k items, the one round it took: its cost, counters and note)."""
     state, _ = new_state(ctx, user, part, seed)
     for lst in lists:  # stored, so that a repair fills by retrieval score
@@ -55,7 +56,7 @@ async def llm_rank(ctx: AgentContext, user: int, lists: list[ToolList], k: int, 
     started = time.perf_counter()
     head = state.head if include_profile else ctx.renderer.head(user, state.history, with_profile=False)
     items = await rank_lists(state, list(state.memory.lists), attribute, min(max(1, k), len(cands)), rnd, head=head,
-                             style=style)
+                             style=style, final=final)
     rnd.overhead_s = time.perf_counter() - started - state.llm_s
     rnd.items = items
     return items, rnd

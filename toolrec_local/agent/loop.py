@@ -88,6 +88,7 @@ def _trajectory(ctx: AgentContext, state: RunState, target: int) -> Trajectory:
     ds = ctx.dataset
     return Trajectory(user=ds.user_ids[state.user], history_items=[int(i) for i in state.history], target_item=target,
                       grammar=ctx.config.grammar, backend=getattr(ctx.backend, "name", type(ctx.backend).__name__),
+                      ranker=getattr(ctx.rank_backend, "name", "") if ctx.rank_backend is not None else "",
                       finish_mode=ctx.config.finish_mode, item_ids=ds.item_ids)
 
 

@@ -57,6 +57,7 @@ async def score_rank(state, candidates: list[int], shown: list[ToolList], attrib
     for chunk in chunks(candidates):
         pairs = labelled(state, chunk)
         labels = tuple(label for label, _ in pairs)
+        rnd.labelled.append(list(chunk))
         messages = ctx.renderer.rank_messages(head, shown, attribute, k, cfg.rank_with_names, [], style=style,
                                               final=final, labelled=pairs, **extra)
         reply, wall = await ctx.ask(messages, ChoiceGrammar(labels), 1, state.next_seed(), top_logprobs=len(labels),

