@@ -6,6 +6,21 @@ server stops, and one table compares them: NDCG@10, Recall@10, LLM calls and use
 per method, and each method's paired difference against SASRec (mean, 95% bootstrap CI,
 permutation-test p; toolrec_local/eval/stats.py).
 
+Ranking variants (--variant, repeatable): how every LLM ranking step ranks, on the same users
+and one server per model: `generate` (the default: the LLM writes the top 10), `score` (eval
+--rank-by score: candidates ordered by their label's log-probability) and `shuffles:N` (eval
+--rank-shuffles N: N more generated rankings in shuffled orders, merged by Borda count). Each
+variant's flags go to every LLM method's eval; each variant is its own run folder (the flags
+are part of a run's identity), OUT/<model>/<variant> (generate, score, shuffles3, ...), each
+with its own sasrec rows (cheap) so its paired differences against SASRec are computed as
+without variants. Without --variant the one variant is generate and the folder OUT/<model>, as
+before. Each non-generate variant's rows also get each method's paired difference against the
+same method under generate, on the (seed, user) pairs both folders paired (mean, 95% BCa CI,
+permutation p; eval/stats.py through summary.paired_ranks).
+
+    python scripts/bench_quality.py --llm smollm2-135m --seed 3 --methods sasrec,toolrec,llmrank \
+        --variant generate --variant score --variant shuffles:3
+
     python scripts/bench_quality.py --llm smollm2-135m --llm qwen2.5-coder-0.5b-instruct --report
     python scripts/bench_quality.py --llm smollm2-135m --seed 3 --seed 4 --users 50
     python scripts/bench_quality.py --llm smollm2-135m --server http://127.0.0.1:8000/v1   # a running server
@@ -24,8 +39,10 @@ Resumable: re-running the same command skips the users each folder has finished 
 and does not start the server of a model whose folder is complete. Users per minute are each
 method's own (one eval per method): its users finished over the time from the first one's
 start to the last one's end in each `eval` invocation (eval's start-up not counted), summed
-over re-runs (OUT/<model>/bench-quality.json, with each invocation's wall time too). The load
-average at start and end goes in the JSON: figures under load are provisional.
+over re-runs (bench-quality.json in each run folder, with each invocation's wall time too; every
+eval command run goes in its bench-commands.jsonl). The JSON records the commit, the command
+and each invocation's (a resumed run keeps the earlier ones), and each invocation's load
+average at start and end: figures under load are provisional.
 """
 
 from __future__ import annotations
@@ -33,6 +50,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -48,6 +67,36 @@ SEED_POOL = (3, 4, 5, 6)
 # (largest size in billions of parameters, samples of USERS_PER_SEED): about an hour per model
 SEEDS_BY_SIZE = ((0.2, 4), (0.6, 2), (float("inf"), 1))
 TIMING_FILE = "bench-quality.json"
+COMMANDS_FILE = "bench-commands.jsonl"  # per run folder: every eval this script ran into it
+GENERATE = "generate"  # the default variant, and the one the others are compared with
+
+
+def parse_variant(text: str) -> str:
+    """--variant NAME -> its canonical name, which is also its folder: generate, score, shufflesN."""
+    t = text.strip().lower()
+    if t in (GENERATE, "score"):
+        return t
+    m = re.fullmatch(r"shuffles:?(\d+)", t)
+    if m and int(m.group(1)) >= 1:
+        return f"shuffles{int(m.group(1))}"
+    raise argparse.ArgumentTypeError(f"unknown variant {text!r}: use generate, score or shuffles:N (N >= 1)")
+
+
+def variant_flags(variant: str) -> list[str]:
+    """The eval flags of a variant (for the LLM methods)."""
+    if variant == GENERATE:
+        return []
+    if variant == "score":
+        return ["--rank-by", "score"]
+    return ["--rank-shuffles", str(int(variant[len("shuffles"):]))]
+
+
+def variant_folders(out: Path, model: str, variants: list[str]) -> dict[str, Path]:
+    """Variant -> run folder: OUT/<model> for the default (generate only, no --variant), else
+    OUT/<model>/<variant> for each."""
+    if not variants:
+        return {GENERATE: out / model}
+    return {v: out / model / v for v in dict.fromkeys(variants)}
 
 
 def default_seeds(params_b: float | None) -> list[int]:
@@ -101,9 +150,12 @@ def add_timing(folder: Path, method: str, users: int, active_s: float, wall_s: f
     (folder / TIMING_FILE).write_text(json.dumps(timing, indent=2) + "\n")
 
 
-def eval_command(args, model: str, url: str | None, method: str, seeds: list[int], folder: Path) -> list[str]:
-    """One method per invocation, so each one's wall time is its own; the reference without an LLM."""
-    llm = [] if method == REFERENCE else ["--llm", model, "--server", url, "--concurrency", args.concurrency]
+def eval_command(args, model: str, url: str | None, method: str, seeds: list[int], folder: Path,
+                 variant: str = GENERATE) -> list[str]:
+    """One method per invocation, so each one's wall time is its own; the reference without an
+    LLM (and so without the variant's flags)."""
+    llm = [] if method == REFERENCE else ["--llm", model, "--server", url, "--concurrency", args.concurrency,
+                                          *variant_flags(variant)]
     return [sys.executable, "-m", "toolrec_local", "eval", "--dataset", args.dataset, "--method", method, *llm,
             "--users", str(args.users), *[a for s in seeds for a in ("--seed", str(s))], "--out", str(folder)]
 
@@ -112,42 +164,62 @@ def run_eval(cmd: list[str], folder: Path, method: str) -> int:
     """Run one eval; the users it finished and its wall time go into the folder's timing."""
     print(f"  {' '.join(cmd[2:])}", file=sys.stderr)
     before = finished_records(folder, method)
-    t0 = time.monotonic()
+    t0, started, rc = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%S%z"), None
     try:
-        return subprocess.run(cmd).returncode
+        rc = subprocess.run(cmd).returncode
+        return rc
     finally:  # a run cut short still counts what it finished
         new = [r for k, r in finished_records(folder, method).items() if k not in before]
+        wall = time.monotonic() - t0
         if new and method != REFERENCE:
-            add_timing(folder, method, len(new), active_seconds(new), time.monotonic() - t0)
+            add_timing(folder, method, len(new), active_seconds(new), wall)
+        if folder.is_dir():
+            with open(folder / COMMANDS_FILE, "a") as fh:
+                fh.write(json.dumps({"started": started, "command": shlex.join(cmd), "rc": rc,
+                                     "new_users": len(new), "wall_s": round(wall, 1)}) + "\n")
 
 
-def run_model(args, model: str, seeds: list[int], folder: Path) -> str | None:
-    """Serve `model` (unless --server), then one eval per method; the error, or None."""
+def load_commands(folder: Path) -> list[dict]:
+    path = folder / COMMANDS_FILE
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def run_model(args, model: str, seeds: list[int], folders: dict[str, Path]) -> str | None:
+    """Serve `model` once (unless --server), then one eval per variant and method; the errors, or
+    None. A variant whose eval fails does not stop the others (unless the server is gone)."""
     methods = [m for m in args.methods if m != REFERENCE]
-    if run_eval(eval_command(args, model, None, REFERENCE, seeds, folder), folder, REFERENCE):  # before serving: fails fast
-        return f"eval {REFERENCE} failed"
-    if complete(folder, methods, args.users, seeds):
-        print(f"{model}: {folder} is complete, not served again", file=sys.stderr)
+    for variant, folder in folders.items():  # before serving: fails fast
+        if run_eval(eval_command(args, model, None, REFERENCE, seeds, folder), folder, REFERENCE):
+            return f"{variant}: eval {REFERENCE} failed"
+    todo = {v: f for v, f in folders.items() if not complete(f, methods, args.users, seeds)}
+    for v in folders.keys() - todo.keys():
+        print(f"{model}: {folders[v]} is complete", file=sys.stderr)
+    if not todo:
+        print(f"{model}: not served again", file=sys.stderr)
         return None
-    proc, url = None, (args.server[0] if args.server else None)
+    proc, url, errors = None, (args.server[0] if args.server else None), []
     try:
         if url is None:
-            folder.mkdir(parents=True, exist_ok=True)
-            log = folder / "server.log"
+            home = next(iter(folders.values())).parent if len(folders) > 1 else next(iter(folders.values()))
+            home.mkdir(parents=True, exist_ok=True)
+            log = home / "server.log"
             print(f"{model}: starting `toolrec-local serve --llm {model}` (log: {log}) ...", file=sys.stderr)
             t0 = time.monotonic()
             proc, url, _ = start_demo_server(model, args.port, log, args.serve_arg)
             print(f"  up after {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        for m in methods:
-            rc = run_eval(eval_command(args, model, url, m, seeds, folder), folder, m)
-            if rc != 0:
-                return f"eval {m} exited with code {rc}"
+        for variant, folder in todo.items():
+            for m in methods:
+                rc = run_eval(eval_command(args, model, url, m, seeds, folder, variant), folder, m)
+                if rc != 0:
+                    errors.append(f"{variant}: eval {m} exited with code {rc}")
+                    if proc is not None and proc.poll() is not None:
+                        return "; ".join(errors + [f"the server exited with code {proc.returncode}"])
     except RuntimeError as exc:  # the server did not come up
         return str(exc)
     finally:
         if proc is not None:
             stop(proc)
-    return None
+    return "; ".join(errors) or None
 
 
 def summarize_folder(folder: Path, keep: set | None = None) -> dict:
@@ -160,6 +232,29 @@ def summarize_folder(folder: Path, keep: set | None = None) -> dict:
     return summarize(view.config, records, None if keep is not None else view.expected, view.missing_shards)
 
 
+def vs_generate(folder: Path, generate_folder: Path | None, method: str, keep: set | None = None) -> dict | None:
+    """`method`'s paired differences in `folder` (a variant) against the same method in the
+    generate variant's folder, on the (seed, user) pairs both folders paired (and in `keep`,
+    when given) that both finished for it: {"reference": "generate", "pairs", "ndcg@10",
+    "recall@10"} (each {"diff", "ci", "ci_method", "p"}; eval/stats.py), or None without a
+    generate folder."""
+    from toolrec_local.eval.stats import METRICS as COMPARED
+    from toolrec_local.eval.summary import paired_ranks
+
+    if generate_folder is None or not (generate_folder / "run.json").is_file():
+        return None
+    recs = {"variant": list(finished_records(folder, method).values()),
+            GENERATE: list(finished_records(generate_folder, method).values())}
+    pairs = paired_set(folder) & paired_set(generate_folder)
+    for rs in recs.values():
+        pairs &= {(int(r["seed"]), str(r["user"])) for r in rs}
+    if keep is not None:
+        pairs &= keep
+    block = paired_ranks(recs, list(recs), pairs).compare("variant", GENERATE, COMPARED)
+    block["reference"] = GENERATE
+    return block
+
+
 def paired_set(folder: Path) -> set:
     from toolrec_local.eval.rundir import load_runs
     from toolrec_local.eval.summary import paired_pairs
@@ -170,8 +265,8 @@ def paired_set(folder: Path) -> set:
     return paired_pairs(by_method)[1]
 
 
-def rows_for(model: str, summary: dict, timing: dict) -> list[dict]:
-    """One row per method of one model's summary."""
+def rows_for(model: str, summary: dict, timing: dict, variant: str = GENERATE) -> list[dict]:
+    """One row per method of one (model, variant)'s summary."""
     rows = []
     for name, m in summary["methods"].items():
         if name not in summary["paired"]["methods"]:
@@ -180,28 +275,46 @@ def rows_for(model: str, summary: dict, timing: dict) -> list[dict]:
         back = (m.get("comparisons") or {}).get("backbone")
         vs = back if back and back["reference"] == REFERENCE else None
         rows.append({
-            "model": model, "method": name, "pairs": summary["paired"]["users"],
+            "model": model, "variant": variant, "method": name, "pairs": summary["paired"]["users"],
             "ndcg@10": m["ndcg@10"]["mean"], "recall@10": m["recall@10"]["mean"],
             "llm_calls_per_user": (m.get("llm") or {}).get("llm_calls_per_user"),
             "users_per_min": round(60 * t["users"] / t["active_s"], 2) if t and t.get("active_s") else None,
             "vs_" + REFERENCE: None if vs is None else {k: vs[k] for k in ("ndcg@10", "recall@10")},
+            "vs_" + GENERATE: None,
         })
     return rows
 
 
-def build_tables(folders: dict[str, Path]) -> dict:
-    """Rows per model and method from the run folders; and, when the models' paired users
-    differ, the same over the pairs every model finished ("common")."""
+def add_vs_generate(rows: list[dict], folder: Path, folders: dict[str, Path], keep: set | None = None) -> None:
+    """Fill each LLM method's vs_generate in the rows of a non-generate variant's folder."""
+    for r in rows:
+        if r["variant"] != GENERATE and r["method"] != REFERENCE:
+            r["vs_" + GENERATE] = vs_generate(folder, folders.get(GENERATE), r["method"], keep)
+
+
+def build_tables(folders: dict[str, dict[str, Path] | Path]) -> dict:
+    """Rows per model, variant and method from the run folders (model -> variant -> folder, or
+    model -> folder for generate only); and, when the folders' paired users differ, the same
+    over the pairs every folder paired ("common")."""
     out: dict = {"rows": [], "common": None}
     sets = {}
-    for model, folder in folders.items():
-        if not (folder / "run.json").is_file():
-            continue
-        out["rows"] += rows_for(model, summarize_folder(folder), load_timing(folder))
-        sets[model] = paired_set(folder)
+    folders = {m: f if isinstance(f, dict) else {GENERATE: f} for m, f in folders.items()}
+    for model, by_variant in folders.items():
+        for variant, folder in by_variant.items():
+            if not (folder / "run.json").is_file():
+                continue
+            rows = rows_for(model, summarize_folder(folder), load_timing(folder), variant)
+            add_vs_generate(rows, folder, by_variant)
+            out["rows"] += rows
+            sets[(model, variant)] = paired_set(folder)
     if len(sets) > 1 and len({frozenset(s) for s in sets.values()}) > 1:
         common = set.intersection(*sets.values())
-        rows = [r for model in sets for r in rows_for(model, summarize_folder(folders[model], common), {})]
+        rows = []
+        for model, variant in sets:
+            folder = folders[model][variant]
+            got = rows_for(model, summarize_folder(folder, common), {}, variant)
+            add_vs_generate(got, folder, folders[model], common)
+            rows += got
         out["common"] = {"pairs": len(common), "rows": rows}
     return out
 
@@ -216,16 +329,43 @@ def format_table(rows: list[dict]) -> str:
             return d.get("note", "n/a")
         return f"{d['diff']:+.4f} {fmt_ci(d['ci'])} p {fmt_p(d['p'])}"
 
-    head = (f"{'model':<28} {'method':<8} {'pairs':>5} {'NDCG@10':>8} {'R@10':>6} {'calls/u':>7} {'users/min':>9}  "
-            f"{'dNDCG@10 vs ' + REFERENCE + ' [95% CI] p':<38} {'dR@10 vs ' + REFERENCE + ' [95% CI] p'}")
-    lines = [head]
+    def pairs_note(r: dict, block: dict | None) -> str:
+        return f" ({block['pairs']} pairs)" if block and block.get("pairs") != r["pairs"] else ""
+
+    mw = max([len("model")] + [len(r["model"]) for r in rows])
+    vw = max([len("variant")] + [len(r.get("variant", GENERATE)) for r in rows])
+    with_gen = any(r.get("vs_" + GENERATE) for r in rows)
+    head = (f"{'model':<{mw}} {'variant':<{vw}} {'method':<8} {'pairs':>5} {'NDCG@10':>8} {'R@10':>6} {'calls/u':>7} "
+            f"{'users/min':>9}  {'dNDCG@10 vs ' + REFERENCE + ' [95% CI] p':<38} {'dR@10 vs ' + REFERENCE + ' [95% CI] p':<38}")
+    if with_gen:
+        head += f"  {'dNDCG@10 vs ' + GENERATE + ' [95% CI] p':<38} {'dR@10 vs ' + GENERATE + ' [95% CI] p'}"
+    lines = [head.rstrip()]
     for r in rows:
         calls = "-" if r["llm_calls_per_user"] is None else f"{r['llm_calls_per_user']:.1f}"
         upm = "-" if r["users_per_min"] is None else f"{r['users_per_min']:.2f}"
         vs = r["vs_" + REFERENCE] or {}
-        lines.append(f"{r['model']:<28} {r['method']:<8} {r['pairs']:>5} {r['ndcg@10']:>8.4f} {r['recall@10']:>6.3f} "
-                     f"{calls:>7} {upm:>9}  {diff(vs.get('ndcg@10')):<38} {diff(vs.get('recall@10'))}")
+        line = (f"{r['model']:<{mw}} {r.get('variant', GENERATE):<{vw}} {r['method']:<8} {r['pairs']:>5} "
+                f"{r['ndcg@10']:>8.4f} {r['recall@10']:>6.3f} {calls:>7} {upm:>9}  {diff(vs.get('ndcg@10')):<38} "
+                f"{diff(vs.get('recall@10')):<38}")
+        if with_gen:
+            g = r.get("vs_" + GENERATE)
+            line += f"  {diff((g or {}).get('ndcg@10')):<38} {diff((g or {}).get('recall@10'))}{pairs_note(r, g)}"
+        lines.append(line.rstrip())
     return "\n".join(lines)
+
+
+def git_commit() -> dict:
+    """This checkout's HEAD and whether its tracked files differ from it."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
 def main() -> int:
@@ -237,6 +377,10 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=USERS_PER_SEED, help=f"users per sample (default {USERS_PER_SEED})")
     ap.add_argument("--seed", type=int, action="append", default=[],
                     help="a user sample for every model; repeat (default: by model size, see above)")
+    ap.add_argument("--variant", action="append", default=[], type=parse_variant,
+                    help="a ranking variant for every LLM method: generate, score (--rank-by score) or shuffles:N "
+                         "(--rank-shuffles N); repeat. Default: generate only, in OUT/<model>; with --variant each "
+                         "in OUT/<model>/<variant>")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-quality"), help="one run folder per model under it")
     ap.add_argument("--json-out", type=Path, default=None, help="default OUT/bench-quality.json")
     ap.add_argument("--report", action="store_true", help="then `toolrec-local report` on all run folders side by side")
@@ -255,37 +399,53 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`, kill: stop the server on the way out
     load = {"start": os.getloadavg()}
+    invocation = {"command": shlex.join([sys.executable, *sys.argv]), "cwd": os.getcwd(), **git_commit(),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    variants = list(dict.fromkeys(args.variant)) or [GENERATE]
     plan: dict[str, dict] = {}
     try:
         for model in args.llm:
             seeds = sorted(set(args.seed)) or default_seeds(load_card(model).params_b)
-            plan[model] = {"seeds": seeds, "users": args.users * len(seeds), "folder": str(args.out / model)}
+            folders = variant_folders(args.out, model, args.variant)
+            plan[model] = {"seeds": seeds, "users": args.users * len(seeds),
+                           "folders": {v: str(f) for v, f in folders.items()}}
     except ToolrecError as exc:
         print(f"error: {exc.message}" + (f"\nfix: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 2
-    print(f"bench_quality: {args.dataset}, methods {','.join(args.methods)}, {args.users} users per sample", file=sys.stderr)
+    print(f"bench_quality: {args.dataset}, methods {','.join(args.methods)}, variants {','.join(variants)}, "
+          f"{args.users} users per sample", file=sys.stderr)
     for model, p in plan.items():
-        print(f"  {model}: seeds {', '.join(map(str, p['seeds']))} = {p['users']} users -> {p['folder']}", file=sys.stderr)
+        print(f"  {model}: seeds {', '.join(map(str, p['seeds']))} = {p['users']} users -> "
+              f"{', '.join(p['folders'].values())}", file=sys.stderr)
     for model, p in plan.items():
-        p["error"] = run_model(args, model, p["seeds"], Path(p["folder"]))
+        p["error"] = run_model(args, model, p["seeds"], {v: Path(f) for v, f in p["folders"].items()})
         if p["error"]:
             print(f"{model}: {p['error']}", file=sys.stderr)
     load["end"] = os.getloadavg()
-    tables = build_tables({m: Path(p["folder"]) for m, p in plan.items()})
-    out = {"dataset": args.dataset, "methods": args.methods, "users_per_seed": args.users, "models": plan,
-           "cpus": os.cpu_count(), "load_avg": load, **tables}
+    invocation.update(ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), load_avg=load)
+    tables = build_tables({m: {v: Path(f) for v, f in p["folders"].items()} for m, p in plan.items()})
     json_out = args.json_out or args.out / "bench-quality.json"
+    try:  # a resumed benchmark keeps the earlier invocations' commands, commits and loads
+        earlier = json.loads(json_out.read_text()).get("invocations", []) if json_out.is_file() else []
+    except (ValueError, AttributeError):
+        earlier = []
+    commands = {m: {v: load_commands(Path(f)) for v, f in p["folders"].items()} for m, p in plan.items()}
+    out = {"dataset": args.dataset, "methods": args.methods, "variants": variants,
+           "variant_flags": {v: variant_flags(v) for v in variants}, "users_per_seed": args.users, "models": plan,
+           "cpus": os.cpu_count(), "commit": invocation["commit"], "dirty": invocation["dirty"], "load_avg": load,
+           "command": invocation["command"], "invocations": earlier + [invocation], "eval_commands": commands, **tables}
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(out, indent=2) + "\n")
     users = ", ".join(f"{m} {p['users']}" for m, p in plan.items())
     print(f"\nusers per model ({args.users} per sample): {users}")
     print(format_table(tables["rows"]))
     if tables["common"]:
-        print(f"\non the {tables['common']['pairs']} (seed, user) pairs every model finished:")
+        print(f"\non the {tables['common']['pairs']} (seed, user) pairs every run folder (model, variant) paired:")
         print(format_table(tables["common"]["rows"]))
-    print(f"load average at start {load['start'][0]:.2f}, at end {load['end'][0]:.2f}; JSON: {json_out}")
+    print("load average (1, 5, 15 min) at start " + ", ".join(f"{x:.2f}" for x in load["start"]) + "; at end "
+          + ", ".join(f"{x:.2f}" for x in load["end"]) + f"; JSON: {json_out}")
     if args.report:
-        folders = [p["folder"] for p in plan.values() if (Path(p["folder"]) / "run.json").is_file()]
+        folders = [f for p in plan.values() for f in p["folders"].values() if (Path(f) / "run.json").is_file()]
         subprocess.run([sys.executable, "-m", "toolrec_local", "report", *folders, "--out", str(args.out / "report")],
                        check=False)
     return 1 if any(p["error"] for p in plan.values()) else 0
