@@ -16,7 +16,10 @@ with its own sasrec rows (cheap) so its paired differences against SASRec are co
 without variants. Without --variant the one variant is generate and the folder OUT/<model>, as
 before. Each non-generate variant's rows also get each method's paired difference against the
 same method under generate, on the (seed, user) pairs both folders paired (mean, 95% BCa CI,
-permutation p; eval/stats.py through summary.paired_ranks).
+permutation p; eval/stats.py through summary.paired_ranks). `ranker:NAME` (a tuned ranker from
+`toolrec-local tune`): --rank-by score with the ranking calls sent to NAME on a second server
+(started beside the first for this variant only; the agent's turns stay with --llm), its rows
+compared with `score` (its untuned base) too.
 
     python scripts/bench_quality.py --llm smollm2-135m --seed 3 --methods sasrec,toolrec,llmrank \
         --variant generate --variant score --variant shuffles:3
@@ -71,23 +74,40 @@ COMMANDS_FILE = "bench-commands.jsonl"  # per run folder: every eval this script
 GENERATE = "generate"  # the default variant, and the one the others are compared with
 
 
+RANKER = "ranker-"  # the variant `ranker:NAME`: its folder and canonical name are ranker-NAME
+
+
 def parse_variant(text: str) -> str:
-    """--variant NAME -> its canonical name, which is also its folder: generate, score, shufflesN."""
-    t = text.strip().lower()
-    if t in (GENERATE, "score"):
-        return t
-    m = re.fullmatch(r"shuffles:?(\d+)", t)
+    """--variant NAME -> its canonical name, which is also its folder: generate, score, shufflesN,
+    ranker-NAME."""
+    t = text.strip()
+    if t.lower() in (GENERATE, "score"):
+        return t.lower()
+    m = re.fullmatch(r"shuffles:?(\d+)", t.lower())
     if m and int(m.group(1)) >= 1:
         return f"shuffles{int(m.group(1))}"
-    raise argparse.ArgumentTypeError(f"unknown variant {text!r}: use generate, score or shuffles:N (N >= 1)")
+    m = re.fullmatch(r"ranker[:-]([A-Za-z0-9][A-Za-z0-9._-]*)", t)
+    if m:
+        return RANKER + m.group(1)
+    raise argparse.ArgumentTypeError(f"unknown variant {text!r}: use generate, score, shuffles:N (N >= 1) or "
+                                     "ranker:NAME (a tuned ranker's card)")
 
 
-def variant_flags(variant: str) -> list[str]:
-    """The eval flags of a variant (for the LLM methods)."""
+def ranker_of(variant: str) -> str | None:
+    """The --rank-llm model of a ranker variant, else None."""
+    return variant[len(RANKER):] if variant.startswith(RANKER) else None
+
+
+def variant_flags(variant: str, rank_url: str | None = None) -> list[str]:
+    """The eval flags of a variant (for the LLM methods). ranker:NAME - every ranking step scores
+    (`--rank-by score`) with the model NAME on its own server (`rank_url`), the agent's turns
+    staying with --llm."""
     if variant == GENERATE:
         return []
     if variant == "score":
         return ["--rank-by", "score"]
+    if ranker_of(variant):
+        return ["--rank-by", "score", "--rank-llm", ranker_of(variant), "--rank-server", rank_url or "URL"]
     return ["--rank-shuffles", str(int(variant[len("shuffles"):]))]
 
 
@@ -151,11 +171,11 @@ def add_timing(folder: Path, method: str, users: int, active_s: float, wall_s: f
 
 
 def eval_command(args, model: str, url: str | None, method: str, seeds: list[int], folder: Path,
-                 variant: str = GENERATE) -> list[str]:
+                 variant: str = GENERATE, rank_url: str | None = None) -> list[str]:
     """One method per invocation, so each one's wall time is its own; the reference without an
     LLM (and so without the variant's flags)."""
     llm = [] if method == REFERENCE else ["--llm", model, "--server", url, "--concurrency", args.concurrency,
-                                          *variant_flags(variant)]
+                                          *variant_flags(variant, rank_url)]
     return [sys.executable, "-m", "toolrec_local", "eval", "--dataset", args.dataset, "--method", method, *llm,
             "--users", str(args.users), *[a for s in seeds for a in ("--seed", str(s))], "--out", str(folder)]
 
@@ -207,13 +227,22 @@ def run_model(args, model: str, seeds: list[int], folders: dict[str, Path]) -> s
             t0 = time.monotonic()
             proc, url, _ = start_demo_server(model, args.port, log, args.serve_arg)
             print(f"  up after {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        for variant, folder in todo.items():
-            for m in methods:
-                rc = run_eval(eval_command(args, model, url, m, seeds, folder, variant), folder, m)
-                if rc != 0:
-                    errors.append(f"{variant}: eval {m} exited with code {rc}")
-                    if proc is not None and proc.poll() is not None:
-                        return "; ".join(errors + [f"the server exited with code {proc.returncode}"])
+        for k, (variant, folder) in enumerate(todo.items(), 1):
+            ranker, rank_url = ranker_of(variant), None
+            if ranker:  # the tuned ranker's own server, beside the agent's, for this variant only
+                log = folder.parent / f"server-{ranker}.log"
+                print(f"{ranker}: starting `toolrec-local serve --llm {ranker}` (log: {log}) ...", file=sys.stderr)
+                rank_proc, rank_url, _ = start_demo_server(ranker, args.port + k, log, args.serve_arg)
+            try:
+                for m in methods:
+                    rc = run_eval(eval_command(args, model, url, m, seeds, folder, variant, rank_url), folder, m)
+                    if rc != 0:
+                        errors.append(f"{variant}: eval {m} exited with code {rc}")
+                        if proc is not None and proc.poll() is not None:
+                            return "; ".join(errors + [f"the server exited with code {proc.returncode}"])
+            finally:
+                if ranker:
+                    stop(rank_proc)
     except RuntimeError as exc:  # the server did not come up
         return str(exc)
     finally:
@@ -232,7 +261,8 @@ def summarize_folder(folder: Path, keep: set | None = None) -> dict:
     return summarize(view.config, records, None if keep is not None else view.expected, view.missing_shards)
 
 
-def vs_generate(folder: Path, generate_folder: Path | None, method: str, keep: set | None = None) -> dict | None:
+def vs_generate(folder: Path, generate_folder: Path | None, method: str, keep: set | None = None,
+                reference: str = GENERATE) -> dict | None:
     """`method`'s paired differences in `folder` (a variant) against the same method in the
     generate variant's folder, on the (seed, user) pairs both folders paired (and in `keep`,
     when given) that both finished for it: {"reference": "generate", "pairs", "ndcg@10",
@@ -244,14 +274,14 @@ def vs_generate(folder: Path, generate_folder: Path | None, method: str, keep: s
     if generate_folder is None or not (generate_folder / "run.json").is_file():
         return None
     recs = {"variant": list(finished_records(folder, method).values()),
-            GENERATE: list(finished_records(generate_folder, method).values())}
+            reference: list(finished_records(generate_folder, method).values())}
     pairs = paired_set(folder) & paired_set(generate_folder)
     for rs in recs.values():
         pairs &= {(int(r["seed"]), str(r["user"])) for r in rs}
     if keep is not None:
         pairs &= keep
-    block = paired_ranks(recs, list(recs), pairs).compare("variant", GENERATE, COMPARED)
-    block["reference"] = GENERATE
+    block = paired_ranks(recs, list(recs), pairs).compare("variant", reference, COMPARED)
+    block["reference"] = reference
     return block
 
 
@@ -280,7 +310,7 @@ def rows_for(model: str, summary: dict, timing: dict, variant: str = GENERATE) -
             "llm_calls_per_user": (m.get("llm") or {}).get("llm_calls_per_user"),
             "users_per_min": round(60 * t["users"] / t["active_s"], 2) if t and t.get("active_s") else None,
             "vs_" + REFERENCE: None if vs is None else {k: vs[k] for k in ("ndcg@10", "recall@10")},
-            "vs_" + GENERATE: None,
+            "vs_" + GENERATE: None, "vs_score": None,
         })
     return rows
 
@@ -290,6 +320,8 @@ def add_vs_generate(rows: list[dict], folder: Path, folders: dict[str, Path], ke
     for r in rows:
         if r["variant"] != GENERATE and r["method"] != REFERENCE:
             r["vs_" + GENERATE] = vs_generate(folder, folders.get(GENERATE), r["method"], keep)
+        if ranker_of(r["variant"]) and r["method"] != REFERENCE:  # a tuned ranker against its untuned base
+            r["vs_score"] = vs_generate(folder, folders.get("score"), r["method"], keep, reference="score")
 
 
 def build_tables(folders: dict[str, dict[str, Path] | Path]) -> dict:
@@ -337,8 +369,11 @@ def format_table(rows: list[dict]) -> str:
     with_gen = any(r.get("vs_" + GENERATE) for r in rows)
     head = (f"{'model':<{mw}} {'variant':<{vw}} {'method':<8} {'pairs':>5} {'NDCG@10':>8} {'R@10':>6} {'calls/u':>7} "
             f"{'users/min':>9}  {'dNDCG@10 vs ' + REFERENCE + ' [95% CI] p':<38} {'dR@10 vs ' + REFERENCE + ' [95% CI] p':<38}")
+    with_score = any(r.get("vs_score") for r in rows)
     if with_gen:
-        head += f"  {'dNDCG@10 vs ' + GENERATE + ' [95% CI] p':<38} {'dR@10 vs ' + GENERATE + ' [95% CI] p'}"
+        head += f"  {'dNDCG@10 vs ' + GENERATE + ' [95% CI] p':<38} {'dR@10 vs ' + GENERATE + ' [95% CI] p':<38}"
+    if with_score:
+        head += f"  {'dNDCG@10 vs score [95% CI] p':<38} {'dR@10 vs score [95% CI] p'}"
     lines = [head.rstrip()]
     for r in rows:
         calls = "-" if r["llm_calls_per_user"] is None else f"{r['llm_calls_per_user']:.1f}"
@@ -349,6 +384,9 @@ def format_table(rows: list[dict]) -> str:
                 f"{diff(vs.get('recall@10')):<38}")
         if with_gen:
             g = r.get("vs_" + GENERATE)
+            line += f"  {diff((g or {}).get('ndcg@10')):<38} {diff((g or {}).get('recall@10')):<38}{pairs_note(r, g)}"
+        if with_score:
+            g = r.get("vs_score")
             line += f"  {diff((g or {}).get('ndcg@10')):<38} {diff((g or {}).get('recall@10'))}{pairs_note(r, g)}"
         lines.append(line.rstrip())
     return "\n".join(lines)
@@ -378,8 +416,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, action="append", default=[],
                     help="a user sample for every model; repeat (default: by model size, see above)")
     ap.add_argument("--variant", action="append", default=[], type=parse_variant,
-                    help="a ranking variant for every LLM method: generate, score (--rank-by score) or shuffles:N "
-                         "(--rank-shuffles N); repeat. Default: generate only, in OUT/<model>; with --variant each "
+                    help="a ranking variant for every LLM method: generate, score (--rank-by score), shuffles:N "
+                         "(--rank-shuffles N) or ranker:NAME (--rank-by score --rank-llm NAME on a second server, "
+                         "e.g. a `toolrec-local tune` model; compared with score too); repeat. Default: generate only, in OUT/<model>; with --variant each "
                          "in OUT/<model>/<variant>")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-quality"), help="one run folder per model under it")
     ap.add_argument("--json-out", type=Path, default=None, help="default OUT/bench-quality.json")

@@ -119,6 +119,38 @@ def test_variant_names_flags_and_folders(tmp_path):
         "shuffles3": tmp_path / "m" / "shuffles3"}
 
 
+def test_ranker_variant_serves_the_tuned_model_beside_the_agents_and_compares_with_score(tmp_path, monkeypatch):
+    assert bq.parse_variant("ranker:smollm2-135m-ranker-ml-100k") == "ranker-smollm2-135m-ranker-ml-100k"
+    with pytest.raises(bq.argparse.ArgumentTypeError):
+        bq.parse_variant("ranker:")
+    ran, served = [], []
+    monkeypatch.setattr(bq, "run_eval", lambda cmd, folder, method: ran.append((folder.name, method, cmd)) or 0)
+    monkeypatch.setattr(bq, "start_demo_server",
+                        lambda llm, port, *a: served.append((llm, port)) or (llm, f"http://h:{port}/v1", ""))
+    monkeypatch.setattr(bq, "stop", lambda proc: served.append(("stopped", proc)))
+    args = Namespace(dataset="d", users=4, concurrency="auto", methods=["sasrec", "llmrank"], server=[], port=8811,
+                     serve_arg=[])
+    folders = bq.variant_folders(tmp_path, "m", ["score", "ranker-tuned"])
+    assert bq.run_model(args, "m", [3], folders) is None
+    # the agent's model once; the ranker on the next port for its variant only, stopped after it
+    assert served == [("m", 8811), ("tuned", 8813), ("stopped", "tuned"), ("stopped", "m")]
+    cmd = next(c for f, m, c in ran if f == "ranker-tuned" and m == "llmrank")
+    i = cmd.index("--rank-llm")
+    assert cmd[i + 1] == "tuned" and cmd[cmd.index("--rank-server") + 1] == "http://h:8813/v1"
+    assert cmd[cmd.index("--rank-by") + 1] == "score" and cmd[cmd.index("--server") + 1] == "http://h:8811/v1"
+    assert "--rank-llm" not in next(c for f, m, c in ran if f == "score" and m == "llmrank")
+    # its rows: against score (the untuned base) on the same pairs
+    n = 20
+    write_run(tmp_path / "r" / "score", "m", {"sasrec": [1] * n, "llmrank": [3] * n}, calls=1)
+    write_run(tmp_path / "r" / "ranker-tuned", "m", {"sasrec": [1] * n, "llmrank": [1] * n}, calls=1)
+    rows = {(r["variant"], r["method"]): r for r in bq.build_tables(
+        {"m": {v: tmp_path / "r" / v for v in ("score", "ranker-tuned")}})["rows"]}
+    vs = rows[("ranker-tuned", "llmrank")]["vs_score"]
+    assert vs["reference"] == "score" and vs["pairs"] == n
+    assert vs["ndcg@10"]["diff"] == pytest.approx(NDCG_1 - 1 / math.log2(5))  # ranks are 0-based
+    assert rows[("score", "llmrank")]["vs_score"] is None
+
+
 def test_variant_flags_reach_every_llm_method_not_the_reference(tmp_path):
     args = Namespace(dataset="ml-100k", users=50, concurrency="auto")
     url = "http://127.0.0.1:8811/v1"
