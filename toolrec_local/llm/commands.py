@@ -26,7 +26,7 @@ models_app = typer.Typer(help="Model cards (models/*.yaml) and their local weigh
 @models_app.command("list")
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")):
     """Known models: kind, where the weights come from, context length, whether they are here."""
-    from toolrec_local.llm.registry import list_cards, models_dir
+    from toolrec_local.llm.registry import list_cards, models_dir, user_cards_dir
 
     cards = list_cards()
     rows = []
@@ -49,7 +49,8 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print as JSON.
         except ValueError:
             return p
 
-    table = Table(title=f"Model cards in {models_dir()}", caption=f"TOOLREC_HOME={home}", box=box.SIMPLE_HEAD)
+    table = Table(title=f"Model cards in {models_dir()} and {short(str(user_cards_dir()))}", caption=f"TOOLREC_HOME={home}",
+                  box=box.SIMPLE_HEAD)
     table.add_column("name", no_wrap=True)
     table.add_column("kind", no_wrap=True)
     table.add_column("hub id / source", overflow="fold")
