@@ -18,7 +18,6 @@ import json
 import os
 import time
 
-import httpx
 import openai
 
 from toolrec_local.errors import ToolrecError
@@ -84,7 +83,7 @@ class OpenAIBackend:
 
         def make_client():
             client = _Client(api_key=api_key, base_url=base_url, max_retries=retries,
-                             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
+                             timeout=openai.Timeout(timeout_s, connect=connect_timeout_s))
             client.first_wait_s = backoff_s
             return client
 

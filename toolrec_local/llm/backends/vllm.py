@@ -77,7 +77,7 @@ class VLLMBackend(StepwiseBackend):
         self.name = name or f"vllm:{model}"
         self._card_context = card_context  # what the model card starts the server with
         self.list_mode = check_list_mode(list_mode)
-        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        timeout = openai.Timeout(timeout_s, connect=connect_timeout_s)  # the client's own type (openai >= 3.63 runs on httpx2)
 
         def client_for(url):
             return lambda: openai.AsyncOpenAI(base_url=url, api_key=api_key or "EMPTY",
