@@ -49,20 +49,26 @@ def label_scores(logprobs: dict[str, float] | None, labels) -> dict[str, float]:
     return best
 
 
-def tokenizer_counts(tokenizer, labels=LABELS) -> dict[str, int]:
-    """How many tokens each label adds where the answer starts: after the chat template's
+def answer_tokens(tokenizer, labels=LABELS) -> dict[str, list[int]]:
+    """The token ids each label adds where the answer starts: after the chat template's
     generation prompt (a label could merge with the template's last characters, or take a
-    leading-space marker, there and not alone). A tokenizer without a chat template: alone."""
+    leading-space marker, there and not alone). A tokenizer without a chat template: alone.
+    A label that merged with the prompt's end gives the whole text's ids (never one token)."""
     def ids(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     if getattr(tokenizer, "chat_template", None) is None:
-        return {label: len(ids(label)) for label in labels}
+        return {label: ids(label) for label in labels}
     start = tokenizer.apply_chat_template([{"role": "user", "content": "Which one?"}], tokenize=False,
                                           add_generation_prompt=True)
     base = ids(start)
-    counts = {}
+    out = {}
     for label in labels:
         full = ids(start + label)
-        counts[label] = len(full) - len(base) if full[: len(base)] == base else len(full)  # merged: not one
-    return counts
+        out[label] = full[len(base):] if full[: len(base)] == base else full
+    return out
+
+
+def tokenizer_counts(tokenizer, labels=LABELS) -> dict[str, int]:
+    """How many tokens each label adds where the answer starts (`answer_tokens`)."""
+    return {label: len(ids) for label, ids in answer_tokens(tokenizer, labels).items()}

@@ -155,7 +155,7 @@ def tune(base_name: str, dataset: str, *, backbone: str = "sasrec", name: str | 
     trainer = Trainer(weights, work, settings, dev, log)
     log(f"autocast: {trainer.dtype or 'float32 (none)'}")
     state = trainer.run(train, held, progress or _NoProgress())
-    out = models_dir_for(name)
+    out = paths.models_dir() / name
     with paths.atomic_dir(out) as tmp:
         merged = trainer.merged()
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -167,10 +167,6 @@ def tune(base_name: str, dataset: str, *, backbone: str = "sasrec", name: str | 
                   train_losses=state["train_losses"], model=str(out), card=str(card))
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
-
-
-def models_dir_for(name: str) -> Path:
-    return paths.models_dir() / name
 
 
 class _NoProgress:

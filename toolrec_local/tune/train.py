@@ -82,17 +82,14 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 def label_token_ids(tokenizer, labels) -> dict[str, int]:
     """Each label's token id where the answer starts (after the chat template's generation
     prompt), as the server scores it; refused unless every label is one token there."""
-    from toolrec_local.llm.labels import tokenizer_counts
+    from toolrec_local.llm.labels import answer_tokens
 
-    counts = tokenizer_counts(tokenizer, labels)
-    split = [x for x in labels if counts[x] != 1]
+    tokens = answer_tokens(tokenizer, labels)
+    split = [x for x in labels if len(tokens[x]) != 1]
     if split:
         raise ToolrecError(f"the labels {split[:8]} are not single tokens for this tokenizer",
                            "tune a model whose tokenizer encodes each ASCII letter as one token")
-    start = tokenizer.apply_chat_template([{"role": "user", "content": "Which one?"}], tokenize=False,
-                                          add_generation_prompt=True)
-    base = tokenizer(start, add_special_tokens=False)["input_ids"]
-    return {x: tokenizer(start + x, add_special_tokens=False)["input_ids"][len(base)] for x in labels}
+    return {x: tokens[x][0] for x in labels}
 
 
 def encode(tokenizer, samples, max_tokens: int) -> tuple[list[dict], int]:
