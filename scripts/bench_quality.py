@@ -63,6 +63,8 @@ from pathlib import Path
 
 from bench_eval import start_demo_server, stop
 
+from toolrec_local.provenance import git_state
+
 METHODS = ("sasrec", "toolrec", "llmrank", "single", "multi")
 REFERENCE = "sasrec"
 USERS_PER_SEED = 50
@@ -392,20 +394,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> dict:
-    """This checkout's HEAD and whether its tracked files differ from it."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*a):
-        try:
-            return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llm", action="append", required=True, help="a model card name (toolrec-local models list); repeat")
@@ -438,7 +426,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`, kill: stop the server on the way out
     load = {"start": os.getloadavg()}
-    invocation = {"command": shlex.join([sys.executable, *sys.argv]), "cwd": os.getcwd(), **git_commit(),
+    invocation = {"command": shlex.join([sys.executable, *sys.argv]), "cwd": os.getcwd(), **git_state(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     variants = list(dict.fromkeys(args.variant)) or [GENERATE]
     plan: dict[str, dict] = {}

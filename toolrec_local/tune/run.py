@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 
 from toolrec_local import paths
 from toolrec_local.errors import ToolrecError
+from toolrec_local.provenance import git_state
 from toolrec_local.tune.samples import KINDS, Sample, agent_context, build_samples
 from toolrec_local.tune.train import Trainer, TuneSettings, encode, pick_device, shown_order, split_users
 
@@ -28,15 +28,6 @@ SAMPLES_FORMAT = 1
 
 def default_name(base: str, dataset: str) -> str:
     return f"{base}-ranker-{dataset}"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def load_or_build_samples(work: Path, ds, tool, tokenizer, context, backbone: str, log,
@@ -146,7 +137,7 @@ def tune(base_name: str, dataset: str, *, backbone: str = "sasrec", name: str | 
               "settings": settings.identity(), "samples": meta, "too_long": too_long, "train_samples": len(train),
               "per_epoch": per_epoch, "held_out_samples": len(held), "held_out_shown_order": shown_order(held),
               "held_out_users": len({e["user"] for e in held}), "median_tokens": lengths[len(lengths) // 2],
-              "max_tokens_seen": lengths[-1], "command": command, "commit": _git_commit(), "cpus": os.cpu_count()}
+              "max_tokens_seen": lengths[-1], "command": command, **git_state(), "cpus": os.cpu_count()}
     work.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     log(f"tune {base.name} -> {name}: {len(train)} training samples ({per_epoch} per epoch x {settings.epochs}), "
