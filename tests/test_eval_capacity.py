@@ -159,6 +159,23 @@ def test_a_number_caps_auto_and_a_server_without_metrics_gets_the_fallback(walk,
     assert any("does not report its KV cache" in n and "--concurrency N" in n for n in notes)
 
 
+def test_a_rank_server_of_its_own_caps_the_users_of_the_main_servers(walk, tmp_path):
+    # main: 262,144 tokens (dozens of users); --rank-llm server: 64 blocks x 64 = 4,096 tokens
+    # at a 1,024-token context -> int(0.9 * 4096 // 1024) = 3 users, shared by two main servers
+    main_a, main_b, rank = FakeServer(blocks=4096), FakeServer(blocks=4096), FakeServer(blocks=64)
+    try:
+        suite = MeteredSuite(walk, [main_a.url, main_b.url])
+        suite.rank_backend = SimpleNamespace(urls=[rank.url], name="ranker", context_tokens=lambda: 1024)
+        notes = []
+        summary, _ = run(tmp_path, suite, notes, users=30)
+    finally:
+        for s in (main_a, main_b, rank):
+            s.close()
+    assert suite.peak == [1, 1]  # 3 // 2 servers
+    assert any(n.startswith("--rank-llm") and "4,096 tokens" in n and "so 1 users in flight per main server (2 of them)" in n for n in notes)
+    assert summary["methods"]["toolrec"]["users"]["ok"] == 30
+
+
 def test_progress_lines_appear_while_users_are_in_flight(walk, tmp_path, monkeypatch):
     """Plain (non-terminal) progress: lines come while no user has finished, from each LLM
     call and from the runner's ticker when no call finishes either."""

@@ -14,7 +14,8 @@ until a few users have finished, then a high quantile of the finished users' foo
 the largest footprint in flight, if larger), so the limit starts safe and grows to what the
 workload needs. A number given to --concurrency
 caps the users per server on top. A server without /metrics (the OpenAI API, a proxy) gets a
-fixed number of users; the local backend runs one at a time. Several processes on one server
+fixed number of users; the local backend runs one at a time. A --rank-llm server of its own
+caps the users of all the main servers together by its cache. Several processes on one server
 (--shard on one node) each plan for the whole cache: give each a number.
 """
 
@@ -161,5 +162,27 @@ async def plan_for_suite(suite, concurrency: int | None, api_key: str | None = N
         got, said = await plan_slots(those[:1], concurrency, context_tokens=context_tokens(backend), api_key=api_key)
         slots += got
         notes += said
+    notes += await _cap_by_rank_server(slots, getattr(suite, "rank_backend", None), concurrency, api_key)
     watch = ServerWatch([u[0] for u in urls if u], api_key)
     return Plan(slots, route, watch, notes)
+
+
+async def _cap_by_rank_server(slots: list[ServerSlots], rank, concurrency: int | None,
+                              api_key: str | None) -> list[str]:
+    """--rank-llm on a server of its own: every user in flight may send it a ranking prompt at
+    once, so the users of all the main servers together must fit its cache too. Its ranking
+    prompts are single requests (no conversation), counted at its full context; the cap is
+    shared evenly by the main servers."""
+    from toolrec_local.llm.protocol import context_tokens
+
+    rank_urls = list(getattr(rank, "urls", None) or []) if rank is not None else []
+    if not rank_urls:
+        return []
+    got, said = await plan_slots(rank_urls[:1], concurrency, context_tokens=context_tokens(rank), api_key=api_key)
+    cap = got[0].limit()
+    if cap is None:
+        return [f"--rank-llm {said[0]}"]
+    share = max(1, cap // max(1, len(slots)))
+    for s in slots:
+        s.max_users = share if s.max_users is None else min(s.max_users, share)
+    return [f"--rank-llm {said[0]}; so {share} users in flight per main server ({len(slots)} of them)"]
