@@ -15,6 +15,10 @@ import yaml
 from toolrec_local.errors import ToolrecError
 from toolrec_local.tune.train import TuneSettings
 
+# The module's tune run writes one model folder and card in the session home, which its server
+# test serves: every test of the module on the server worker under xdist (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("vllm")
+
 FEW = TuneSettings(epochs=3, max_samples=8, batch=4, lr=1e-2, warmup=0, eval_every=1000, held_out=0.1, seed=1)
 USERS = 150  # the first 150 users' samples (~100)
 
@@ -147,3 +151,20 @@ def test_serve_starts_the_tuned_model_and_it_answers_a_score_ranking(tuned, ml10
         srv.stop()
     assert srv.model == "tiny-random-ranker-test"
     assert rnd.usage.calls == 1 and sorted(items) == sorted(lists[0].items) and rnd.labelled == [lists[0].items]
+
+
+def test_tune_reads_the_base_weights_from_model_path_and_names_it_when_absent(tmp_home, tmp_path):
+    """The missing-weights fix names --model-path, and tune takes it: an absent folder is one
+    clear error about that folder (before any dataset is read), exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-such-weights"
+    env = dict(os.environ, TOOLREC_HOME=str(tmp_home), COLUMNS="250")
+    p = subprocess.run([sys.executable, "-m", "toolrec_local", "tune", "--llm", "smollm2-135m", "--dataset", "ml-100k"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and "--model-path" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-m", "toolrec_local", "tune", "--llm", "smollm2-135m", "--dataset", "ml-100k",
+                        "--model-path", str(missing)], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and str(missing) in p.stderr.replace("\n", "") and "Traceback" not in p.stderr, p.stderr

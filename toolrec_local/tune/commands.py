@@ -45,7 +45,8 @@ class TuneProgress:
 
 
 def tune_cmd(
-    llm: str = typer.Option(..., "--llm", help="The base model's card (toolrec-local models list); its weights must be here."),
+    llm: str = typer.Option(..., "--llm", help="The base model's card (toolrec-local models list), its weights pulled (or --model-path)."),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="The base model's weights folder, if not where its card says (models pull puts them there)."),
     dataset: str = typer.Option(..., "--dataset", help="A prepared dataset whose retrieval tools are trained."),
     backbone: str = typer.Option("sasrec", "--backbone", help="The retrieval tools the candidates come from: sasrec or bert4rec."),
     name: Optional[str] = typer.Option(None, "--name", help="The tuned model's card name; default <llm>-ranker-<dataset>."),
@@ -85,7 +86,7 @@ def tune_cmd(
     log = lambda text: err_console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
     with TuneProgress() as progress:
         record = tune(llm, dataset, backbone=backbone, name=name, users=users, settings=settings, device=device, threads=threads, fresh=fresh,
-                      log=log, progress=progress, command=argv_command())
+                      log=log, progress=progress, command=argv_command(), model_path=model_path)
     best = record["state"]["best"] or {}
     base = record["state"]["evals"][0]
     kept = record["held_out_shown_order"]

@@ -88,7 +88,7 @@ def write_card(name: str, base, settings: TuneSettings, dataset: str, backbone: 
 
 def tune(base_name: str, dataset: str, *, backbone: str = "sasrec", name: str | None = None, users: int | None = None,
          settings: TuneSettings = TuneSettings(), device: str = "auto", threads: int | None = None,
-         fresh: bool = False, log=print, progress=None, command: str = "") -> dict:
+         fresh: bool = False, log=print, progress=None, command: str = "", model_path: str | None = None) -> dict:
     """Tune `base_name` into NAME (see the module's doc); returns the run's record (tune.json)."""
     import shutil
 
@@ -105,7 +105,7 @@ def tune(base_name: str, dataset: str, *, backbone: str = "sasrec", name: str | 
     if threads:
         torch.set_num_threads(threads)
     base = load_card(base_name)
-    weights = base.require_weights()
+    weights = base.require_weights(model_path)
     name = name or default_name(base.name, dataset)
     if (models_dir() / f"{name}.yaml").is_file():
         raise ToolrecError(f"--name {name!r} is a card the package ships", "pick another --name")
