@@ -59,6 +59,7 @@ def ml100k_tools(ml100k, session_home):
 
     import torch
 
+    from conftest import built_once
     from toolrec_local.recsys.training.pipeline import ensure_trained
 
     threads = torch.get_num_threads()
@@ -68,7 +69,8 @@ def ml100k_tools(ml100k, session_home):
     old = os.environ.get("TOOLREC_HOME")
     os.environ["TOOLREC_HOME"] = str(session_home)
     try:
-        return ensure_trained(ml100k, "sasrec", ["genre", "release_year"], preset="fast")
+        with built_once("ml-100k-tools"):
+            return ensure_trained(ml100k, "sasrec", ["genre", "release_year"], preset="fast")
     finally:
         torch.set_num_threads(threads)
         if old is None:
