@@ -62,6 +62,7 @@ def test_missing_weights_name_the_place_and_the_fix(tmp_home):
 def test_models_dir_override(tmp_path, monkeypatch):
     (tmp_path / "mine.yaml").write_text("name: mine\nkind: open-weight\nsource: user-path\n")
     monkeypatch.setenv("TOOLREC_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("TOOLREC_HOME", str(tmp_path / "home"))  # no user cards (tune writes them to TOOLREC_HOME/cards)
     assert [c.name for c in registry.list_cards()] == ["mine"]
     (tmp_path / "bad.yaml").write_text("name: bad\nkind: closed\n")
     with pytest.raises(ToolrecError):
