@@ -15,10 +15,6 @@ import yaml
 from toolrec_local.errors import ToolrecError
 from toolrec_local.tune.train import TuneSettings
 
-# The module's tune run writes one model folder and card in the session home, which its server
-# test serves: every test of the module on the server worker under xdist (tests/conftest.py).
-pytestmark = pytest.mark.xdist_group("vllm")
-
 FEW = TuneSettings(epochs=3, max_samples=8, batch=4, lr=1e-2, warmup=0, eval_every=1000, held_out=0.1, seed=1)
 USERS = 150  # the first 150 users' samples (~100)
 
