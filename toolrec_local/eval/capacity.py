@@ -175,14 +175,11 @@ async def _cap_by_rank_server(slots: list[ServerSlots], rank, concurrency: int |
     shared evenly by the main servers."""
     from toolrec_local.llm.protocol import context_tokens
 
-    rank_urls = list(getattr(rank, "urls", None) or []) if rank is not None else []
+    rank_urls = list(getattr(rank, "urls", None) or [])
     if not rank_urls:
         return []
     got, said = await plan_slots(rank_urls[:1], concurrency, context_tokens=context_tokens(rank), api_key=api_key)
-    cap = got[0].limit()
-    if cap is None:
-        return [f"--rank-llm {said[0]}"]
-    share = max(1, cap // max(1, len(slots)))
+    share = max(1, got[0].limit() // max(1, len(slots)))  # plan_slots always bounds a slot (cache, number or fallback)
     for s in slots:
         s.max_users = share if s.max_users is None else min(s.max_users, share)
     return [f"--rank-llm {said[0]}; so {share} users in flight per main server ({len(slots)} of them)"]
